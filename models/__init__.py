@@ -1,0 +1,1 @@
+"""Online River models (churn, purchase propensity): arrive with the models issue."""

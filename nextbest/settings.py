@@ -1,0 +1,197 @@
+"""One settings object, read once from the environment and validated at start.
+
+Every setting is declared once here, with its environment variable, default and meaning; the
+README's configuration table is generated from :data:`SPECS` (a test keeps them in sync). A bad
+value fails at start with a message that names the variable.
+
+>>> s = Settings.from_env({"NEXTBEST_METRICS_PORT": "9200"})
+>>> s.metrics_port, s.redis_url
+(9200, None)
+>>> Settings.from_env({"NEXTBEST_METRICS_PORT": "x"})
+Traceback (most recent call last):
+...
+nextbest.settings.ConfigError: NEXTBEST_METRICS_PORT: expected an integer in [0, 65535], got 'x'
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A setting has a bad value; the message names the environment variable."""
+
+
+def _int_in(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            v = int(raw)
+        except ValueError:
+            v = lo - 1
+        if not lo <= v <= hi:
+            raise ValueError(f"expected an integer in [{lo}, {hi}], got {raw!r}")
+        return v
+
+    return parse
+
+
+def _nonempty(raw: str) -> str:
+    if not raw.strip():
+        raise ValueError("must not be empty")
+    return raw.strip()
+
+
+def _redis_url(raw: str) -> str:
+    if not raw.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(f"expected a redis://, rediss:// or unix:// URL, got {raw!r}")
+    return raw
+
+
+def _brokers(raw: str) -> str:
+    parts = [p.strip() for p in raw.split(",") if p.strip()]
+    if not parts or any(":" not in p for p in parts):
+        raise ValueError(f"expected host:port[,host:port...], got {raw!r}")
+    return ",".join(parts)
+
+
+def _log_level(raw: str) -> str:
+    v = raw.upper()
+    if v not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ValueError(f"expected DEBUG, INFO, WARNING or ERROR, got {raw!r}")
+    return v
+
+
+@dataclass(frozen=True)
+class Spec:
+    """How one setting is read: variable, default (as text), parser and meaning."""
+
+    env: str
+    default: str | None
+    parse: Callable[[str], Any]
+    doc: str
+
+
+#: Every setting: attribute name -> spec. The README's configuration table lists these.
+SPECS: dict[str, Spec] = {
+    "home": Spec(
+        "NEXTBEST_HOME",
+        "./.nextbest",
+        _nonempty,
+        "Directory for embedded-mode data: the embedded Redis's data and socket, the shared "
+        "embedded broker's address, dead-letter files.",
+    ),
+    "redis_url": Spec(
+        "NEXTBEST_REDIS_URL",
+        None,
+        _redis_url,
+        "External Redis (redis://, rediss:// or unix://). Unset: an embedded redis-server "
+        "(pip-installed binary) shared by all commands using the same NEXTBEST_HOME.",
+    ),
+    "kafka_brokers": Spec(
+        "NEXTBEST_KAFKA_BROKERS",
+        None,
+        _brokers,
+        "Kafka bootstrap servers (host:port,...). Unset: `run` and `simulate --kafka` share an "
+        "embedded Kafka-protocol broker (tansu, memory only) under NEXTBEST_HOME.",
+    ),
+    "topic_clickstream": Spec(
+        "NEXTBEST_TOPIC_CLICKSTREAM", "clickstream", _nonempty, "Clickstream events topic."
+    ),
+    "topic_transactions": Spec(
+        "NEXTBEST_TOPIC_TRANSACTIONS", "transactions", _nonempty, "Transaction events topic."
+    ),
+    "topic_dead_letter": Spec(
+        "NEXTBEST_TOPIC_DEAD_LETTER",
+        "dead-letter",
+        _nonempty,
+        "Topic that receives rejected events when reading from Kafka.",
+    ),
+    "topic_partitions": Spec(
+        "NEXTBEST_TOPIC_PARTITIONS",
+        "3",
+        _int_in(1, 1024),
+        "Partitions used when nextbest creates a missing topic.",
+    ),
+    "metrics_port": Spec(
+        "NEXTBEST_METRICS_PORT",
+        "9464",
+        _int_in(0, 65535),
+        "Port of the dataflow's Prometheus /metrics endpoint (`run`, `replay`, `demo`); 0 "
+        "disables it. `serve` exposes /metrics on its own HTTP port.",
+    ),
+    "host": Spec("NEXTBEST_HOST", "127.0.0.1", _nonempty, "Address `serve` listens on."),
+    "port": Spec("NEXTBEST_PORT", "8000", _int_in(1, 65535), "Port `serve` listens on."),
+    "batch_size": Spec(
+        "NEXTBEST_BATCH_SIZE",
+        "1000",
+        _int_in(1, 100_000),
+        "Most events read per source batch and profiles written per Redis pipeline.",
+    ),
+    "log_level": Spec("NEXTBEST_LOG_LEVEL", "INFO", _log_level, "Log level."),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated settings; build with :meth:`from_env`."""
+
+    home: str
+    redis_url: str | None
+    kafka_brokers: str | None
+    topic_clickstream: str
+    topic_transactions: str
+    topic_dead_letter: str
+    topic_partitions: int
+    metrics_port: int
+    host: str
+    port: int
+    batch_size: int
+    log_level: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read and validate every setting; raise :class:`ConfigError` naming the variable."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            spec = SPECS[f.name]
+            raw = env.get(spec.env)
+            if raw is None or raw == "":
+                raw = spec.default
+            if raw is None:
+                values[f.name] = None
+                continue
+            try:
+                values[f.name] = spec.parse(raw)
+            except ValueError as exc:
+                raise ConfigError(f"{spec.env}: {exc}") from None
+        return cls(**values)
+
+    @property
+    def home_path(self) -> Path:
+        """``home`` as an absolute path (created on demand by the runtime)."""
+        return Path(self.home).expanduser().resolve()
+
+    @property
+    def topics(self) -> list[str]:
+        """The input topics."""
+        return [self.topic_clickstream, self.topic_transactions]
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some values changed (for the CLI's flags and for tests)."""
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d.update(changes)
+        return Settings(**d)
+
+
+def settings_table() -> str:
+    """The README's configuration table (Markdown)."""
+    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for spec in SPECS.values():
+        default = "(unset)" if spec.default is None else f"`{spec.default}`"
+        rows.append(f"| `{spec.env}` | {default} | {spec.doc} |")
+    return "\n".join(rows)

