@@ -1,0 +1,47 @@
+"""Prometheus metrics of the dataflow (process-wide registry; label values are bounded)."""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
+
+log = logging.getLogger(__name__)
+
+EVENTS_READ = Counter(
+    "nextbest_events_read_total", "Records read from the source.", ["source"], registry=REGISTRY
+)
+EVENTS_ACCEPTED = Counter(
+    "nextbest_events_accepted_total", "Records decoded into valid events.", ["type"]
+)
+EVENTS_DEAD_LETTERED = Counter(
+    "nextbest_events_dead_lettered_total",
+    "Records rejected to the dead-letter output, by reason (a finite set).",
+    ["reason"],
+)
+REDIS_BATCH_SIZE = Histogram(
+    "nextbest_redis_write_batch_size",
+    "Profiles written per Redis pipeline.",
+    buckets=(1, 5, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000),
+)
+REDIS_WRITE_SECONDS = Histogram(
+    "nextbest_redis_write_seconds",
+    "Latency of one pipelined Redis profile write.",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+DEAD_LETTER_WRITE_ERRORS = Counter(
+    "nextbest_dead_letter_write_retries_total", "Retries writing to the dead-letter output."
+)
+
+
+def serve_metrics(port: int) -> bool:
+    """Expose ``/metrics`` on ``port`` (0: disabled). A busy port is logged, not fatal."""
+    if port == 0:
+        return False
+    try:
+        start_http_server(port)
+    except OSError as exc:
+        log.warning("metrics endpoint not started on port %d: %s", port, exc)
+        return False
+    log.info("dataflow metrics on :%d/metrics", port)
+    return True

@@ -1,0 +1,5 @@
+"""``python -m nextbest``."""
+
+from nextbest.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,419 @@
+"""The ``nextbest`` command line: replay, run, serve, profile, simulate, demo.
+
+Every command reads the settings once (bad values fail at start naming the variable), uses the
+configured Redis/Kafka or the embedded ones, and stops whatever it started before it exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any, NoReturn
+
+import orjson
+
+from nextbest import __version__
+from nextbest.settings import ConfigError, Settings
+
+log = logging.getLogger("nextbest")
+
+EXIT_USAGE = 2
+EXIT_NOT_FOUND = 1
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error and exit code 2 (no traceback, no usage dump)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+class UsageError(Exception):
+    """A wrong argument discovered after parsing (missing file, bad timestamp)."""
+
+
+def _die(msg: str, code: int = EXIT_USAGE) -> NoReturn:
+    print(f"nextbest: {msg}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM stops a command the way Ctrl-C does (cleanly, releasing embedded services)."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _Progress:
+    """Prints a live progress line every ``interval`` seconds while a flow runs."""
+
+    def __init__(self, render: Callable[[], str], interval: float = 1.0, enabled: bool = True):
+        self._render = render
+        self._interval = interval
+        self._enabled = enabled
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            print(self._render(), file=sys.stderr, flush=True)
+
+    def __enter__(self) -> _Progress:
+        if self._enabled:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._enabled:
+            self._thread.join()
+
+
+def _progress_line(stats: Any, t0: float) -> str:
+    dt = max(time.perf_counter() - t0, 1e-9)
+    dead = sum(stats.dead_lettered.values())
+    return (
+        f"  {stats.read:>10,} events  {stats.read / dt:>9,.0f} ev/s  "
+        f"customers {stats.customers:,}  visitors {stats.visitors:,}  dead letters {dead:,}"
+    )
+
+
+def _print_summary(summary: dict[str, Any], as_json: bool, dead_letter: str | None) -> None:
+    if as_json:
+        sys.stdout.write(orjson.dumps(summary).decode() + "\n")
+        return
+    print(
+        f"read {summary['read']:,} events in {summary['seconds']:.1f} s "
+        f"({summary['events_per_s']:,.0f} events/s)"
+    )
+    print(f"accepted {summary['accepted']:,}")
+    where = f" -> {dead_letter}" if dead_letter and summary["dead_lettered"] else ""
+    print(f"dead-lettered {summary['dead_lettered']:,}{where}")
+    for reason, n in summary["dead_lettered_by_reason"].items():
+        print(f"  {reason:<28} {n:,}")
+    print(f"customers {summary['customers']:,} (anonymous visitors {summary['visitors']:,})")
+
+
+def _run_flow(flow: Any) -> None:
+    from bytewax.testing import run_main
+
+    run_main(flow)
+
+
+# ---------------------------------------------------------------------------------------------
+# commands
+
+
+def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    """Run the profile flow over JSONL files to their end and print a summary."""
+    from dataflows.metrics import serve_metrics
+    from dataflows.profiles import FlowStats, build_flow
+    from dataflows.sinks import DeadLetterFileSink, RedisProfileSink
+    from dataflows.sources import JsonlFilesSource
+    from nextbest.runtime import redis_url
+
+    paths = [Path(p) for p in args.files]
+    for p in paths:
+        if not p.is_file():
+            raise UsageError(f"replay: no such file: {p}")
+    dead_letter = Path(args.dead_letter) if args.dead_letter else settings.home_path / "dead-letter.jsonl"
+    with redis_url(settings) as url:
+        serve_metrics(settings.metrics_port)
+        stats = FlowStats()
+        flow = build_flow(
+            JsonlFilesSource(paths, settings.batch_size),
+            RedisProfileSink(url),
+            DeadLetterFileSink(dead_letter),
+            stats,
+        )
+        t0 = time.perf_counter()
+        show = not args.json and sys.stderr.isatty()
+        with _sigterm_as_interrupt(), _Progress(lambda: _progress_line(stats, t0), enabled=show):
+            _run_flow(flow)
+        summary = stats.as_dict(time.perf_counter() - t0)
+    summary["dead_letter_file"] = str(dead_letter)
+    _print_summary(summary, args.json, str(dead_letter))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    """Consume the Kafka topics until stopped (SIGTERM or Ctrl-C stop it cleanly)."""
+    from dataflows.metrics import serve_metrics
+    from dataflows.profiles import FlowStats, build_flow
+    from dataflows.sinks import DeadLetterKafkaSink, RedisProfileSink
+    from dataflows.sources import kafka_source, kafka_to_record
+    from nextbest.runtime import ensure_topics, kafka_brokers, redis_url
+
+    with redis_url(settings) as url, kafka_brokers(settings) as brokers:
+        ensure_topics(
+            brokers, [*settings.topics, settings.topic_dead_letter], settings.topic_partitions
+        )
+        serve_metrics(settings.metrics_port)
+        stats = FlowStats()
+        flow = build_flow(
+            kafka_source(brokers, settings.topics, settings.batch_size),
+            RedisProfileSink(url),
+            DeadLetterKafkaSink(brokers, settings.topic_dead_letter),
+            stats,
+            to_record=kafka_to_record,
+            source_label="kafka",
+        )
+        print(
+            f"nextbest run: consuming {', '.join(settings.topics)} from {brokers}; "
+            f"profiles -> {url}; dead letters -> {settings.topic_dead_letter}",
+            file=sys.stderr,
+            flush=True,
+        )
+        t0 = time.perf_counter()
+        with (
+            _sigterm_as_interrupt(),
+            _Progress(lambda: _progress_line(stats, t0), interval=5, enabled=not args.quiet),
+        ):
+            try:
+                _run_flow(flow)
+            except KeyboardInterrupt:
+                print("nextbest run: stopping", file=sys.stderr, flush=True)
+        summary = stats.as_dict(time.perf_counter() - t0)
+    _print_summary(summary, args.json, None)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    """Serve the HTTP API until stopped."""
+    from nextbest.runtime import redis_url
+    from serving.app import run_server
+
+    host = args.host or settings.host
+    port = args.port or settings.port
+    with redis_url(settings) as url, _sigterm_as_interrupt(), contextlib.suppress(KeyboardInterrupt):
+        run_server(settings, url, host, port)
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace, settings: Settings) -> int:
+    """Print one profile as JSON, computed as of a time."""
+    import redis
+
+    from features.profile import render
+    from features.store import customer_key, read_profile
+    from nextbest.runtime import redis_url
+    from schemas.events import parse_ts
+
+    as_of = _now_ms()
+    if args.as_of is not None:
+        raw: int | str = int(args.as_of) if args.as_of.isdigit() else args.as_of
+        parsed = parse_ts(raw)
+        if parsed is None:
+            raise UsageError(f"profile: bad --as-of {args.as_of!r} (RFC 3339 with zone or epoch ms)")
+        as_of = parsed
+    with redis_url(settings) as url:
+        client: redis.Redis[Any] = redis.Redis.from_url(url)
+        try:
+            state = read_profile(client, customer_key(args.id))
+        finally:
+            client.close()
+    if state is None:
+        print(f"nextbest: no profile for customer {args.id!r}", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    sys.stdout.write(orjson.dumps(render(state, as_of), option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
+    """Simulate a shop population to a JSONL file or to the Kafka topics."""
+    from nextbest.simulator import SimConfig, produce_to_kafka, simulate_to_file
+
+    if args.out is None and not args.kafka:
+        raise UsageError("simulate: give --out FILE or --kafka")
+    if not 0.0 <= args.bad_rate <= 1.0:
+        raise UsageError("simulate: --bad-rate must be in [0, 1]")
+    if args.holdout_days >= args.days:
+        raise UsageError("simulate: --holdout-days must be smaller than --days")
+    cfg = SimConfig(
+        customers=args.customers,
+        days=args.days,
+        seed=args.seed,
+        holdout_days=args.holdout_days,
+        bad_rate=args.bad_rate,
+    )
+    truth = Path(args.truth) if args.truth else None
+    if args.kafka:
+        from nextbest.runtime import ensure_topics, kafka_brokers
+
+        with kafka_brokers(settings) as brokers:
+            ensure_topics(brokers, settings.topics, settings.topic_partitions)
+            stats = produce_to_kafka(
+                cfg, brokers, truth, topics=(settings.topic_clickstream, settings.topic_transactions)
+            )
+        where = f"topics {settings.topic_clickstream}, {settings.topic_transactions} at {brokers}"
+    else:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        stats = simulate_to_file(cfg, out, truth)
+        where = str(out)
+    rate = stats.events / stats.seconds if stats.seconds else 0.0
+    print(
+        f"simulated {stats.events:,} events ({stats.bad:,} malformed) for {stats.customers:,} "
+        f"customers in {stats.seconds:.1f} s ({rate:,.0f} events/s) -> {where}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    """Simulate, stream through the dataflow and serve the API (bounded with --events)."""
+    from nextbest.demo import run_demo
+
+    with _sigterm_as_interrupt():
+        return run_demo(settings, events=args.events, customers=args.customers, port=args.port)
+
+
+# ---------------------------------------------------------------------------------------------
+# parser
+
+
+def _positive_int(raw: str) -> int:
+    try:
+        v = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {raw!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {raw!r}")
+    return v
+
+
+def _nonneg_int(raw: str) -> int:
+    try:
+        v = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {raw!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {raw!r}")
+    return v
+
+
+def _port(raw: str) -> int:
+    v = _positive_int(raw)
+    if v > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port in [1, 65535], got {raw!r}")
+    return v
+
+
+def _rate(raw: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {raw!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (its help texts are the CLI reference in the README)."""
+    p = _Parser(
+        prog="nextbest",
+        description="nextbest: real-time customer profiles, segments and next best actions.",
+        epilog="Configuration comes from NEXTBEST_* environment variables (see README).",
+    )
+    p.add_argument("--version", action="version", version=f"nextbest {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
+
+    r = sub.add_parser("replay", help="run the dataflow over JSONL files to their end")
+    r.add_argument("files", nargs="+", metavar="FILE", help="JSONL event files")
+    r.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    r.add_argument(
+        "--dead-letter",
+        metavar="PATH",
+        help="dead-letter JSONL file (default: $NEXTBEST_HOME/dead-letter.jsonl, appended)",
+    )
+    r.set_defaults(func=cmd_replay)
+
+    k = sub.add_parser("run", help="consume the Kafka topics until stopped (SIGTERM/Ctrl-C)")
+    k.add_argument("--json", action="store_true", help="print the final summary as JSON")
+    k.add_argument("--quiet", action="store_true", help="no periodic progress lines")
+    k.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("serve", help="serve the HTTP API")
+    s.add_argument("--host", help="listen address (default: $NEXTBEST_HOST)")
+    s.add_argument("--port", type=_port, help="listen port (default: $NEXTBEST_PORT)")
+    s.set_defaults(func=cmd_serve)
+
+    pr = sub.add_parser("profile", help="print a customer's profile as JSON")
+    pr.add_argument("id", metavar="ID", help="customer id")
+    pr.add_argument("--as-of", metavar="TS", help="RFC 3339 time with zone, or epoch ms")
+    pr.set_defaults(func=cmd_profile)
+
+    sm = sub.add_parser("simulate", help="simulate a shop population's events")
+    sm.add_argument("--customers", type=_positive_int, default=1000, metavar="N")
+    sm.add_argument("--days", type=_positive_int, default=30, metavar="D")
+    sm.add_argument("--seed", type=int, default=42, metavar="S")
+    sm.add_argument(
+        "--holdout-days", type=_nonneg_int, default=0, metavar="H",
+        help="simulate but do not write the last H days (the truth file reports them)",
+    )
+    sm.add_argument(
+        "--bad-rate", type=_rate, default=0.0, metavar="R", help="share of malformed lines"
+    )
+    sm.add_argument("--out", metavar="FILE", help="JSONL output file")
+    sm.add_argument("--truth", metavar="FILE", help="per-customer latent truth (JSONL)")
+    sm.add_argument(
+        "--kafka", action="store_true", help="produce to the clickstream/transactions topics"
+    )
+    sm.set_defaults(func=cmd_simulate)
+
+    d = sub.add_parser("demo", help="simulate, stream through the dataflow, serve the API")
+    d.add_argument(
+        "--events", type=_positive_int, metavar="N",
+        help="bounded: stream about N events, print the summary and exit",
+    )
+    d.add_argument("--customers", type=_positive_int, default=5000, metavar="N")
+    d.add_argument("--port", type=_port, default=None, help="API port (default $NEXTBEST_PORT)")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        _die(f"config error: {exc}")
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        code: int = args.func(args, settings)
+    except UsageError as exc:
+        _die(str(exc))
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    return code
+

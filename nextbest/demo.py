@@ -1,0 +1,158 @@
+"""``nextbest demo``: simulate a shop, stream it through the dataflow, serve the API meanwhile."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
+
+from dataflows.records import RawRecord
+from nextbest.settings import Settings
+from nextbest.simulator import SimConfig, generate
+
+
+class _SimPartition(StatefulSourcePartition[RawRecord, int]):
+    def __init__(self, cfg: SimConfig, limit: int | None, resume: int | None, batch: int) -> None:
+        self._it: Iterator[bytes] = generate(cfg)
+        self._n = resume or 0
+        if self._n:
+            self._it = itertools.islice(self._it, self._n, None)
+        self._limit = limit
+        self._batch = batch
+
+    def next_batch(self) -> list[RawRecord]:
+        take = self._batch if self._limit is None else min(self._batch, self._limit - self._n)
+        out = [RawRecord(line, f"sim:{self._n + i + 1}") for i, line in
+               enumerate(itertools.islice(self._it, max(take, 0)))]
+        if not out:
+            raise StopIteration
+        self._n += len(out)
+        return out
+
+    def snapshot(self) -> int:
+        return self._n
+
+
+class SimulatorSource(FixedPartitionedSource[RawRecord, int]):
+    """The built-in simulator as a dataflow source (one partition, resumable by count)."""
+
+    def __init__(self, cfg: SimConfig, limit: int | None = None, batch_size: int = 1000) -> None:
+        self._cfg = cfg
+        self._limit = limit
+        self._batch = batch_size
+
+    def list_parts(self) -> list[str]:
+        return ["simulator"]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _SimPartition:
+        return _SimPartition(self._cfg, self._limit, resume_state, self._batch)
+
+
+@contextlib.contextmanager
+def _api_server(redis_url: str, port: int, home: Path) -> Iterator[str]:
+    """``nextbest serve`` in a child process on 127.0.0.1:port, sharing our Redis."""
+    env = dict(os.environ, NEXTBEST_REDIS_URL=redis_url, NEXTBEST_LOG_LEVEL="WARNING")
+    log = open(home / "demo-serve.log", "ab")  # noqa: SIM115 - handed to the child
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nextbest", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=log,
+        stdin=subprocess.DEVNULL,
+    )
+    log.close()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"the API server exited (is port {port} in use?); see {home / 'demo-serve.log'}"
+                )
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(base + "/healthz", timeout=0.5).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError("the API server did not start within 30 s")
+            time.sleep(0.1)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _sample_customer(url: str) -> str | None:
+    client: redis.Redis[Any] = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        for key in client.scan_iter(match="nb:{c:*}:profile", count=500):
+            return str(key)[len("nb:{c:") : -len("}:profile")]
+    finally:
+        client.close()
+    return None
+
+
+def run_demo(settings: Settings, events: int | None, customers: int, port: int | None) -> int:
+    """Run the demo; bounded when ``events`` is given (prints the summary and exits)."""
+    from nextbest.cli import _print_summary, _Progress, _progress_line, _run_flow
+    from nextbest.runtime import redis_url
+
+    from dataflows.metrics import serve_metrics
+    from dataflows.profiles import FlowStats, build_flow
+    from dataflows.sinks import DeadLetterFileSink, RedisProfileSink
+
+    home = settings.home_path
+    home.mkdir(parents=True, exist_ok=True)
+    port = port or settings.port
+    if events is not None:
+        customers = max(50, min(customers, events // 40))
+    cfg = SimConfig(customers=customers, days=60, seed=7, bad_rate=0.005)
+    dead_letter = home / "dead-letter.jsonl"
+    with redis_url(settings) as url, _api_server(url, port, home) as base:
+        serve_metrics(settings.metrics_port)
+        print(f"nextbest demo: Redis {url}; API {base} (docs: {base}/docs)", file=sys.stderr)
+        print(
+            f"streaming simulated events of {cfg.customers:,} customers over {cfg.days} days"
+            + (f" (first {events:,} events)" if events else ""),
+            file=sys.stderr,
+        )
+        stats = FlowStats()
+        flow = build_flow(
+            SimulatorSource(cfg, limit=events, batch_size=settings.batch_size),
+            RedisProfileSink(url),
+            DeadLetterFileSink(dead_letter),
+            stats,
+            source_label="simulator",
+        )
+        t0 = time.perf_counter()
+        with _Progress(lambda: _progress_line(stats, t0), interval=2.0):
+            _run_flow(flow)
+        summary = stats.as_dict(time.perf_counter() - t0)
+        _print_summary(summary, False, str(dead_letter))
+        cid = _sample_customer(url) or "c-1"
+        print("\nTry:")
+        print(f"  curl -s {base}/v1/customers/{cid}/profile")
+        print(f"  curl -s '{base}/v1/customers/{cid}/profile?as_of=2026-02-01T00:00:00Z'")
+        print(f"  curl -s {base}/readyz")
+        print(f"  curl -s {base}/metrics | grep nextbest_")
+        print(f"  open {base}/docs")
+        sys.stdout.flush()
+        if events is None:
+            print("\nThe API keeps serving; press Ctrl-C to stop.", file=sys.stderr, flush=True)
+            with contextlib.suppress(KeyboardInterrupt):
+                while True:
+                    time.sleep(3600)
+    return 0
