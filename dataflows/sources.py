@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -80,3 +81,38 @@ def kafka_to_record(msg: Any) -> RawRecord:
             m.value or b"", f"kafka:{m.topic}:{m.partition}:{m.offset}:error:{msg.err}"
         )
     return RawRecord(msg.value or b"", f"kafka:{msg.topic}:{msg.partition}:{msg.offset}")
+
+
+class _StoppablePartition(StatefulSourcePartition[Any, Any]):
+    def __init__(self, inner: StatefulSourcePartition[Any, Any], stop: threading.Event) -> None:
+        self._inner = inner
+        self._stop = stop
+
+    def next_batch(self) -> Any:
+        if self._stop.is_set():
+            raise StopIteration
+        return self._inner.next_batch()
+
+    def next_awake(self) -> Any:
+        return self._inner.next_awake()
+
+    def snapshot(self) -> Any:
+        return self._inner.snapshot()
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class StoppableSource(FixedPartitionedSource[Any, Any]):
+    """Wraps a source so that setting ``stop`` ends every partition: the flow then finishes
+    cleanly (sinks flush, recovery state is written) instead of being interrupted mid-batch."""
+
+    def __init__(self, inner: FixedPartitionedSource[Any, Any], stop: threading.Event) -> None:
+        self._inner = inner
+        self.stop = stop
+
+    def list_parts(self) -> list[str]:
+        return self._inner.list_parts()
+
+    def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _StoppablePartition:
+        return _StoppablePartition(self._inner.build_part(step_id, for_part, resume_state), self.stop)

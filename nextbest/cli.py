@@ -55,6 +55,22 @@ def _now_ms() -> int:
 
 
 @contextlib.contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGTERM and SIGINT set ``stop``: the source ends and the flow finishes cleanly."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    prev_term = signal.signal(signal.SIGTERM, handler)
+    prev_int = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, prev_term)
+        signal.signal(signal.SIGINT, prev_int)
+
+
+@contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM stops a command the way Ctrl-C does (cleanly, releasing embedded services)."""
 
@@ -165,7 +181,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from dataflows.metrics import serve_metrics
     from dataflows.profiles import FlowStats, build_flow
     from dataflows.sinks import DeadLetterKafkaSink, RedisProfileSink
-    from dataflows.sources import kafka_source, kafka_to_record
+    from dataflows.sources import StoppableSource, kafka_source, kafka_to_record
     from nextbest.runtime import ensure_topics, kafka_brokers, redis_url
 
     with redis_url(settings) as url, kafka_brokers(settings) as brokers:
@@ -174,8 +190,9 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         )
         serve_metrics(settings.metrics_port)
         stats = FlowStats()
+        stop = threading.Event()
         flow = build_flow(
-            kafka_source(brokers, settings.topics, settings.batch_size),
+            StoppableSource(kafka_source(brokers, settings.topics, settings.batch_size), stop),
             RedisProfileSink(url),
             DeadLetterKafkaSink(brokers, settings.topic_dead_letter),
             stats,
@@ -190,13 +207,10 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         )
         t0 = time.perf_counter()
         with (
-            _sigterm_as_interrupt(),
+            _stop_on_signals(stop),
             _Progress(lambda: _progress_line(stats, t0), interval=5, enabled=not args.quiet),
         ):
-            try:
-                _run_flow(flow)
-            except KeyboardInterrupt:
-                print("nextbest run: stopping", file=sys.stderr, flush=True)
+            _run_flow(flow)
         summary = stats.as_dict(time.perf_counter() - t0)
     _print_summary(summary, args.json, None)
     return 0

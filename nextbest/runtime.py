@@ -260,7 +260,7 @@ class SharedService:
         with self._locked():
             st = self._read_state()
             if st is None or not _alive(st.pid):
-                log.info("starting embedded %s under %s", self.name, self.workdir)
+                log.debug("starting embedded %s under %s", self.name, self.workdir)
                 proc, address = self._start(self.workdir)
                 st = Started(pid=proc.pid, address=address)
                 self._state.write_text(json.dumps({"pid": st.pid, "address": st.address}))
@@ -276,7 +276,7 @@ class SharedService:
                 return
             st = self._read_state()
             if st is not None and _alive(st.pid):
-                log.info("stopping embedded %s", self.name)
+                log.debug("stopping embedded %s", self.name)
                 self._stop(st.address, st.pid)
             self._state.unlink(missing_ok=True)
 
