@@ -1,0 +1,102 @@
+"""JSON Schema files for producers, generated from the structs in :mod:`schemas.events`.
+
+``python -m schemas.jsonschema --write`` (or ``make schemas``) regenerates ``schemas/json/``;
+``tests/test_schemas.py`` fails when the checked-in files drift from the structs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from schemas.events import (
+    CLICKSTREAM_TYPES,
+    EVENT_TYPES,
+    FEEDBACK_TYPES,
+    MAX_EVENT_BYTES,
+    MAX_ID_LEN,
+    MAX_ITEMS,
+    MAX_PROPERTIES,
+    TRANSACTION_TYPES,
+    _WireEvent,
+)
+
+OUT_DIR = Path(__file__).parent / "json"
+
+
+def event_schema() -> dict[str, Any]:
+    """The event contract as JSON Schema (draft 2020-12)."""
+    schema = msgspec.json.schema(_WireEvent)
+    defs = schema.pop("$defs")
+    body = defs.pop("_WireEvent")
+    props = body["properties"]
+    for name in ("event_id", "customer_id", "anonymous_id", "session_id", "product_id",
+                 "order_id", "decision_id", "action_id"):
+        props[name] = {"type": "string", "minLength": 1, "maxLength": MAX_ID_LEN}
+    props["type"] = {"enum": sorted(EVENT_TYPES)}
+    props["ts"] = {
+        "description": "Event time: RFC 3339 with a zone, or epoch milliseconds.",
+        "anyOf": [{"type": "string", "format": "date-time"}, {"type": "integer"}],
+    }
+    props["properties"] = {"type": "object", "maxProperties": MAX_PROPERTIES}
+    for name in ("price", "total"):
+        props[name] = {"type": "number", "minimum": 0}
+    props["quantity"] = {"type": "integer", "minimum": 1, "maximum": 10000}
+    props["items"] = {"type": "array", "maxItems": MAX_ITEMS, "items": {"$ref": "#/$defs/Item"}}
+    body.pop("title", None)
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://nextbest.example/schemas/event.json",
+        "title": "nextbest event",
+        "description": (
+            f"One event per Kafka message or JSONL line, at most {MAX_EVENT_BYTES} bytes. "
+            f"Clickstream types: {', '.join(sorted(CLICKSTREAM_TYPES))}. Transaction types "
+            f"(customer_id and total required): {', '.join(sorted(TRANSACTION_TYPES))}. "
+            f"Feedback types (decision_id and action_id required): "
+            f"{', '.join(sorted(FEEDBACK_TYPES))}. Unknown extra fields are accepted."
+        ),
+        **body,
+        "required": ["event_id", "type", "ts"],
+        "anyOf": [{"required": ["customer_id"]}, {"required": ["anonymous_id"]}],
+        "allOf": [
+            {
+                "if": {"properties": {"type": {"enum": sorted(TRANSACTION_TYPES)}}},
+                "then": {"required": ["customer_id", "total"]},
+            },
+            {
+                "if": {"properties": {"type": {"enum": sorted(FEEDBACK_TYPES)}}},
+                "then": {"required": ["decision_id", "action_id"]},
+            },
+        ],
+        "$defs": defs,
+    }
+
+
+def rendered() -> dict[str, str]:
+    """File name -> exact file text of every generated schema."""
+    return {"event.json": json.dumps(event_schema(), indent=2, sort_keys=True) + "\n"}
+
+
+def main() -> None:
+    """Write (``--write``) or check the generated files."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--write", action="store_true")
+    args = parser.parse_args()
+    OUT_DIR.mkdir(exist_ok=True)
+    stale = []
+    for name, text in rendered().items():
+        path = OUT_DIR / name
+        if args.write:
+            path.write_text(text)
+        elif not path.exists() or path.read_text() != text:
+            stale.append(name)
+    if stale:
+        raise SystemExit(f"stale JSON Schema files: {stale}; run `make schemas`")
+
+
+if __name__ == "__main__":
+    main()
