@@ -13,7 +13,10 @@ from schemas.events import DecodeError, Event, decode_event
 
 
 class RawRecord(msgspec.Struct, frozen=True, array_like=True):
-    """Bytes as read, and where from (``file:<path>:<line>`` or ``kafka:<topic>:<part>:<offset>``)."""
+    """Bytes as read, and where from.
+
+    ``position`` is ``file:<path>:<line>``, ``kafka:<topic>:<partition>:<offset>`` or ``sim:<n>``.
+    """
 
     data: bytes
     position: str
@@ -41,7 +44,8 @@ def decode_record(rec: RawRecord) -> Event | Rejected:
 def dead_letter_document(rej: Rejected, now_ms: int | None = None) -> dict[str, Any]:
     """The dead-letter record: original bytes (as text, or base64 if not UTF-8), reason, position.
 
-    >>> d = dead_letter_document(Rejected(RawRecord(b"{", "file:x:1"), DecodeError("invalid_json")), 0)
+    >>> rej = Rejected(RawRecord(b"{", "file:x:1"), DecodeError("invalid_json"))
+    >>> d = dead_letter_document(rej, 0)
     >>> d["reason"], d["data"], d["position"]
     ('invalid_json', '{', 'file:x:1')
     """

@@ -6,7 +6,6 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
@@ -21,9 +20,9 @@ from features.store import write_profiles
 log = logging.getLogger(__name__)
 
 
-def redis_client(url: str, retries: int = 8) -> redis.Redis[Any]:
+def redis_client(url: str, retries: int = 8) -> redis.Redis:
     """A Redis client with a retry policy (exponential backoff) for the write path."""
-    client: redis.Redis[Any] = redis.Redis.from_url(
+    client: redis.Redis = redis.Redis.from_url(
         url,
         retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries),
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
@@ -54,9 +53,7 @@ class RedisProfileSink(DynamicSink[tuple[str, ProfileState]]):
     def __init__(self, url: str) -> None:
         self._url = url
 
-    def build(
-        self, step_id: str, worker_index: int, worker_count: int
-    ) -> _RedisProfilePartition:
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _RedisProfilePartition:
         return _RedisProfilePartition(self._url)
 
 

@@ -115,4 +115,6 @@ class StoppableSource(FixedPartitionedSource[Any, Any]):
         return self._inner.list_parts()
 
     def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _StoppablePartition:
-        return _StoppablePartition(self._inner.build_part(step_id, for_part, resume_state), self.stop)
+        return _StoppablePartition(
+            self._inner.build_part(step_id, for_part, resume_state), self.stop
+        )

@@ -107,9 +107,7 @@ def _s(v: str | bytes) -> str:
 def from_fields(raw: dict[Any, Any]) -> ProfileState:
     """Rebuild the state from :func:`to_fields` output (str or bytes keys and values)."""
     f = {_s(k): _s(v) for k, v in raw.items()}
-    counts = {
-        k[len(_COUNT_PREFIX) :]: int(v) for k, v in f.items() if k.startswith(_COUNT_PREFIX)
-    }
+    counts = {k[len(_COUNT_PREFIX) :]: int(v) for k, v in f.items() if k.startswith(_COUNT_PREFIX)}
     return ProfileState(
         key=f["key"],
         counts=counts,

@@ -36,25 +36,26 @@ def customer_key(customer_id: str) -> str:
     return "c:" + customer_id
 
 
-def write_profiles(client: redis.Redis[Any] | Any, states: Iterable[ProfileState]) -> int:
+def write_profiles(client: redis.Redis | Any, states: Iterable[ProfileState]) -> int:
     """Write the full projection of each state in one pipelined round trip; returns how many."""
     pipe = client.pipeline(transaction=False)
     n = 0
     for st in states:
-        pipe.hset(profile_key(st.key), mapping=to_fields(st))
+        fields: dict[Any, Any] = to_fields(st)
+        pipe.hset(profile_key(st.key), mapping=fields)
         n += 1
     if n:
         pipe.execute()
     return n
 
 
-def read_profile(client: redis.Redis[Any] | Any, key: str) -> ProfileState | None:
+def read_profile(client: redis.Redis | Any, key: str) -> ProfileState | None:
     """The stored state of a partition key, or ``None`` when there is none."""
     raw = client.hgetall(profile_key(key))
     return from_fields(raw) if raw else None
 
 
-async def aread_profile(client: aioredis.Redis[Any] | Any, key: str) -> ProfileState | None:
+async def aread_profile(client: aioredis.Redis | Any, key: str) -> ProfileState | None:
     """Async :func:`read_profile` (one round trip), for serving."""
     raw = await client.hgetall(profile_key(key))
     return from_fields(raw) if raw else None

@@ -137,7 +137,7 @@ def _print_summary(summary: dict[str, Any], as_json: bool, dead_letter: str | No
 def _run_flow(flow: Any) -> None:
     from bytewax.testing import run_main
 
-    run_main(flow)
+    run_main(flow)  # type: ignore[no-untyped-call]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,7 +156,9 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     for p in paths:
         if not p.is_file():
             raise UsageError(f"replay: no such file: {p}")
-    dead_letter = Path(args.dead_letter) if args.dead_letter else settings.home_path / "dead-letter.jsonl"
+    dead_letter = (
+        Path(args.dead_letter) if args.dead_letter else settings.home_path / "dead-letter.jsonl"
+    )
     with redis_url(settings) as url:
         serve_metrics(settings.metrics_port)
         stats = FlowStats()
@@ -223,7 +225,11 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     host = args.host or settings.host
     port = args.port or settings.port
-    with redis_url(settings) as url, _sigterm_as_interrupt(), contextlib.suppress(KeyboardInterrupt):
+    with (
+        redis_url(settings) as url,
+        _sigterm_as_interrupt(),
+        contextlib.suppress(KeyboardInterrupt),
+    ):
         run_server(settings, url, host, port)
     return 0
 
@@ -242,10 +248,12 @@ def cmd_profile(args: argparse.Namespace, settings: Settings) -> int:
         raw: int | str = int(args.as_of) if args.as_of.isdigit() else args.as_of
         parsed = parse_ts(raw)
         if parsed is None:
-            raise UsageError(f"profile: bad --as-of {args.as_of!r} (RFC 3339 with zone or epoch ms)")
+            raise UsageError(
+                f"profile: bad --as-of {args.as_of!r} (RFC 3339 with zone or epoch ms)"
+            )
         as_of = parsed
     with redis_url(settings) as url:
-        client: redis.Redis[Any] = redis.Redis.from_url(url)
+        client: redis.Redis = redis.Redis.from_url(url)
         try:
             state = read_profile(client, customer_key(args.id))
         finally:
@@ -281,7 +289,10 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
         with kafka_brokers(settings) as brokers:
             ensure_topics(brokers, settings.topics, settings.topic_partitions)
             stats = produce_to_kafka(
-                cfg, brokers, truth, topics=(settings.topic_clickstream, settings.topic_transactions)
+                cfg,
+                brokers,
+                truth,
+                topics=(settings.topic_clickstream, settings.topic_transactions),
             )
         where = f"topics {settings.topic_clickstream}, {settings.topic_transactions} at {brokers}"
     else:
@@ -380,11 +391,18 @@ def build_parser() -> argparse.ArgumentParser:
     pr.set_defaults(func=cmd_profile)
 
     sm = sub.add_parser("simulate", help="simulate a shop population's events")
-    sm.add_argument("--customers", type=_positive_int, default=1000, metavar="N")
-    sm.add_argument("--days", type=_positive_int, default=30, metavar="D")
-    sm.add_argument("--seed", type=int, default=42, metavar="S")
     sm.add_argument(
-        "--holdout-days", type=_nonneg_int, default=0, metavar="H",
+        "--customers", type=_positive_int, default=1000, metavar="N", help="population size"
+    )
+    sm.add_argument("--days", type=_positive_int, default=30, metavar="D", help="days of history")
+    sm.add_argument(
+        "--seed", type=int, default=42, metavar="S", help="random seed (same seed, same bytes)"
+    )
+    sm.add_argument(
+        "--holdout-days",
+        type=_nonneg_int,
+        default=0,
+        metavar="H",
         help="simulate but do not write the last H days (the truth file reports them)",
     )
     sm.add_argument(
@@ -399,10 +417,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="simulate, stream through the dataflow, serve the API")
     d.add_argument(
-        "--events", type=_positive_int, metavar="N",
+        "--events",
+        type=_positive_int,
+        metavar="N",
         help="bounded: stream about N events, print the summary and exit",
     )
-    d.add_argument("--customers", type=_positive_int, default=5000, metavar="N")
+    d.add_argument(
+        "--customers", type=_positive_int, default=5000, metavar="N", help="population size"
+    )
     d.add_argument("--port", type=_port, default=None, help="API port (default $NEXTBEST_PORT)")
     d.set_defaults(func=cmd_demo)
     return p
@@ -430,4 +452,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     return code
-

@@ -10,7 +10,6 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import redis
@@ -32,8 +31,10 @@ class _SimPartition(StatefulSourcePartition[RawRecord, int]):
 
     def next_batch(self) -> list[RawRecord]:
         take = self._batch if self._limit is None else min(self._batch, self._limit - self._n)
-        out = [RawRecord(line, f"sim:{self._n + i + 1}") for i, line in
-               enumerate(itertools.islice(self._it, max(take, 0)))]
+        out = [
+            RawRecord(line, f"sim:{self._n + i + 1}")
+            for i, line in enumerate(itertools.islice(self._it, max(take, 0)))
+        ]
         if not out:
             raise StopIteration
         self._n += len(out)
@@ -96,7 +97,7 @@ def _api_server(redis_url: str, port: int, home: Path) -> Iterator[str]:
 
 
 def _sample_customer(url: str) -> str | None:
-    client: redis.Redis[Any] = redis.Redis.from_url(url, decode_responses=True)
+    client: redis.Redis = redis.Redis.from_url(url, decode_responses=True)
     try:
         for key in client.scan_iter(match="nb:{c:*}:profile", count=500):
             return str(key)[len("nb:{c:") : -len("}:profile")]
@@ -107,12 +108,11 @@ def _sample_customer(url: str) -> str | None:
 
 def run_demo(settings: Settings, events: int | None, customers: int, port: int | None) -> int:
     """Run the demo; bounded when ``events`` is given (prints the summary and exits)."""
-    from nextbest.cli import _print_summary, _Progress, _progress_line, _run_flow
-    from nextbest.runtime import redis_url
-
     from dataflows.metrics import serve_metrics
     from dataflows.profiles import FlowStats, build_flow
     from dataflows.sinks import DeadLetterFileSink, RedisProfileSink
+    from nextbest.cli import _print_summary, _Progress, _progress_line, _run_flow
+    from nextbest.runtime import redis_url
 
     home = settings.home_path
     home.mkdir(parents=True, exist_ok=True)

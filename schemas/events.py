@@ -15,7 +15,8 @@ Examples
 ('page_view', 1767323045000, 'a:a1')
 >>> decode_event(b'{"event_id":"e1","type":"page_view","ts":1767323045000}').reason
 'no_identity'
->>> decode_event(b'{"event_id":"e1","type":"purchase","ts":1767323045000,"anonymous_id":"a"}').reason
+>>> decode_event(b'{"event_id":"e1","type":"purchase","ts":1767323045000,'
+...              b'"anonymous_id":"a"}').reason
 'missing_field:customer_id'
 >>> decode_event(b'{"type":"page_view"').reason
 'invalid_json'

@@ -34,8 +34,16 @@ def event_schema() -> dict[str, Any]:
     defs = schema.pop("$defs")
     body = defs.pop("_WireEvent")
     props = body["properties"]
-    for name in ("event_id", "customer_id", "anonymous_id", "session_id", "product_id",
-                 "order_id", "decision_id", "action_id"):
+    for name in (
+        "event_id",
+        "customer_id",
+        "anonymous_id",
+        "session_id",
+        "product_id",
+        "order_id",
+        "decision_id",
+        "action_id",
+    ):
         props[name] = {"type": "string", "minLength": 1, "maxLength": MAX_ID_LEN}
     props["type"] = {"enum": sorted(EVENT_TYPES)}
     props["ts"] = {

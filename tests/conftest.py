@@ -11,7 +11,6 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
@@ -33,9 +32,9 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
-def redis_client(redis_url: str) -> Iterator[redis.Redis[Any]]:
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     """A client on the session Redis, flushed before each test."""
-    client: redis.Redis[Any] = redis.Redis.from_url(redis_url)
+    client: redis.Redis = redis.Redis.from_url(redis_url)
     client.flushall()
     try:
         yield client

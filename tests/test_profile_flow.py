@@ -52,8 +52,11 @@ def test_apply_matches_brute_force_in_any_order(events: list[Event], rnd: Any) -
         assert st_.first_seen_ts == min(e.ts for e in mine)
         assert st_.last_seen_ts == max(e.ts for e in mine)
         assert st_.purchases_total == sum(e.type == "purchase" for e in mine)
-        expected = sum((e.total or 0) * (1 if e.type == "purchase" else -1)
-                       for e in mine if e.type in ("purchase", "refund"))
+        expected = sum(
+            (e.total or 0) * (1 if e.type == "purchase" else -1)
+            for e in mine
+            if e.type in ("purchase", "refund")
+        )
         assert abs(st_.revenue_total - expected) < 0.05
         # Every state class pickles and round-trips; the Redis projection round-trips too.
         assert pickle.loads(pickle.dumps(st_)) == st_
@@ -61,8 +64,9 @@ def test_apply_matches_brute_force_in_any_order(events: list[Event], rnd: Any) -
 
 
 def _line(i: int, cust: str, type_: str = "page_view", **kw: Any) -> bytes:
-    return orjson.dumps({"event_id": f"e{i}", "type": type_, "ts": T0 + i * 1000,
-                         "customer_id": cust, **kw})
+    return orjson.dumps(
+        {"event_id": f"e{i}", "type": type_, "ts": T0 + i * 1000, "customer_id": cust, **kw}
+    )
 
 
 def test_flow_routes_rejects_and_keys_by_customer() -> None:
@@ -70,8 +74,10 @@ def test_flow_routes_rejects_and_keys_by_customer() -> None:
         RawRecord(_line(1, "c1"), "t:1"),
         RawRecord(b"{broken", "t:2"),
         RawRecord(_line(3, "c1", "purchase", total=10.0), "t:3"),
-        RawRecord(orjson.dumps({"event_id": "e4", "type": "page_view", "ts": T0,
-                                "anonymous_id": "a9"}), "t:4"),
+        RawRecord(
+            orjson.dumps({"event_id": "e4", "type": "page_view", "ts": T0, "anonymous_id": "a9"}),
+            "t:4",
+        ),
         RawRecord(orjson.dumps({"event_id": "e5", "type": "page_view", "ts": T0}), "t:5"),
     ]
     profiles: list[tuple[str, ProfileState]] = []
@@ -88,15 +94,19 @@ def test_flow_routes_rejects_and_keys_by_customer() -> None:
 
 
 def test_file_replay_to_redis_and_dead_letter_file(
-    tmp_path: Path, redis_client: redis.Redis[Any], redis_url: str
+    tmp_path: Path, redis_client: redis.Redis, redis_url: str
 ) -> None:
     src = tmp_path / "events.jsonl"
     lines = [_line(i, f"c{i % 3}") for i in range(30)] + [b"not json", b'{"type":"x"}']
     src.write_bytes(b"\n".join(lines) + b"\n")
     dead_path = tmp_path / "dl.jsonl"
     stats = FlowStats()
-    flow = build_flow(JsonlFilesSource([src], batch_size=7), RedisProfileSink(redis_url),
-                      DeadLetterFileSink(dead_path), stats)
+    flow = build_flow(
+        JsonlFilesSource([src], batch_size=7),
+        RedisProfileSink(redis_url),
+        DeadLetterFileSink(dead_path),
+        stats,
+    )
     run_main(flow)
     assert stats.read == 32 and stats.accepted == 30
     dead = [orjson.loads(x) for x in dead_path.read_bytes().splitlines()]
@@ -109,7 +119,13 @@ def test_file_replay_to_redis_and_dead_letter_file(
     assert render(st0, T0 + 10**6)["counts"] == {"page_view": 10}
     # Writes are absolute: replaying the same file again leaves identical bytes.
     before = redis_client.hgetall("nb:{c:c0}:profile")
-    run_main(build_flow(JsonlFilesSource([src]), RedisProfileSink(redis_url),
-                        DeadLetterFileSink(tmp_path / "dl2.jsonl"), FlowStats()))
+    run_main(
+        build_flow(
+            JsonlFilesSource([src]),
+            RedisProfileSink(redis_url),
+            DeadLetterFileSink(tmp_path / "dl2.jsonl"),
+            FlowStats(),
+        )
+    )
     assert redis_client.hgetall("nb:{c:c0}:profile") == before
     assert redis_client.object("encoding", "nb:{c:c0}:profile") in (b"listpack", b"ziplist")

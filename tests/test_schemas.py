@@ -81,8 +81,13 @@ def test_rejections_have_machine_readable_reasons(change: dict[str, Any], reason
 
 @pytest.mark.parametrize(
     ("data", "reason"),
-    [(b"", "invalid_json"), (b"{", "invalid_json"), (b"[1,2]", "not_an_object"),
-     (b"null", "not_an_object"), (b"\xff\xfe", "invalid_json")],
+    [
+        (b"", "invalid_json"),
+        (b"{", "invalid_json"),
+        (b"[1,2]", "not_an_object"),
+        (b"null", "not_an_object"),
+        (b"\xff\xfe", "invalid_json"),
+    ],
 )
 def test_non_objects(data: bytes, reason: str) -> None:
     out = decode_event(data)
@@ -107,7 +112,9 @@ def test_random_bytes_never_raise(data: bytes) -> None:
 
 _json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
     max_leaves=8,
 )
 
@@ -136,8 +143,15 @@ def test_mutated_valid_events_never_raise(field: str, value: Any, drop: set[str]
     ident=st.text(min_size=1, max_size=20),
 )
 def test_encode_decode_round_trip(type_: str, ts: int, ident: str) -> None:
-    ev = Event(event_id="e", type=type_, ts=ts, customer_id=ident, total=1.0,
-               decision_id="d", action_id="a")
+    ev = Event(
+        event_id="e",
+        type=type_,
+        ts=ts,
+        customer_id=ident,
+        total=1.0,
+        decision_id="d",
+        action_id="a",
+    )
     assert decode_event(encode_event(ev)) == ev
 
 
@@ -152,4 +166,8 @@ def test_json_schema_covers_every_event_field() -> None:
     schema = event_schema()
     assert set(schema["properties"]) == set(Event.__struct_fields__)
     assert set(schema["properties"]["type"]["enum"]) == EVENT_TYPES
-    assert json.loads((OUT_DIR / "event.json").read_text())["required"] == ["event_id", "type", "ts"]
+    assert json.loads((OUT_DIR / "event.json").read_text())["required"] == [
+        "event_id",
+        "type",
+        "ts",
+    ]

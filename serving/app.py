@@ -1,0 +1,263 @@
+"""The HTTP API: an app factory whose ``lifespan`` owns the Redis pool, its routes, and a runner.
+
+Routes: ``GET /v1/customers/{customer_id}/profile``, ``GET /healthz``, ``GET /readyz``,
+``GET /metrics``, plus FastAPI's ``/openapi.json`` and ``/docs``. Every error body is
+``{"error": code, "detail": text}`` (see :mod:`serving.errors`).
+
+The Redis client (:func:`get_redis`) and the clock (:func:`get_now_ms`) are dependencies, so
+tests can override them through ``app.dependency_overrides``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from importlib.metadata import PackageNotFoundError, version
+from typing import Annotated, Any, Final, cast
+from urllib.parse import urlsplit
+
+import redis.asyncio as aioredis
+import uvicorn
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
+from fastapi.responses import JSONResponse, Response
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisError
+
+from features.profile import render
+from features.store import aread_profile, customer_key
+from nextbest.settings import Settings
+from schemas.events import MAX_ID_LEN, parse_ts
+from serving.bodies import HealthBody, ProfileBody, ReadyBody
+from serving.errors import ApiError, error_responses, install_error_handlers
+from serving.metrics import CONTENT_TYPE, HttpMetrics, MetricsMiddleware
+
+log = logging.getLogger(__name__)
+
+#: Socket connect and read timeout for Redis, in seconds: a dead Redis must fail fast.
+REDIS_TIMEOUT: Final = 0.5
+#: Retries of a Redis command after a connection error or timeout (so at most 3 attempts).
+REDIS_RETRIES: Final = 2
+#: Bound of the whole readiness check, below Kubernetes' default 1 s probe timeout.
+READY_TIMEOUT: Final = 0.9
+#: Most Redis connections per app; a request waits up to :data:`REDIS_TIMEOUT` for a free one.
+REDIS_MAX_CONNECTIONS: Final = 64
+
+_EPOCH_MS_RE: Final = re.compile(r"-?\d{1,16}")
+# A "+hh:mm" zone whose "+" a query string decoded to a space.
+_SPACE_ZONE_RE: Final = re.compile(r"(\d) (\d\d:?\d\d)$")
+
+
+def _api_version() -> str:
+    try:
+        return version("nextbest")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "0.0.0"
+
+
+def redis_retry() -> Retry:
+    """The retry policy of Redis commands: few retries, short exponential backoff."""
+    return Retry(ExponentialBackoff(cap=0.05, base=0.005), REDIS_RETRIES)
+
+
+def create_redis(url: str) -> aioredis.Redis:
+    """An async Redis client on its own connection pool (short timeouts, :func:`redis_retry`)."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=REDIS_MAX_CONNECTIONS,
+        timeout=REDIS_TIMEOUT,
+        socket_timeout=REDIS_TIMEOUT,
+        socket_connect_timeout=REDIS_TIMEOUT,
+        retry=redis_retry(),
+    )
+    return aioredis.Redis(connection_pool=pool)
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password, for logs.
+
+    >>> redact_url("redis://user:secret@host:6379/0")
+    'redis://user:***@host:6379/0'
+    >>> redact_url("unix:///tmp/r.sock")
+    'unix:///tmp/r.sock'
+    """
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+def get_redis(request: Request) -> aioredis.Redis:
+    """Dependency: the app's Redis client (created by the lifespan)."""
+    client = getattr(request.app.state, "redis", None)
+    if client is None:
+        raise RuntimeError("no Redis client: run the app with its lifespan")
+    return cast(aioredis.Redis, client)
+
+
+def get_now_ms() -> int:
+    """Dependency: the wall clock in epoch milliseconds (the default ``as_of``)."""
+    return time.time_ns() // 1_000_000
+
+
+def parse_as_of(raw: str) -> int:
+    """Epoch ms from an ``as_of`` query value (RFC 3339 with a zone, or epoch milliseconds).
+
+    A ``+hh:mm`` zone whose ``+`` arrived unencoded (decoded as a space) is accepted.
+
+    >>> parse_as_of("2026-01-02T03:04:05Z"), parse_as_of("1767323045000")
+    (1767323045000, 1767323045000)
+    >>> parse_as_of("2026-01-02T04:04:05 01:00")
+    1767323045000
+    >>> parse_as_of("yesterday")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    serving.errors.ApiError: as_of 'yesterday': expected RFC 3339 with a zone ...
+    """
+    value: int | str = (
+        int(raw) if _EPOCH_MS_RE.fullmatch(raw) else _SPACE_ZONE_RE.sub(r"\1+\2", raw)
+    )
+    ms = parse_ts(value)
+    if ms is None:
+        raise ApiError(
+            422,
+            "bad_as_of",
+            f"as_of {raw[:40]!r}: expected RFC 3339 with a zone (e.g. 2026-01-02T03:04:05Z) "
+            "or epoch milliseconds, between 2000-01-01 and 2100-01-01",
+        )
+    return ms
+
+
+RedisDep = Annotated[aioredis.Redis, Depends(get_redis)]
+NowDep = Annotated[int, Depends(get_now_ms)]
+
+router = APIRouter()
+
+
+@router.get(
+    "/v1/customers/{customer_id}/profile",
+    response_model=ProfileBody,
+    responses=error_responses(404, 422, 503),
+    tags=["profiles"],
+    summary="A customer's profile as of a time",
+)
+async def get_profile(
+    customer_id: Annotated[
+        str, Path(min_length=1, max_length=MAX_ID_LEN, description="The customer id.")
+    ],
+    redis: RedisDep,
+    now_ms: NowDep,
+    as_of: Annotated[
+        str | None,
+        Query(
+            description="RFC 3339 with a zone, or epoch milliseconds. Default: now.",
+            examples=["2026-01-02T03:04:05Z", "1767323045000"],
+        ),
+    ] = None,
+) -> dict[str, Any]:
+    """The stored profile rendered as of ``as_of`` (one Redis round trip)."""
+    as_of_ms = now_ms if as_of is None else parse_as_of(as_of)
+    state = await aread_profile(redis, customer_key(customer_id))
+    if state is None:
+        raise ApiError(404, "not_found", f"no profile for customer {customer_id!r}")
+    return render(state, as_of_ms)
+
+
+@router.get("/healthz", response_model=HealthBody, tags=["operations"], summary="Liveness")
+async def healthz() -> HealthBody:
+    """The process is alive (no dependency is checked)."""
+    return HealthBody()
+
+
+@router.get(
+    "/readyz",
+    response_model=ReadyBody,
+    responses={503: {"model": ReadyBody, "description": "A dependency is not ready"}},
+    tags=["operations"],
+    summary="Readiness",
+)
+async def readyz(redis: RedisDep) -> ReadyBody | JSONResponse:
+    """Ready when Redis answers PING within :data:`READY_TIMEOUT`; otherwise 503 with why."""
+    try:
+        async with asyncio.timeout(READY_TIMEOUT):
+            await redis.ping()
+    except (RedisError, OSError) as exc:  # OSError includes TimeoutError
+        why = str(exc) or f"no answer within {READY_TIMEOUT}s"
+        reason = f"{type(exc).__name__}: {why}"[:200]
+        body = ReadyBody(status="not_ready", checks={"redis": reason})
+        return JSONResponse(body.model_dump(), status_code=503)
+    return ReadyBody(status="ready", checks={"redis": "ok"})
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE: {}}, "description": "Prometheus text format"}},
+    tags=["operations"],
+    summary="Prometheus metrics",
+)
+async def metrics(request: Request) -> Response:
+    """The app's metrics in the Prometheus text exposition format."""
+    registry = cast(HttpMetrics, request.app.state.metrics)
+    return Response(registry.render(), media_type=CONTENT_TYPE)
+
+
+def create_app(settings: Settings, redis_url: str | None = None) -> FastAPI:
+    """Build the app; its lifespan opens (and closes) the Redis pool on ``redis_url``.
+
+    ``redis_url`` defaults to ``settings.redis_url``; the caller resolves an embedded Redis.
+    """
+    url = redis_url or settings.redis_url
+    if not url:
+        raise ValueError("no Redis URL: pass redis_url or set NEXTBEST_REDIS_URL")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        client = create_redis(url)
+        app.state.redis = client
+        log.info("serving: redis at %s", redact_url(url))
+        try:
+            yield
+        finally:
+            app.state.redis = None
+            await client.aclose(close_connection_pool=True)
+
+    app = FastAPI(
+        title="nextbest",
+        version=_api_version(),
+        description="Real-time personalisation engine: customer profiles and operations.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = HttpMetrics()
+    app.state.redis = None
+    install_error_handlers(app)
+    app.include_router(router)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    return app
+
+
+def run_server(settings: Settings, redis_url: str, host: str, port: int) -> None:
+    """Serve the API with uvicorn until SIGTERM or SIGINT (blocking).
+
+    Uvicorn handles the signals: it stops accepting, finishes in-flight requests, runs the
+    lifespan shutdown, then re-raises the signal (SIGTERM ends the process; SIGINT returns).
+    Access logs are on only at ``DEBUG`` (request metrics are in ``/metrics``).
+    """
+    app = create_app(settings, redis_url)
+    with suppress(KeyboardInterrupt):
+        uvicorn.run(
+            app,
+            host=host,
+            port=port,
+            log_level=settings.log_level.lower(),
+            access_log=settings.log_level == "DEBUG",
+            lifespan="on",
+            server_header=False,
+            timeout_graceful_shutdown=10,
+        )

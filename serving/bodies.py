@@ -1,0 +1,51 @@
+"""Response bodies of the HTTP API (pydantic models: they make the OpenAPI document meaningful).
+
+Error bodies are :class:`serving.errors.ErrorBody`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ProfileBody(BaseModel):
+    """A customer's profile as of a time (``features.profile.render``).
+
+    Extra fields are allowed and passed through, so features added to ``render`` reach callers
+    before this model lists them.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    customer_id: str = Field(description="The customer id.", examples=["42"])
+    kind: Literal["customer", "anonymous"] = Field(description="Profile kind.")
+    as_of: str = Field(
+        description="The time the profile is computed as of (RFC 3339, UTC).",
+        examples=["2026-01-02T03:04:05Z"],
+    )
+    first_seen_ts: str = Field(description="Event time of the earliest event (RFC 3339, UTC).")
+    last_seen_ts: str = Field(description="Event time of the latest event (RFC 3339, UTC).")
+    events_total: int = Field(description="Events applied to the profile.", ge=0)
+    purchases_total: int = Field(description="Purchases.", ge=0)
+    revenue_total: float = Field(description="Purchase totals minus refund totals.")
+    counts: dict[str, int] = Field(
+        description="Events by type.", examples=[{"page_view": 3, "purchase": 1}]
+    )
+
+
+class HealthBody(BaseModel):
+    """Liveness: the process is up."""
+
+    status: Literal["ok"] = "ok"
+
+
+class ReadyBody(BaseModel):
+    """Readiness: whether every dependency answers, and why not."""
+
+    status: Literal["ready", "not_ready"]
+    checks: dict[str, str] = Field(
+        description="Dependency name -> ``ok`` or the reason it is not ready.",
+        examples=[{"redis": "ok"}],
+    )
