@@ -275,13 +275,16 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
         raise UsageError("simulate: --bad-rate must be in [0, 1]")
     if args.holdout_days >= args.days:
         raise UsageError("simulate: --holdout-days must be smaller than --days")
-    cfg = SimConfig(
-        customers=args.customers,
-        days=args.days,
-        seed=args.seed,
-        holdout_days=args.holdout_days,
-        bad_rate=args.bad_rate,
-    )
+    try:
+        cfg = SimConfig(
+            customers=args.customers,
+            days=args.days,
+            seed=args.seed,
+            holdout_days=args.holdout_days,
+            bad_rate=args.bad_rate,
+        )
+    except ValueError as exc:
+        raise UsageError(f"simulate: {exc}") from None
     truth = Path(args.truth) if args.truth else None
     if args.kafka:
         from nextbest.runtime import ensure_topics, kafka_brokers
