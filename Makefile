@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test lint typecheck unit bench schemas clean install
+.PHONY: demo test lint typecheck unit bench schemas readme clean install
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -33,6 +33,9 @@ bench: $(STAMP)
 
 schemas: $(STAMP)
 	$(BIN)/python -m schemas.jsonschema --write
+
+readme: $(STAMP)
+	$(BIN)/python -m nextbest.settings
 
 clean:
 	rm -rf $(VENV) .nextbest .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
 
 log = logging.getLogger(__name__)
 
@@ -45,3 +45,20 @@ def serve_metrics(port: int) -> bool:
         return False
     log.info("dataflow metrics on :%d/metrics", port)
     return True
+
+
+DUPLICATES = Counter(
+    "nextbest_events_duplicate_total", "Events ignored because their event_id was already seen."
+)
+PROFILES_DROPPED = Counter(
+    "nextbest_profiles_dropped_total", "Profiles dropped by retention (no event for too long)."
+)
+WATERMARK = Gauge(
+    "nextbest_event_time_watermark_seconds",
+    "The event-time watermark (newest event time minus the allowed lateness), epoch seconds.",
+    ["clock"],
+)
+RFM_INCONSISTENT = Counter(
+    "nextbest_rfm_inconsistent_updates_total",
+    "RFM population updates that removed a point it did not hold (should stay 0).",
+)

@@ -1,120 +1,495 @@
-"""The profile dataflow: decode -> dead-letter branch -> key by customer -> profile -> Redis.
+"""The profile dataflow: wiring only; the logic lives in ``features/``.
 
 Step ids are stable names: Bytewax recovery state is keyed by them.
 
-    read -> decode -> split_rejected -+-> (rejected) -> dead_letter
-                                      +-> (events)   -> key_by_customer -> profile -> write_profiles
+    read -> decode -> split_rejected -(rejects)-----------------------------------------> dead_letter
+                          |
+                          +-> split_identity -(anonymous-only and login/signup events)
+                          |        -> key_by_device -> device_clock -> identity (per a:<anonymous_id>)
+                          |              anonymous profiles, links, hand-overs, events routed to customers
+                          +-> key_by_customer --+--> customer_clock -----+
+                                   (+ routed) --+-------------------------+-> profile (per c:<customer_id>)
+                                                                                 -> rfm (one owner)
+    profile, identity, rfm -> write_redis (one pipelined command per changed key per batch)
+
+The two clocks are :class:`features.clock.EventClock` instances fed by the events themselves: they
+keep the event-time watermark (newest event time minus the allowed lateness) and send a
+:class:`~dataflows.records.Tick` to a key whose timer the watermark passed (today: retention).
 """
 
 from __future__ import annotations
 
+import pickle
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import bytewax.operators as op
-from bytewax.dataflow import Dataflow
+from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
+from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
 from dataflows import metrics
-from dataflows.records import RawRecord, Rejected, decode_record
-from features.profile import ProfileState, apply
-from schemas.events import Event
+from dataflows.records import (
+    DropProfile,
+    Handover,
+    In,
+    RawRecord,
+    Rejected,
+    SinkOp,
+    Tick,
+    WriteBoundaries,
+    WriteLink,
+    WriteProfile,
+    decode_record,
+    late,
+)
+from features import profile as pf
+from features import rfm
+from features.clock import EventClock
+from features.identity import DeviceState, needs_identity, on_event
+
+RETAIN = StatefulBatchLogic.RETAIN
+DISCARD = StatefulBatchLogic.DISCARD
+RETENTION = "retention"
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    """The knobs of the flow (from settings)."""
+
+    lateness_ms: int = 600_000
+    retention_ms: int = 400 * 86_400_000
+    recovery: bool = False
+    rfm_publish_every: int = 1000
 
 
 @dataclass
 class FlowStats:
-    """Counts of one run, for the CLI summary (the same numbers go to Prometheus)."""
+    """Counts of one in-process run, for the CLI summary (the same numbers go to Prometheus)."""
 
     read: int = 0
-    accepted: int = 0
+    decoded: int = 0
     dead_lettered: Counter[str] = field(default_factory=Counter)
+    duplicates: int = 0
     customers: int = 0
     visitors: int = 0
+    dropped: int = 0
+
+    @property
+    def accepted(self) -> int:
+        """Records that became applied (or ignored duplicate) events: read minus dead letters."""
+        return self.read - sum(self.dead_lettered.values())
 
     def as_dict(self, seconds: float) -> dict[str, Any]:
         """The ``replay --json`` summary."""
-        dead = sum(self.dead_lettered.values())
         return {
             "read": self.read,
             "accepted": self.accepted,
-            "dead_lettered": dead,
+            "dead_lettered": sum(self.dead_lettered.values()),
             "dead_lettered_by_reason": dict(sorted(self.dead_lettered.items())),
+            "duplicates": self.duplicates,
             "customers": self.customers,
             "visitors": self.visitors,
+            "dropped_by_retention": self.dropped,
             "seconds": round(seconds, 3),
             "events_per_s": round(self.read / seconds, 1) if seconds > 0 else 0.0,
         }
+
+    def reject(self, reason: str) -> None:
+        """Count one dead letter."""
+        self.dead_lettered[reason] += 1
+        metrics.EVENTS_DEAD_LETTERED.labels(reason).inc()
+
+
+# ---------------------------------------------------------------------------------------------
+# decode
 
 
 def make_decoder(stats: FlowStats, source_label: str) -> Callable[[list[RawRecord]], list[Any]]:
     """Batch decoder that counts what it sees (one call per source batch)."""
     read_counter = metrics.EVENTS_READ.labels(source_label)
 
-    def decode_batch(batch: list[RawRecord]) -> list[Event | Rejected]:
+    def decode_batch(batch: list[RawRecord]) -> list[In | Rejected]:
         out = [decode_record(r) for r in batch]
         stats.read += len(batch)
         read_counter.inc(len(batch))
         for item in out:
             if isinstance(item, Rejected):
-                reason = item.error.reason
-                stats.dead_lettered[reason] += 1
-                metrics.EVENTS_DEAD_LETTERED.labels(reason).inc()
+                stats.reject(item.error.reason)
             else:
-                metrics.EVENTS_ACCEPTED.labels(item.type).inc()
-        stats.accepted += sum(1 for item in out if not isinstance(item, Rejected))
+                stats.decoded += 1
+                metrics.EVENTS_ACCEPTED.labels(item.event.type).inc()
         return out
 
     return decode_batch
 
 
-def make_profile_mapper(
-    stats: FlowStats,
-) -> Callable[[ProfileState | None, Event], tuple[ProfileState, ProfileState]]:
-    """The per-key state update (pure :func:`features.profile.apply`) plus a new-key count."""
+def is_event(item: In | Rejected) -> bool:
+    """Branch predicate: decoded events go on, rejects go to the dead-letter output."""
+    return isinstance(item, In)
 
-    def update(state: ProfileState | None, event: Event) -> tuple[ProfileState, ProfileState]:
-        if state is None:
-            if event.customer_id is not None:
-                stats.customers += 1
+
+def goes_to_identity(item: In) -> bool:
+    """Anonymous-only events and login/signup links go through the device's identity step."""
+    return needs_identity(item.event)
+
+
+def device_key(item: In) -> str:
+    """``a:<anonymous_id>``."""
+    return "a:" + (item.event.anonymous_id or "")
+
+
+def customer_key(item: In) -> str:
+    """``c:<customer_id>``."""
+    return "c:" + (item.event.customer_id or "")
+
+
+# ---------------------------------------------------------------------------------------------
+# the event-time clock
+
+
+ClockRequest = tuple[list[tuple[str, int]], int]  # (timers (key, deadline), newest event ts)
+
+
+def clock_requests(retention_ms: int) -> Callable[[list[tuple[str, Any]]], list[ClockRequest]]:
+    """Condense a batch of keyed items into one clock request: timers to (re)set, newest ts."""
+
+    def condense(batch: list[tuple[str, Any]]) -> list[ClockRequest]:
+        timers: dict[str, int] = {}
+        newest = None
+        for key, item in batch:
+            if isinstance(item, In):
+                ts = item.event.ts
+            elif isinstance(item, Handover):
+                ts = pf.last_event_ts(item.state)
             else:
-                stats.visitors += 1
-        state = apply(state, event)
-        return state, state
+                continue
+            if timers.get(key, -1) < ts:
+                timers[key] = ts
+            if newest is None or ts > newest:
+                newest = ts
+        if newest is None:
+            return []
+        return [([(k, ts + retention_ms) for k, ts in timers.items()], newest)]
 
-    return update
+    return condense
 
 
-def is_event(item: Event | Rejected) -> bool:
-    """Branch predicate: accepted events go on, rejects go to the dead-letter output."""
-    return not isinstance(item, Rejected)
+class ClockLogic(StatefulBatchLogic[Any, tuple[str, Tick], Any]):
+    """One owner of an :class:`EventClock`; emits ``(key, Tick)`` for due timers."""
+
+    def __init__(self, clock: EventClock, recovery: bool, name: str) -> None:
+        self.clock = clock
+        self.recovery = recovery
+        self.gauge = metrics.WATERMARK.labels(name)
+
+    def on_batch(self, values: list[Any]) -> tuple[Iterable[tuple[str, Tick]], bool]:
+        out: list[tuple[str, Tick]] = []
+        for timers, newest in values:
+            for key, deadline in timers:
+                self.clock.set_timer(key, RETENTION, deadline)
+            for key, _kind, _deadline in self.clock.advance(newest):
+                out.append((key, Tick(self.clock.watermark)))
+        self.gauge.set(max(self.clock.watermark, 0) / 1000)
+        return out, RETAIN
+
+    def snapshot(self) -> Any:
+        return pickle.dumps(self.clock) if self.recovery else None
 
 
-def event_key(event: Event) -> str:
-    """Partition key: the customer id, else the anonymous id of anonymous-only events."""
-    return event.key
+def newest_ts(batch: list[In]) -> list[ClockRequest]:
+    """One clock observation per batch of all events: the watermark follows the whole stream."""
+    if not batch:
+        return []
+    return [([], max(item.event.ts for item in batch))]
+
+
+def add_clock(
+    step_id: str, keyed: Stream[tuple[str, Any]], observed: Stream[Any], cfg: FlowConfig
+) -> Stream[Any]:
+    """Ticks for the keys of ``keyed`` whose timers the event-time watermark passed.
+
+    Timers come from ``keyed`` (retention: newest event of the key + retention); the watermark
+    follows ``observed``, the clock observations of every event of the stream.
+    """
+    requests = op.flat_map_batch(f"{step_id}_requests", keyed, clock_requests(cfg.retention_ms))
+    inputs = op.merge(f"{step_id}_inputs", requests, observed)
+
+    def build(resume: Any) -> ClockLogic:
+        clock = pickle.loads(resume) if resume else EventClock(cfg.lateness_ms)
+        return ClockLogic(clock, cfg.recovery, step_id)
+
+    ticks = op.stateful_batch(step_id, op.key_on(f"{step_id}_key", inputs, lambda _: "clock"), build)
+    flat = op.map(f"{step_id}_unwrap", ticks, lambda kv: kv[1])
+    routed = op.key_on(f"{step_id}_route", flat, lambda kv: kv[0])
+    return op.map_value(f"{step_id}_tick", routed, lambda kv: kv[1])
+
+
+# ---------------------------------------------------------------------------------------------
+# identity (per device) and profile (per customer)
+
+Out = tuple[str, Any]  # ("sink", SinkOp) | ("dead", Rejected) | ("route", (customer_key, item))
+
+
+class DeviceLogic(StatefulBatchLogic[Any, Out, Any]):
+    """Identity step for one device: links, the anonymous profile, routing to customers."""
+
+    def __init__(self, state: DeviceState | None, cfg: FlowConfig, stats: FlowStats) -> None:
+        self.state = state
+        self.cfg = cfg
+        self.stats = stats
+
+    def on_batch(self, values: list[Any]) -> tuple[Iterable[Out], bool]:
+        values.sort(key=arrival_order)
+        out: list[Out] = []
+        anon_changed = False
+        for item in values:
+            if isinstance(item, Tick):
+                st = self.state
+                if st is not None and st.last_ts + self.cfg.retention_ms <= item.watermark:
+                    self.stats.dropped += 1
+                    metrics.PROFILES_DROPPED.inc()
+                    return [*out, ("sink", DropProfile("a:" + st.anonymous_id))], DISCARD
+                continue
+            ev = item.event
+            if self.state is None:
+                self.state = DeviceState(ev.anonymous_id or "")
+                self.stats.visitors += 1
+            for action in on_event(self.state, ev, self.cfg.lateness_ms):
+                kind = action[0]
+                if kind == "customer":
+                    out.append(("route", ("c:" + action[1], item)))
+                elif kind == "merge":
+                    out.append(("route", ("c:" + action[1], Handover(action[2]))))
+                elif kind == "link":
+                    out.append(("sink", WriteLink(self.state.anonymous_id, action[1])))
+                elif kind == "anon_changed":
+                    anon_changed = True
+                elif kind == "late":
+                    out.append(("dead", late(item)))
+                elif kind == "duplicate":
+                    self.stats.duplicates += 1
+                    metrics.DUPLICATES.inc()
+        if anon_changed and self.state is not None and self.state.anon is not None:
+            out.append(("sink", WriteProfile(self.state.anon.key, self.state.anon)))
+        return out, RETAIN
+
+    def snapshot(self) -> Any:
+        return pickle.dumps(self.state) if self.cfg.recovery else None
+
+
+def rfm_point(state: pf.ProfileState) -> rfm.RfmPoint | None:
+    """The customer's RFM point (None before the first purchase)."""
+    return rfm.rfm_point(state.purchases_total, state.revenue_total, state.last_purchase_ts)
+
+
+def arrival_order(item: Any) -> tuple[int, int, str]:
+    """Sort key inside one batch of a key: events by (ts, event_id), hand-overs by their newest
+    event, ticks last. Items of one key can reach a step through different paths (direct and
+    routed by identity) in any order within a batch; sorting undoes that reordering."""
+    if isinstance(item, In):
+        return (0, item.event.ts, item.event.event_id)
+    if isinstance(item, Handover):
+        return (0, pf.last_event_ts(item.state), "")
+    return (1, item.watermark, "")
+
+
+def _touches_money(values: list[Any]) -> bool:
+    return any(
+        isinstance(v, Handover) or (isinstance(v, In) and v.event.type in ("purchase", "refund"))
+        for v in values
+    )
+
+
+class ProfileLogic(StatefulBatchLogic[Any, Out, Any]):
+    """Profile step for one customer: ingest events, absorb hand-overs, expire on ticks."""
+
+    def __init__(self, state: pf.ProfileState | None, cfg: FlowConfig, stats: FlowStats) -> None:
+        self.state = state
+        self.cfg = cfg
+        self.stats = stats
+
+    def _expired(self, tick: Tick) -> bool:
+        st = self.state
+        return st is not None and pf.last_event_ts(st) + self.cfg.retention_ms <= tick.watermark
+
+    def on_batch(self, values: list[tuple[str, Any]]) -> tuple[Iterable[Out], bool]:
+        values.sort(key=lambda kv: arrival_order(kv[1]))
+        out: list[Out] = []
+        money = _touches_money([item for _, item in values])
+        old_point = rfm_point(self.state) if money and self.state is not None else None
+        changed = False
+        for key, item in values:
+            if isinstance(item, Tick):
+                if self._expired(item):
+                    return self._drop(out, old_point if money else None), DISCARD
+                continue
+            if self.state is None:
+                self.state = pf.new_state(key)
+                self.stats.customers += 1
+            if isinstance(item, Handover):
+                pf.merge_into(self.state, item.state)
+                changed = True
+                continue
+            changed |= self._ingest(item, out)
+        if changed and self.state is not None:
+            out.append(("sink", WriteProfile(self.state.key, self.state)))
+            if money:
+                new_point = rfm_point(self.state)
+                if new_point != old_point:
+                    out.append(("rfm", (old_point, new_point)))
+        return out, RETAIN
+
+    def _ingest(self, item: In, out: list[Out]) -> bool:
+        assert self.state is not None
+        ev = item.event
+        status = pf.ingest(self.state, ev, self.cfg.lateness_ms)
+        if status == pf.APPLIED:
+            if ev.anonymous_id is not None and ev.type in ("login", "signup"):
+                pf.record_link(self.state, ev.anonymous_id, ev.customer_id or "", ev.ts,
+                               ev.event_id)  # fmt: skip
+            return True
+        if status == pf.DUPLICATE:
+            self.stats.duplicates += 1
+            metrics.DUPLICATES.inc()
+        else:
+            out.append(("dead", late(item)))
+        return False
+
+    def _drop(self, out: list[Out], known_point: rfm.RfmPoint | None) -> list[Out]:
+        assert self.state is not None
+        self.stats.dropped += 1
+        metrics.PROFILES_DROPPED.inc()
+        point = known_point if known_point is not None else rfm_point(self.state)
+        out.append(("sink", DropProfile(self.state.key)))
+        if point is not None:
+            out.append(("rfm", (point, None)))
+        return out
+
+    def snapshot(self) -> Any:
+        return pickle.dumps(self.state) if self.cfg.recovery else None
+
+
+class RfmLogic(StatefulBatchLogic[Any, Out, Any]):
+    """The one owner of the RFM population: publishes quintile boundaries as customers change."""
+
+    def __init__(self, resume: tuple[rfm.RfmPopulation, int, int] | None, cfg: FlowConfig) -> None:
+        self.population, self.pending, self.newest = resume or (rfm.RfmPopulation(), 0, 0)
+        self.cfg = cfg
+
+    def on_batch(self, values: list[Any]) -> tuple[Iterable[Out], bool]:
+        for old, new in values:
+            try:
+                self.population.update(old, new)
+            except ValueError:  # a removal the population never saw: count it, go on
+                metrics.RFM_INCONSISTENT.inc()
+                continue
+            if new is not None and new.last_purchase_ts > self.newest:
+                self.newest = new.last_purchase_ts
+        self.pending += len(values)
+        if self.pending >= self.cfg.rfm_publish_every:
+            return self._publish(), RETAIN
+        return [], RETAIN
+
+    def on_eof(self) -> tuple[Iterable[Out], bool]:
+        return (self._publish() if self.pending else []), RETAIN
+
+    def _publish(self) -> list[Out]:
+        self.pending = 0
+        b = self.population.boundaries(computed_at_ms=self.newest)
+        return [] if b is None else [("sink", WriteBoundaries(b.encode()))]
+
+    def snapshot(self) -> Any:
+        state = (self.population, self.pending, self.newest)
+        return pickle.dumps(state) if self.cfg.recovery else None
+
+
+# ---------------------------------------------------------------------------------------------
+# the flow
 
 
 def build_flow(
     source: Source[Any],
-    profile_sink: Sink[tuple[str, ProfileState]],
+    redis_sink: Sink[SinkOp],
     dead_letter_sink: Sink[Rejected],
     stats: FlowStats | None = None,
     to_record: Callable[[Any], RawRecord] | None = None,
     source_label: str = "file",
+    config: FlowConfig | None = None,
 ) -> Dataflow:
     """Build the profile dataflow over any source of :class:`RawRecord` (or ``to_record`` input)."""
     stats = FlowStats() if stats is None else stats
+    cfg = FlowConfig() if config is None else config
     flow = Dataflow("nextbest-profiles")
     raw = op.input("read", flow, source)
     if to_record is not None:
         raw = op.map("to_record", raw, to_record)
     decoded = op.flat_map_batch("decode", raw, make_decoder(stats, source_label))
     split = op.branch("split_rejected", decoded, is_event)
-    op.output("dead_letter", split.falses, dead_letter_sink)
-    keyed = op.key_on("key_by_customer", split.trues, event_key)
-    profiles = op.stateful_map("profile", keyed, make_profile_mapper(stats))
-    op.output("write_profiles", profiles, profile_sink)
+    events: Stream[In] = split.trues  # type: ignore[assignment]
+
+    observed = op.flat_map_batch("observe_time", events, newest_ts)
+    by_device = op.branch("split_identity", events, goes_to_identity)
+    device_in = op.key_on("key_by_device", by_device.trues, device_key)
+    device_ticks = add_clock("device_clock", device_in, observed, cfg)
+
+    def build_device(resume: Any) -> DeviceLogic:
+        return DeviceLogic(pickle.loads(resume) if resume else None, cfg, stats)
+
+    device_out = op.stateful_batch(
+        "identity", op.merge("device_items", device_in, device_ticks), build_device
+    )
+    device_flat = op.map("identity_unwrap", device_out, lambda kv: kv[1])
+    routed = op.filter_map(
+        "routed_to_customer", device_flat, lambda o: o[1] if o[0] == "route" else None
+    )
+    customer_in = op.merge(
+        "customer_items",
+        op.key_on("key_by_customer", by_device.falses, customer_key),
+        op.map_value(
+            "routed_item", op.key_on("route_to_customer", routed, lambda r: r[0]), lambda r: r[1]
+        ),
+    )
+    customer_ticks = add_clock("customer_clock", customer_in, observed, cfg)
+
+    def build_profile(resume: Any) -> ProfileLogic:
+        return ProfileLogic(pickle.loads(resume) if resume else None, cfg, stats)
+
+    # The builder does not learn its key: hand it over with each item.
+    with_key = op.map(
+        "attach_key",
+        op.merge("profile_items", customer_in, customer_ticks),
+        lambda kv: (kv[0], kv),
+    )
+    profile_out = op.stateful_batch("profile", with_key, build_profile)
+    profile_flat = op.map("profile_unwrap", profile_out, lambda kv: kv[1])
+
+    rfm_changes = op.filter_map(
+        "rfm_changes", profile_flat, lambda o: o[1] if o[0] == "rfm" else None
+    )
+
+    def build_rfm(resume: Any) -> RfmLogic:
+        return RfmLogic(pickle.loads(resume) if resume else None, cfg)
+
+    rfm_out = op.stateful_batch("rfm", op.key_on("rfm_owner", rfm_changes, lambda _: "rfm"),
+                                build_rfm)  # fmt: skip
+    rfm_flat = op.map("rfm_unwrap", rfm_out, lambda kv: kv[1])
+
+    outputs = op.merge("outputs", device_flat, profile_flat, rfm_flat)
+    sink_ops = op.filter_map("sink_ops", outputs, lambda o: o[1] if o[0] == "sink" else None)
+    late_events = op.filter_map("late_events", outputs, lambda o: o[1] if o[0] == "dead" else None)
+
+    def count_late(rej: Rejected) -> Rejected:
+        stats.reject(rej.error.reason)
+        return rej
+
+    op.output(
+        "dead_letter",
+        op.merge("dead_letters", split.falses, op.map("count_late", late_events, count_late)),
+        dead_letter_sink,
+    )
+    op.output("write_redis", sink_ops, redis_sink)
     return flow

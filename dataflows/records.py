@@ -1,4 +1,4 @@
-"""What flows between the steps: raw records with their source position, and dead letters."""
+"""What flows between the steps: raw records, routed events, ticks, sink operations, dead letters."""
 
 from __future__ import annotations
 
@@ -23,13 +23,62 @@ class RawRecord(msgspec.Struct, frozen=True, array_like=True):
 
 
 class Rejected(msgspec.Struct, frozen=True, array_like=True):
-    """A record that did not become an event, and why."""
+    """A record that did not become (or could not be applied as) an event, and why."""
 
     record: RawRecord
     error: DecodeError
 
 
-def decode_record(rec: RawRecord) -> Event | Rejected:
+class In(msgspec.Struct, frozen=True, array_like=True):
+    """A decoded event with its source record (kept so a late event can be dead-lettered whole)."""
+
+    event: Event
+    record: RawRecord
+
+
+class Tick(msgspec.Struct, frozen=True, array_like=True):
+    """The event-time clock passed a timer of this key: the watermark is now ``watermark``."""
+
+    watermark: int
+
+
+class Handover(msgspec.Struct, frozen=True, array_like=True):
+    """An anonymous device's history, handed to the customer it was first linked to."""
+
+    state: Any
+
+
+# Sink operations (the Redis writer applies the last one per Redis key of each batch).
+class WriteProfile(msgspec.Struct, frozen=True, array_like=True):
+    """Replace the profile hash of ``key`` with the projection of ``state``."""
+
+    key: str
+    state: Any
+
+
+class DropProfile(msgspec.Struct, frozen=True, array_like=True):
+    """Delete everything of ``key`` (retention)."""
+
+    key: str
+
+
+class WriteLink(msgspec.Struct, frozen=True, array_like=True):
+    """Device ``anonymous_id`` now belongs to ``customer_id``: its anonymous profile goes."""
+
+    anonymous_id: str
+    customer_id: str
+
+
+class WriteBoundaries(msgspec.Struct, frozen=True, array_like=True):
+    """Publish the RFM population boundaries."""
+
+    data: bytes
+
+
+SinkOp = WriteProfile | DropProfile | WriteLink | WriteBoundaries
+
+
+def decode_record(rec: RawRecord) -> In | Rejected:
     """Decode a raw record; failures become :class:`Rejected` (never raises).
 
     >>> decode_record(RawRecord(b"{", "file:x.jsonl:1")).error.reason
@@ -38,7 +87,13 @@ def decode_record(rec: RawRecord) -> Event | Rejected:
     out = decode_event(rec.data)
     if isinstance(out, DecodeError):
         return Rejected(rec, out)
-    return out
+    return In(out, rec)
+
+
+def late(item: In) -> Rejected:
+    """A late event as a dead letter (reason ``late``)."""
+    detail = "older than the allowed lateness behind the newest event of its profile"
+    return Rejected(item.record, DecodeError("late", detail))
 
 
 def dead_letter_document(rej: Rejected, now_ms: int | None = None) -> dict[str, Any]:

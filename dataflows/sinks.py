@@ -13,9 +13,17 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from dataflows import metrics
-from dataflows.records import Rejected, encode_dead_letter
-from features.profile import ProfileState
-from features.store import write_profiles
+from dataflows.records import (
+    DropProfile,
+    Rejected,
+    SinkOp,
+    WriteBoundaries,
+    WriteLink,
+    WriteProfile,
+    encode_dead_letter,
+)
+from features.profile import to_fields
+from features.store import ProfileWriter
 
 log = logging.getLogger(__name__)
 
@@ -31,30 +39,56 @@ def redis_client(url: str, retries: int = 8) -> redis.Redis:
     return client
 
 
-class _RedisProfilePartition(StatelessSinkPartition[tuple[str, ProfileState]]):
+def _target(op: SinkOp) -> str:
+    """What an operation overwrites: a profile key (links share their device's key) or "rfm"."""
+    if isinstance(op, WriteLink):
+        return "a:" + op.anonymous_id
+    if isinstance(op, WriteBoundaries):
+        return "rfm"
+    return op.key
+
+
+class _RedisPartition(StatelessSinkPartition[SinkOp]):
     def __init__(self, url: str) -> None:
         self._client = redis_client(url)
+        self._writer = ProfileWriter(self._client)
 
-    def write_batch(self, items: list[tuple[str, ProfileState]]) -> None:
-        # Keep only the newest state per key: values are absolute, so the last one wins.
-        latest = {key: st for key, st in items}
+    def write_batch(self, items: list[SinkOp]) -> None:
+        # Keep only the last operation per target: values are absolute, so the last one wins.
+        last: dict[str, SinkOp] = {}
+        for item in items:
+            target = _target(item)
+            last.pop(target, None)
+            last[target] = item
         t0 = time.perf_counter()
-        n = write_profiles(self._client, latest.values())
+        w = self._writer
+        pipe = w.pipeline()
+        for op in last.values():
+            if isinstance(op, WriteProfile):
+                w.replace(pipe, op.key, to_fields(op.state))
+            elif isinstance(op, DropProfile):
+                w.drop(pipe, op.key)
+            elif isinstance(op, WriteLink):
+                w.link(pipe, op.anonymous_id, op.customer_id)
+            else:
+                w.boundaries(pipe, op.data)
+        if last:
+            pipe.execute()
         metrics.REDIS_WRITE_SECONDS.observe(time.perf_counter() - t0)
-        metrics.REDIS_BATCH_SIZE.observe(n)
+        metrics.REDIS_BATCH_SIZE.observe(len(last))
 
     def close(self) -> None:
         self._client.close()
 
 
-class RedisProfileSink(DynamicSink[tuple[str, ProfileState]]):
-    """Writes each batch's newest profile states with one pipelined HSET each."""
+class RedisSink(DynamicSink[SinkOp]):
+    """Applies each batch's sink operations in one pipeline: one command per changed key."""
 
     def __init__(self, url: str) -> None:
         self._url = url
 
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _RedisProfilePartition:
-        return _RedisProfilePartition(self._url)
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _RedisPartition:
+        return _RedisPartition(self._url)
 
 
 class _FilePartition(StatelessSinkPartition[Rejected]):

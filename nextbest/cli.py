@@ -134,10 +134,35 @@ def _print_summary(summary: dict[str, Any], as_json: bool, dead_letter: str | No
     print(f"customers {summary['customers']:,} (anonymous visitors {summary['visitors']:,})")
 
 
-def _run_flow(flow: Any) -> None:
+def _flow_config(settings: Settings) -> Any:
+    from dataflows.profiles import FlowConfig
+
+    return FlowConfig(
+        lateness_ms=settings.allowed_lateness_ms,
+        retention_ms=settings.retention_ms,
+        recovery=settings.recovery_dir is not None,
+    )
+
+
+def _run_flow(flow: Any, settings: Settings | None = None) -> None:
+    """Run a flow in this process; with a recovery directory, snapshot and resume from it."""
+    from datetime import timedelta
+
+    from bytewax.recovery import RecoveryConfig, init_db_dir
     from bytewax.testing import run_main
 
-    run_main(flow)  # type: ignore[no-untyped-call]
+    if settings is None or settings.recovery_dir is None:
+        run_main(flow)  # type: ignore[no-untyped-call]
+        return
+    db_dir = Path(settings.recovery_dir)
+    if not any(db_dir.glob("part-*.sqlite3")):
+        db_dir.mkdir(parents=True, exist_ok=True)
+        init_db_dir(db_dir, 1)
+    run_main(  # type: ignore[no-untyped-call]
+        flow,
+        epoch_interval=timedelta(seconds=settings.snapshot_interval_s),
+        recovery_config=RecoveryConfig(db_dir),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,7 +173,7 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     """Run the profile flow over JSONL files to their end and print a summary."""
     from dataflows.metrics import serve_metrics
     from dataflows.profiles import FlowStats, build_flow
-    from dataflows.sinks import DeadLetterFileSink, RedisProfileSink
+    from dataflows.sinks import DeadLetterFileSink, RedisSink
     from dataflows.sources import JsonlFilesSource
     from nextbest.runtime import redis_url
 
@@ -164,14 +189,15 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
         stats = FlowStats()
         flow = build_flow(
             JsonlFilesSource(paths, settings.batch_size),
-            RedisProfileSink(url),
+            RedisSink(url),
             DeadLetterFileSink(dead_letter),
             stats,
+            config=_flow_config(settings),
         )
         t0 = time.perf_counter()
         show = not args.json and sys.stderr.isatty()
         with _sigterm_as_interrupt(), _Progress(lambda: _progress_line(stats, t0), enabled=show):
-            _run_flow(flow)
+            _run_flow(flow, settings)
         summary = stats.as_dict(time.perf_counter() - t0)
     summary["dead_letter_file"] = str(dead_letter)
     _print_summary(summary, args.json, str(dead_letter))
@@ -182,7 +208,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     """Consume the Kafka topics until stopped (SIGTERM or Ctrl-C stop it cleanly)."""
     from dataflows.metrics import serve_metrics
     from dataflows.profiles import FlowStats, build_flow
-    from dataflows.sinks import DeadLetterKafkaSink, RedisProfileSink
+    from dataflows.sinks import DeadLetterKafkaSink, RedisSink
     from dataflows.sources import StoppableSource, kafka_source, kafka_to_record
     from nextbest.runtime import ensure_topics, kafka_brokers, redis_url
 
@@ -195,11 +221,12 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         stop = threading.Event()
         flow = build_flow(
             StoppableSource(kafka_source(brokers, settings.topics, settings.batch_size), stop),
-            RedisProfileSink(url),
+            RedisSink(url),
             DeadLetterKafkaSink(brokers, settings.topic_dead_letter),
             stats,
             to_record=kafka_to_record,
             source_label="kafka",
+            config=_flow_config(settings),
         )
         print(
             f"nextbest run: consuming {', '.join(settings.topics)} from {brokers}; "
@@ -212,7 +239,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             _stop_on_signals(stop),
             _Progress(lambda: _progress_line(stats, t0), interval=5, enabled=not args.quiet),
         ):
-            _run_flow(flow)
+            _run_flow(flow, settings)
         summary = stats.as_dict(time.perf_counter() - t0)
     _print_summary(summary, args.json, None)
     return 0
@@ -238,30 +265,40 @@ def cmd_profile(args: argparse.Namespace, settings: Settings) -> int:
     """Print one profile as JSON, computed as of a time."""
     import redis
 
-    from features.profile import render
-    from features.store import customer_key, read_profile
+    from features.document import profile_document
+    from features.store import customer_key, device_key, read_link, read_profile
     from nextbest.runtime import redis_url
     from schemas.events import parse_ts
 
+    if (args.id is None) == (args.anonymous_id is None):
+        raise UsageError("profile: give a customer ID or --anonymous-id X (one of them)")
     as_of = _now_ms()
     if args.as_of is not None:
         raw: int | str = int(args.as_of) if args.as_of.isdigit() else args.as_of
         parsed = parse_ts(raw)
         if parsed is None:
-            raise UsageError(
-                f"profile: bad --as-of {args.as_of!r} (RFC 3339 with zone or epoch ms)"
-            )
+            raise UsageError(f"profile: bad --as-of {args.as_of!r} (RFC 3339 with zone or epoch ms)")
         as_of = parsed
     with redis_url(settings) as url:
         client: redis.Redis = redis.Redis.from_url(url)
         try:
-            state = read_profile(client, customer_key(args.id))
+            resolved_from = None
+            if args.anonymous_id is not None:
+                linked = read_link(client, args.anonymous_id)
+                key = customer_key(linked) if linked else device_key(args.anonymous_id)
+                resolved_from = args.anonymous_id
+                what = f"visitor {args.anonymous_id!r}"
+            else:
+                key = customer_key(args.id)
+                what = f"customer {args.id!r}"
+            view, bounds = read_profile(client, key)
         finally:
             client.close()
-    if state is None:
-        print(f"nextbest: no profile for customer {args.id!r}", file=sys.stderr)
+    if view is None:
+        print(f"nextbest: no profile for {what}", file=sys.stderr)
         return EXIT_NOT_FOUND
-    sys.stdout.write(orjson.dumps(render(state, as_of), option=orjson.OPT_INDENT_2).decode() + "\n")
+    doc = profile_document(view, as_of, bounds, resolved_from)
+    sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
     return 0
 
 
@@ -389,7 +426,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_serve)
 
     pr = sub.add_parser("profile", help="print a customer's profile as JSON")
-    pr.add_argument("id", metavar="ID", help="customer id")
+    pr.add_argument("id", metavar="ID", nargs="?", help="customer id")
+    pr.add_argument(
+        "--anonymous-id", metavar="X", help="a visitor's anonymous id (resolved to its customer)"
+    )
     pr.add_argument("--as-of", metavar="TS", help="RFC 3339 time with zone, or epoch ms")
     pr.set_defaults(func=cmd_profile)
 

@@ -110,8 +110,8 @@ def run_demo(settings: Settings, events: int | None, customers: int, port: int |
     """Run the demo; bounded when ``events`` is given (prints the summary and exits)."""
     from dataflows.metrics import serve_metrics
     from dataflows.profiles import FlowStats, build_flow
-    from dataflows.sinks import DeadLetterFileSink, RedisProfileSink
-    from nextbest.cli import _print_summary, _Progress, _progress_line, _run_flow
+    from dataflows.sinks import DeadLetterFileSink, RedisSink
+    from nextbest.cli import _flow_config, _print_summary, _Progress, _progress_line, _run_flow
     from nextbest.runtime import redis_url
 
     home = settings.home_path
@@ -132,10 +132,11 @@ def run_demo(settings: Settings, events: int | None, customers: int, port: int |
         stats = FlowStats()
         flow = build_flow(
             SimulatorSource(cfg, limit=events, batch_size=settings.batch_size),
-            RedisProfileSink(url),
+            RedisSink(url),
             DeadLetterFileSink(dead_letter),
             stats,
             source_label="simulator",
+            config=_flow_config(settings),
         )
         t0 = time.perf_counter()
         with _Progress(lambda: _progress_line(stats, t0), interval=2.0):

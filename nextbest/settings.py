@@ -58,6 +58,27 @@ def _brokers(raw: str) -> str:
     return ",".join(parts)
 
 
+_UNITS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def duration_ms(raw: str) -> int:
+    """A duration: a number with a unit ``ms``, ``s``, ``m``, ``h`` or ``d`` (bare: seconds).
+
+    >>> duration_ms("10m"), duration_ms("90"), duration_ms("1.5h")
+    (600000, 90000, 5400000)
+    """
+    text = raw.strip().lower()
+    unit = next((u for u in ("ms", "s", "m", "h", "d") if text.endswith(u)), "")
+    number = text[: len(text) - len(unit)] if unit else text
+    try:
+        value = float(number)
+    except ValueError:
+        raise ValueError(f"expected a duration like 10m, 600s or 1h, got {raw!r}") from None
+    if not 0 <= value < 1e12:
+        raise ValueError(f"expected a non-negative duration, got {raw!r}")
+    return int(value * _UNITS[unit or "s"])
+
+
 def _log_level(raw: str) -> str:
     v = raw.upper()
     if v not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -131,6 +152,34 @@ SPECS: dict[str, Spec] = {
         _int_in(1, 100_000),
         "Most events read per source batch and profiles written per Redis pipeline.",
     ),
+    "allowed_lateness_ms": Spec(
+        "NEXTBEST_ALLOWED_LATENESS",
+        "10m",
+        duration_ms,
+        "How far behind the newest event of the same profile an event may be and still be applied "
+        "as if in order (e.g. 10m, 600s); older events are dead-lettered with reason `late`. "
+        "Also what the event-time watermark trails the newest event by.",
+    ),
+    "retention_days": Spec(
+        "NEXTBEST_RETENTION_DAYS",
+        "400",
+        _int_in(1, 100_000),
+        "A profile with no event for this many days of event time is dropped from the dataflow "
+        "state and from Redis.",
+    ),
+    "recovery_dir": Spec(
+        "NEXTBEST_RECOVERY_DIR",
+        None,
+        _nonempty,
+        "Directory of Bytewax recovery snapshots for `run` and `replay` (created and initialised "
+        "when missing). Unset: no snapshots; a restart starts from empty state.",
+    ),
+    "snapshot_interval_s": Spec(
+        "NEXTBEST_SNAPSHOT_INTERVAL",
+        "5",
+        _int_in(1, 3600),
+        "Seconds between Bytewax epochs, i.e. between recovery snapshots.",
+    ),
     "log_level": Spec("NEXTBEST_LOG_LEVEL", "INFO", _log_level, "Log level."),
 }
 
@@ -150,6 +199,10 @@ class Settings:
     host: str
     port: int
     batch_size: int
+    allowed_lateness_ms: int
+    retention_days: int
+    recovery_dir: str | None
+    snapshot_interval_s: int
     log_level: str
 
     @classmethod
@@ -177,6 +230,11 @@ class Settings:
         return Path(self.home).expanduser().resolve()
 
     @property
+    def retention_ms(self) -> int:
+        """Retention in milliseconds of event time."""
+        return self.retention_days * 86_400_000
+
+    @property
     def topics(self) -> list[str]:
         """The input topics."""
         return [self.topic_clickstream, self.topic_transactions]
@@ -195,3 +253,18 @@ def settings_table() -> str:
         default = "(unset)" if spec.default is None else f"`{spec.default}`"
         rows.append(f"| `{spec.env}` | {default} | {spec.doc} |")
     return "\n".join(rows)
+
+
+def update_readme(path: Path) -> bool:
+    """Rewrite the configuration table between the README's markers; True if it changed."""
+    start, end = "<!-- settings-table:start -->\n", "<!-- settings-table:end -->"
+    text = path.read_text()
+    i, j = text.index(start) + len(start), text.index(end)
+    new = text[:i] + settings_table() + "\n" + text[j:]
+    if new != text:
+        path.write_text(new)
+    return new != text
+
+
+if __name__ == "__main__":
+    update_readme(Path(__file__).resolve().parent.parent / "README.md")

@@ -28,11 +28,11 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
-from features.profile import render
-from features.store import aread_profile, customer_key
+from features.document import profile_document
+from features.store import aread_link, aread_profile, customer_key, device_key
 from nextbest.settings import Settings
 from schemas.events import MAX_ID_LEN, parse_ts
-from serving.bodies import HealthBody, ProfileBody, ReadyBody
+from serving.bodies import HealthBody, ProfileBody, ReadyBody, VisitorBody
 from serving.errors import ApiError, error_responses, install_error_handlers
 from serving.metrics import CONTENT_TYPE, HttpMetrics, MetricsMiddleware
 
@@ -162,10 +162,39 @@ async def get_profile(
 ) -> dict[str, Any]:
     """The stored profile rendered as of ``as_of`` (one Redis round trip)."""
     as_of_ms = now_ms if as_of is None else parse_as_of(as_of)
-    state = await aread_profile(redis, customer_key(customer_id))
-    if state is None:
+    view, bounds = await aread_profile(redis, customer_key(customer_id))
+    if view is None:
         raise ApiError(404, "not_found", f"no profile for customer {customer_id!r}")
-    return render(state, as_of_ms)
+    return profile_document(view, as_of_ms, bounds)
+
+
+@router.get(
+    "/v1/visitors/{anonymous_id}/profile",
+    response_model=VisitorBody,
+    responses=error_responses(404, 422, 503),
+    tags=["profiles"],
+    summary="A visitor's profile: the linked customer's, or the anonymous one",
+)
+async def get_visitor_profile(
+    anonymous_id: Annotated[
+        str, Path(min_length=1, max_length=MAX_ID_LEN, description="The anonymous (device) id.")
+    ],
+    redis: RedisDep,
+    now_ms: NowDep,
+    as_of: Annotated[
+        str | None,
+        Query(description="RFC 3339 with a zone, or epoch milliseconds. Default: now."),
+    ] = None,
+) -> dict[str, Any]:
+    """The profile of the customer the device is linked to (with the resolved id), or the
+    device's anonymous profile when it was never linked."""
+    as_of_ms = now_ms if as_of is None else parse_as_of(as_of)
+    linked = await aread_link(redis, anonymous_id)
+    key = customer_key(linked) if linked else device_key(anonymous_id)
+    view, bounds = await aread_profile(redis, key)
+    if view is None:
+        raise ApiError(404, "not_found", f"no profile for visitor {anonymous_id!r}")
+    return profile_document(view, as_of_ms, bounds, resolved_from=anonymous_id)
 
 
 @router.get("/healthz", response_model=HealthBody, tags=["operations"], summary="Liveness")

@@ -35,6 +35,18 @@ class ProfileBody(BaseModel):
     )
 
 
+class VisitorBody(BaseModel):
+    """A visitor's profile: the linked customer's (``customer_id`` set) or the anonymous one."""
+
+    model_config = ConfigDict(extra="allow")
+
+    customer_id: str | None = Field(default=None, description="The linked customer, if any.")
+    anonymous_id: str | None = Field(default=None, description="Set for an anonymous profile.")
+    resolved_from_anonymous_id: str = Field(description="The anonymous id that was looked up.")
+    kind: Literal["customer", "anonymous"] = Field(description="Profile kind.")
+    as_of: str = Field(description="The time the profile is computed as of (RFC 3339, UTC).")
+
+
 class HealthBody(BaseModel):
     """Liveness: the process is up."""
 

@@ -19,8 +19,9 @@ import redis
 import redis.asyncio as aioredis
 from fastapi.testclient import TestClient
 
-from features.profile import ProfileState, apply, render
-from features.store import write_profiles
+from features.document import profile_document
+from features.profile import ProfileState, ingest, new_state, view
+from features.store import link_key, write_states
 from nextbest.settings import Settings
 from schemas.events import Event
 from serving.app import create_app, create_redis, get_now_ms, get_redis
@@ -47,11 +48,10 @@ def _store_customer(client: redis.Redis, customer_id: str) -> ProfileState:
         ),
         Event(event_id="e5", type="refund", ts=T0 + 120_000, customer_id=customer_id, total=5.0),
     ]
-    state: ProfileState | None = None
+    state = new_state("c:" + customer_id)
     for ev in events:
-        state = apply(state, ev)
-    assert state is not None
-    assert write_profiles(client, [state]) == 1
+        assert ingest(state, ev, 600_000) == "applied"
+    assert write_states(client, [state]) == 1
     return state
 
 
@@ -74,8 +74,8 @@ def test_profile_returns_rendered_state(api: TestClient, redis_client: redis.Red
     resp = api.get("/v1/customers/42/profile", params={"as_of": "2026-01-03T00:00:00Z"})
     assert resp.status_code == 200, resp.text
     body = resp.json()
-    assert body == render(state, T0 + 75_355_000)
-    assert body == {
+    assert body == profile_document(view(state), T0 + 75_355_000, None)
+    expected = {
         "customer_id": "42",
         "kind": "customer",
         "as_of": "2026-01-03T00:00:00Z",
@@ -84,8 +84,30 @@ def test_profile_returns_rendered_state(api: TestClient, redis_client: redis.Red
         "events_total": 5,
         "purchases_total": 1,
         "revenue_total": 15.5,
+        "page_views_24h": 2,
+        "page_views_1h": 0,
+        "purchases_7d": 1,
+        "revenue_7d": 15.5,
+        "rfm_segment": "unscored",
         "counts": {"page_view": 2, "product_view": 1, "purchase": 1, "refund": 1},
     }
+    assert {k: body[k] for k in expected} == expected
+
+
+def test_visitor_profile_resolves_linked_device(api: TestClient, redis_client: redis.Redis) -> None:
+    _store_customer(redis_client, "42")
+    redis_client.set(link_key("dev-1"), "42")
+    resp = api.get("/v1/visitors/dev-1/profile", params={"as_of": "2026-01-03T00:00:00Z"})
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["customer_id"] == "42" and body["resolved_from_anonymous_id"] == "dev-1"
+    anon = new_state("a:dev-2")
+    ingest(anon, Event(event_id="x", type="page_view", ts=T0, anonymous_id="dev-2"), 600_000)
+    write_states(redis_client, [anon])
+    body = api.get("/v1/visitors/dev-2/profile").json()
+    assert body["kind"] == "anonymous" and body["anonymous_id"] == "dev-2"
+    missing = api.get("/v1/visitors/nobody/profile")
+    assert missing.status_code == 404 and missing.json()["error"] == "not_found"
 
 
 @pytest.mark.parametrize(

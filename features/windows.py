@@ -1,0 +1,181 @@
+"""Event-time windows kept as sparse buckets: the series, their granularities and their encoding.
+
+A windowed feature (``page_views_1h``, ``revenue_30d``, ...) is read from one *series*: a sparse map
+``bucket index -> value`` where the bucket of an event is ``ts // g`` for the series' granularity
+``g``. Read as of ``t``, a window of width ``W`` sums the buckets ``k`` with
+``(k + 1) * g - 1 > t - W`` and ``k * g <= t``: every bucket that overlaps ``(t - W, t]``. For
+``t`` at or after the newest event this never undercounts and overcounts by at most one bucket:
+``exact(W) <= value <= exact(W + g)`` where ``exact(W)`` counts the events with ts in
+``(t - W, t]``.
+
+In memory all the series of a profile share one ``dict[int, int]`` whose keys pack the series
+index and the bucket index: ``key = series.base + k`` with ``base = idx << KEY_SHIFT`` (one dict to
+copy and prune; sorted keys come grouped by series, then by bucket). In Redis each series is one
+field (see :func:`encode_buckets`).
+
+Examples
+--------
+>>> s = SERIES_BY_NAME["pv1h"]
+>>> s.gran, s.window
+(150000, 3600000)
+>>> buckets = {100: 2, 101: 1, 124: 5}
+>>> window_sum(buckets, s, as_of=124 * 150_000)          # buckets 100..124 overlap the hour
+8
+>>> window_sum(buckets, s, as_of=125 * 150_000 - 2)
+8
+>>> window_sum(buckets, s, as_of=125 * 150_000 - 1)      # bucket 100 ends at t - W: out
+6
+>>> encode_buckets({100: 2, 101: 1, 124: 5})
+'2s:2,1,,,,,,,,,,,,,,,,,,,,,,,5'
+>>> decode_buckets("2s:2,1,,,,,,,,,,,,,,,,,,,,,,,5") == {100: 2, 101: 1, 124: 5}
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+
+SECOND: Final = 1000
+MINUTE: Final = 60 * SECOND
+HOUR: Final = 60 * MINUTE
+DAY: Final = 24 * HOUR
+
+#: The packed in-memory bucket key is ``(series index << KEY_SHIFT) + bucket index``.
+KEY_SHIFT: Final = 32
+KEY_MASK: Final = (1 << KEY_SHIFT) - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    """One bucketed series: its Redis field ``name``, in-memory index, window and granularity (ms).
+
+    >>> SERIES_BY_NAME["rp90d"].window // DAY, SERIES_BY_NAME["rp90d"].gran // DAY
+    (90, 3)
+    """
+
+    name: str
+    idx: int
+    window: int
+    gran: int
+
+    @property
+    def base(self) -> int:
+        """The series' offset in packed bucket keys."""
+        return self.idx << KEY_SHIFT
+
+    def live_from(self, newest: int) -> int:
+        """Smallest bucket index that can still count for some ``as_of >= newest``.
+
+        >>> SERIES_BY_NAME["pv1h"].live_from(124 * 150_000 + 3_599_999)
+        124
+        """
+        return (newest - self.window + 1) // self.gran
+
+    def bounds(self, as_of: int) -> tuple[int, int]:
+        """The inclusive range of bucket indexes that count as of ``as_of``.
+
+        >>> SERIES_BY_NAME["pv1h"].bounds(124 * 150_000)
+        (100, 124)
+        """
+        return (as_of - self.window + 1) // self.gran, as_of // self.gran
+
+
+def _series(name: str, idx: int, window: int, gran: int) -> Series:
+    assert gran * 24 <= window, name
+    return Series(name, idx, window, gran)
+
+
+_W = ((HOUR, 150 * SECOND), (24 * HOUR, HOUR), (7 * DAY, 6 * HOUR))
+_LONG = ((7 * DAY, 6 * HOUR), (30 * DAY, DAY), (90 * DAY, 3 * DAY))
+_SESS = ((7 * DAY, 6 * HOUR), (30 * DAY, DAY))
+
+
+def _label(window: int) -> str:
+    return f"{window // HOUR}h" if window < 7 * DAY else f"{window // DAY}d"
+
+
+def _build() -> tuple[Series, ...]:
+    out: list[Series] = []
+    for prefix, spec in (
+        ("pv", _W),  # page_view count
+        ("vw", _W),  # product_view count
+        ("ac", _W),  # add_to_cart count
+        ("pu", _LONG),  # purchase count
+        ("rp", _LONG),  # purchase totals, cents (the positive part of revenue)
+        ("rn", _LONG),  # refund totals, cents (the negative part of revenue)
+        ("se", _SESS),  # sessions, at the ts of their first event
+    ):
+        for window, gran in spec:
+            out.append(_series(prefix + _label(window), len(out), window, gran))
+    return tuple(out)
+
+
+#: Every series, in index order.
+SERIES: Final = _build()
+SERIES_BY_NAME: Final = {s.name: s for s in SERIES}
+
+
+def series_group(prefix: str) -> tuple[Series, ...]:
+    """The series of one prefix (``pv``, ``vw``, ``ac``, ``pu``, ``rp``, ``rn``, ``se``).
+
+    >>> [s.name for s in series_group("pu")]
+    ['pu7d', 'pu30d', 'pu90d']
+    """
+    return tuple(s for s in SERIES if s.name.startswith(prefix))
+
+
+def window_sum(buckets: Mapping[int, int] | None, series: Series, as_of: int) -> int:
+    """Sum of the buckets of one series (``bucket index -> value``) that count as of ``as_of``."""
+    if not buckets:
+        return 0
+    lo, hi = series.bounds(as_of)
+    return sum(v for k, v in buckets.items() if lo <= k <= hi)
+
+
+_DIGITS: Final = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+_SMALL: Final[list[str]] = [a + b for a in ("", *_DIGITS[1:]) for b in _DIGITS]
+
+
+def to_base36(n: int) -> str:
+    """Base-36 digits of a non-negative integer.
+
+    >>> to_base36(0), to_base36(35), to_base36(36), int(to_base36(123456789), 36)
+    ('0', 'z', '10', 123456789)
+    """
+    if n < 1296:
+        return _SMALL[n]
+    out = []
+    while n:
+        n, r = divmod(n, 36)
+        out.append(_DIGITS[r])
+    return "".join(reversed(out))
+
+
+def encode_buckets(buckets: Mapping[int, int]) -> str:
+    """Compact text of one sparse series: ``<first index>:<v>,<v>,...`` in base 36.
+
+    Values run densely from the first non-zero bucket to the last; a zero is an empty string.
+    Only non-negative values are stored (counts, and cents of one sign).
+    """
+    if not buckets:
+        return ""
+    first = min(buckets)
+    vals = [""] * (max(buckets) - first + 1)
+    small = _SMALL
+    for k, v in buckets.items():
+        if v:
+            vals[k - first] = small[v] if v < 1296 else to_base36(v)
+    return to_base36(first) + ":" + ",".join(vals)
+
+
+def decode_buckets(text: str) -> dict[int, int]:
+    """Inverse of :func:`encode_buckets` (zeros are not returned)."""
+    if not text:
+        return {}
+    head, _, body = text.partition(":")
+    first = int(head, 36)
+    return {first + i: int(v, 36) for i, v in enumerate(body.split(",")) if v}

@@ -1,0 +1,72 @@
+"""Smoke test of the benchmarks: ``python -m bench --quick --json`` runs and reports sane numbers.
+
+Nothing here asserts a wall-clock figure or an aim: only that every section was measured.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from tests.conftest import REPO
+
+
+def _positive(section: dict[str, Any], *keys: str) -> None:
+    for key in keys:
+        value = section.get(key)
+        assert isinstance(value, int | float) and value > 0, (key, value, section)
+
+
+@pytest.mark.slow
+def test_bench_quick_json() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEXTBEST_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--json"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr[-4000:]}"
+    report = json.loads(proc.stdout)
+    assert report["errors"] == []
+
+    workload = report["workload"]
+    _positive(workload, "lines", "events", "bad", "customers")
+
+    baseline = report["baseline"]
+    _positive(baseline, "seconds", "events_per_s", "keys")
+    assert baseline["read"] == workload["lines"]
+    assert baseline["accepted"] == workload["events"]
+
+    full = report["full"]
+    _positive(full, "wall_seconds", "events_per_s_wall", "events_per_s_reported")
+    assert full["read"] == workload["lines"]
+
+    ratio = report["ratio"]
+    _positive(ratio, "full_over_baseline", "full_wall_over_baseline")
+    expected = full["events_per_s_reported"] / baseline["events_per_s"]
+    assert ratio["full_over_baseline"] == pytest.approx(expected, rel=0.01, abs=0.001)
+    assert isinstance(ratio["meets_aim"], bool)
+
+    fresh = report["freshness"]
+    _positive(fresh, "produced", "measured", "p50_ms", "p99_ms", "max_ms")
+    assert fresh["p50_ms"] <= fresh["p99_ms"] <= fresh["max_ms"]
+    assert fresh["measured"] <= fresh["produced"]
+    assert fresh["measured"] >= 0.9 * fresh["produced"], fresh
+    assert fresh["transport"]["latency_ms"]["count"] > 0
+    assert isinstance(fresh["meets_aim"], bool)
+
+    memory = report["memory"]
+    _positive(memory, "profile_keys", "sampled", "median_bytes", "p90_bytes")
+    assert memory["median_bytes"] <= memory["p90_bytes"]
+    assert memory["encodings"] and sum(memory["encodings"].values()) == memory["sampled"]
+    assert set(memory["encodings"]) <= {"listpack", "ziplist", "hashtable"}
+    assert isinstance(memory["meets_aim"], bool)
