@@ -20,9 +20,11 @@ keep the event-time watermark (newest event time minus the allowed lateness) and
 from __future__ import annotations
 
 import pickle
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import bytewax.operators as op
@@ -64,6 +66,9 @@ class FlowConfig:
     retention_ms: int = 400 * 86_400_000
     recovery: bool = False
     rfm_publish_every: int = 1000
+    #: A changed profile is written at most once per this many wall-clock ms (the rest of the
+    #: changes in between are coalesced into the next write); 0 writes after every batch.
+    write_interval_ms: int = 0
 
 
 @dataclass
@@ -234,13 +239,57 @@ def add_clock(
 Out = tuple[str, Any]  # ("sink", SinkOp) | ("dead", Rejected) | ("route", (customer_key, item))
 
 
-class DeviceLogic(StatefulBatchLogic[Any, Out, Any]):
+class Debounced:
+    """Coalesces a key's Redis writes: at most one per ``interval`` of wall time, the last one
+    on the next notification or at the end of the input. ``dirty`` survives recovery."""
+
+    dirty: bool = False
+    last_write: float = 0.0
+    interval: float = 0.0
+
+    def pending_write(self) -> SinkOp | None:
+        """The projection to write now (``None`` when nothing changed)."""
+        raise NotImplementedError
+
+    def flush(self, force: bool) -> list[Out]:
+        """Write if dirty and (forced or the interval has passed)."""
+        if not self.dirty:
+            return []
+        now = time.monotonic()
+        if not force and now - self.last_write < self.interval:
+            return []
+        op_ = self.pending_write()
+        self.dirty = False
+        self.last_write = now
+        return [] if op_ is None else [("sink", op_)]
+
+    def notify_at(self) -> datetime | None:
+        if not self.dirty:
+            return None
+        wait = self.last_write + self.interval - time.monotonic()
+        return datetime.now(UTC) + timedelta(seconds=max(wait, 0.0))
+
+    def on_notify(self) -> tuple[Iterable[Out], bool]:
+        return self.flush(force=True), RETAIN
+
+    def on_eof(self) -> tuple[Iterable[Out], bool]:
+        return self.flush(force=True), RETAIN
+
+
+class DeviceLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
     """Identity step for one device: links, the anonymous profile, routing to customers."""
 
-    def __init__(self, state: DeviceState | None, cfg: FlowConfig, stats: FlowStats) -> None:
-        self.state = state
+    def __init__(
+        self, resume: tuple[DeviceState, bool] | None, cfg: FlowConfig, stats: FlowStats
+    ) -> None:
+        self.state, self.dirty = resume if resume is not None else (None, False)
         self.cfg = cfg
         self.stats = stats
+        self.interval = cfg.write_interval_ms / 1000
+
+    def pending_write(self) -> SinkOp | None:
+        anon = self.state.anon if self.state is not None else None
+        return None if anon is None else WriteProfile(anon.key, anon)
 
     def on_batch(self, values: list[Any]) -> tuple[Iterable[Out], bool]:
         values.sort(key=arrival_order)
@@ -273,12 +322,13 @@ class DeviceLogic(StatefulBatchLogic[Any, Out, Any]):
                 elif kind == "duplicate":
                     self.stats.duplicates += 1
                     metrics.DUPLICATES.inc()
-        if anon_changed and self.state is not None and self.state.anon is not None:
-            out.append(("sink", WriteProfile(self.state.anon.key, self.state.anon)))
+        if anon_changed:
+            self.dirty = True
+        out.extend(self.flush(force=False))
         return out, RETAIN
 
     def snapshot(self) -> Any:
-        return pickle.dumps(self.state) if self.cfg.recovery else None
+        return pickle.dumps((self.state, self.dirty)) if self.cfg.recovery else None
 
 
 def rfm_point(state: pf.ProfileState) -> rfm.RfmPoint | None:
@@ -304,13 +354,19 @@ def _touches_money(values: list[Any]) -> bool:
     )
 
 
-class ProfileLogic(StatefulBatchLogic[Any, Out, Any]):
+class ProfileLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
     """Profile step for one customer: ingest events, absorb hand-overs, expire on ticks."""
 
-    def __init__(self, state: pf.ProfileState | None, cfg: FlowConfig, stats: FlowStats) -> None:
-        self.state = state
+    def __init__(
+        self, resume: tuple[pf.ProfileState, bool] | None, cfg: FlowConfig, stats: FlowStats
+    ) -> None:
+        self.state, self.dirty = resume if resume is not None else (None, False)
         self.cfg = cfg
         self.stats = stats
+        self.interval = cfg.write_interval_ms / 1000
+
+    def pending_write(self) -> SinkOp | None:
+        return None if self.state is None else WriteProfile(self.state.key, self.state)
 
     def _expired(self, tick: Tick) -> bool:
         st = self.state
@@ -336,7 +392,8 @@ class ProfileLogic(StatefulBatchLogic[Any, Out, Any]):
                 continue
             changed |= self._ingest(item, out)
         if changed and self.state is not None:
-            out.append(("sink", WriteProfile(self.state.key, self.state)))
+            self.dirty = True
+            out.extend(self.flush(force=False))
             if money:
                 new_point = rfm_point(self.state)
                 if new_point != old_point:
@@ -370,7 +427,7 @@ class ProfileLogic(StatefulBatchLogic[Any, Out, Any]):
         return out
 
     def snapshot(self) -> Any:
-        return pickle.dumps(self.state) if self.cfg.recovery else None
+        return pickle.dumps((self.state, self.dirty)) if self.cfg.recovery else None
 
 
 class RfmLogic(StatefulBatchLogic[Any, Out, Any]):

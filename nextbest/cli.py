@@ -141,6 +141,7 @@ def _flow_config(settings: Settings) -> Any:
         lateness_ms=settings.allowed_lateness_ms,
         retention_ms=settings.retention_ms,
         recovery=settings.recovery_dir is not None,
+        write_interval_ms=settings.write_interval_ms,
     )
 
 

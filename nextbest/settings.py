@@ -180,6 +180,13 @@ SPECS: dict[str, Spec] = {
         _int_in(1, 3600),
         "Seconds between Bytewax epochs, i.e. between recovery snapshots.",
     ),
+    "write_interval_ms": Spec(
+        "NEXTBEST_WRITE_INTERVAL",
+        "100ms",
+        duration_ms,
+        "A changed profile is written to Redis at most once per this much wall time; changes in "
+        "between are coalesced into the next write (bounds freshness; 0 writes every batch).",
+    ),
     "log_level": Spec("NEXTBEST_LOG_LEVEL", "INFO", _log_level, "Log level."),
 }
 
@@ -203,6 +210,7 @@ class Settings:
     retention_days: int
     recovery_dir: str | None
     snapshot_interval_s: int
+    write_interval_ms: int
     log_level: str
 
     @classmethod
