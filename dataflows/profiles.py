@@ -2,15 +2,15 @@
 
 Step ids are stable names: Bytewax recovery state is keyed by them.
 
-    read -> decode -> split_rejected -(rejects)-----------------------------------------> dead_letter
-                          |
-                          +-> split_identity -(anonymous-only and login/signup events)
-                          |        -> key_by_device -> device_clock -> identity (per a:<anonymous_id>)
-                          |              anonymous profiles, links, hand-overs, events routed to customers
-                          +-> key_by_customer --+--> customer_clock -----+
-                                   (+ routed) --+-------------------------+-> profile (per c:<customer_id>)
-                                                                                 -> rfm (one owner)
-    profile, identity, rfm -> write_redis (one pipelined command per changed key per batch)
+    read -> decode -> split_rejected -(rejects)-------------------------------> dead_letter
+                        |
+                        +-> split_identity -(anonymous-only events, login/signup links)
+                        |     -> key_by_device -> identity (per a:<anonymous_id>, + device_clock)
+                        |          anonymous profiles, links, hand-overs, routing to customers
+                        +-> key_by_customer ----+
+                                    (+ routed) -+-> profile (per c:<customer_id>, + customer_clock)
+                                                       -> rfm (one owner)
+    identity, profile, rfm -> write_redis (one command per changed key, pipelined per batch)
 
 The two clocks are :class:`features.clock.EventClock` instances fed by the events themselves: they
 keep the event-time watermark (newest event time minus the allowed lateness) and send a
@@ -227,7 +227,9 @@ def add_clock(
         clock = pickle.loads(resume) if resume else EventClock(cfg.lateness_ms)
         return ClockLogic(clock, cfg.recovery, step_id)
 
-    ticks = op.stateful_batch(step_id, op.key_on(f"{step_id}_key", inputs, lambda _: "clock"), build)
+    ticks = op.stateful_batch(
+        step_id, op.key_on(f"{step_id}_key", inputs, lambda _: "clock"), build
+    )
     flat = op.map(f"{step_id}_unwrap", ticks, lambda kv: kv[1])
     routed = op.key_on(f"{step_id}_route", flat, lambda kv: kv[0])
     return op.map_value(f"{step_id}_tick", routed, lambda kv: kv[1])
@@ -282,6 +284,7 @@ class DeviceLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
     def __init__(
         self, resume: tuple[DeviceState, bool] | None, cfg: FlowConfig, stats: FlowStats
     ) -> None:
+        self.state: DeviceState | None
         self.state, self.dirty = resume if resume is not None else (None, False)
         self.cfg = cfg
         self.stats = stats
@@ -360,6 +363,7 @@ class ProfileLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
     def __init__(
         self, resume: tuple[pf.ProfileState, bool] | None, cfg: FlowConfig, stats: FlowStats
     ) -> None:
+        self.state: pf.ProfileState | None
         self.state, self.dirty = resume if resume is not None else (None, False)
         self.cfg = cfg
         self.stats = stats

@@ -1,4 +1,4 @@
-"""What flows between the steps: raw records, routed events, ticks, sink operations, dead letters."""
+"""What flows between the steps: records, routed events, ticks, sink operations, dead letters."""
 
 from __future__ import annotations
 

@@ -81,7 +81,9 @@ class DeviceState:
 def is_link_event(event: Event) -> bool:
     """A ``login``/``signup`` carrying both ids."""
     return (
-        event.type in LINK_TYPES and event.customer_id is not None and event.anonymous_id is not None
+        event.type in LINK_TYPES
+        and event.customer_id is not None
+        and event.anonymous_id is not None
     )
 
 

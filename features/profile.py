@@ -62,7 +62,6 @@ from features.windows import (
     MINUTE,
     SERIES,
     SERIES_BY_NAME,
-    Series,
     decode_buckets,
     encode_buckets,
     series_group,
@@ -93,8 +92,11 @@ MAX_FIELD_BYTES: Final = 64
 
 # Buffer size beyond which the settled part is advanced even without an out-of-order event.
 _BUFFER_CAP: Final = 64
-# How often (in event time) the aggregates drop buckets and sessions that can no longer count.
+# How often (in event time) the aggregates drop buckets, and sessions, that can no longer count,
+# and the duplicate map its old ids (amortised: a scan each time).
 _PRUNE_EVERY_MS: Final = HOUR
+_PRUNE_SESSIONS_EVERY_MS: Final = DAY
+_PRUNE_SEEN_EVERY_MS: Final = 6 * HOUR
 
 #: Short codes of the event types in the Redis ``n:<code>`` lifetime-count fields.
 TYPE_CODES: Final = {
@@ -195,6 +197,7 @@ class Aggregate:
     run_first: int | None = None
     run_last: int | None = None
     prune_at: int = 0
+    sessions_pruned_at: int = 0
 
     def copy(self) -> Aggregate:
         """An independent copy."""
@@ -217,6 +220,7 @@ class Aggregate:
             self.run_first,
             self.run_last,
             self.prune_at,
+            self.sessions_pruned_at,
         )
 
 
@@ -320,6 +324,7 @@ def _order(e: Event) -> tuple[int, str]:
 
 
 _LIVE_SPECS: Final = tuple((1 - s.window, s.gran) for s in SERIES)
+_NAMES: Final = tuple(s.name for s in SERIES)
 
 
 def _live_lows(newest: int) -> list[int]:
@@ -334,6 +339,10 @@ def _prune(a: Aggregate, frontier: int) -> None:
         lows = _live_lows(frontier)
         for key in [k for k in b if (k & KEY_MASK) < lows[k >> KEY_SHIFT]]:
             del b[key]
+    a.prune_at = frontier + _PRUNE_EVERY_MS
+    if frontier - a.sessions_pruned_at < _PRUNE_SESSIONS_EVERY_MS:
+        return
+    a.sessions_pruned_at = frontier
     cutoff = frontier - SESSION_KEEP_MS
     if a.sids:
         for sid in [s for s, t in a.sids.items() if t < cutoff]:
@@ -341,7 +350,6 @@ def _prune(a: Aggregate, frontier: int) -> None:
     if a.runs:
         for first in [f for f, last in a.runs.items() if last < cutoff]:
             del a.runs[first]
-    a.prune_at = frontier + _PRUNE_EVERY_MS
 
 
 def _coalesce(runs: Iterable[tuple[int, int]]) -> dict[int, int]:
@@ -486,7 +494,7 @@ def _prune_seen(state: ProfileState, newest: int) -> None:
     seen = state.seen
     for eid in [k for k, t in seen.items() if t < cutoff]:
         del seen[eid]
-    state.seen_prune_at = newest + _PRUNE_EVERY_MS
+    state.seen_prune_at = newest + _PRUNE_SEEN_EVERY_MS
 
 
 # --------------------------------------------------------------------------------------------
@@ -494,8 +502,20 @@ def _prune_seen(state: ProfileState, newest: int) -> None:
 
 
 def new_state(key: str) -> ProfileState:
-    """An empty state for a partition key (``c:<customer_id>`` or ``a:<anonymous_id>``).
+    """An empty state.
 
+    Parameters
+    ----------
+    key
+        The partition key: ``c:<customer_id>`` or ``a:<anonymous_id>``.
+
+    Returns
+    -------
+    ProfileState
+        A state with no event applied yet.
+
+    Examples
+    --------
     >>> s = new_state("a:dev-1")
     >>> s.kind, s.id, last_event_ts(s)
     ('anonymous', 'dev-1', 0)
@@ -504,12 +524,24 @@ def new_state(key: str) -> ProfileState:
 
 
 def ingest(state: ProfileState, event: Event, lateness_ms: int) -> str:
-    """Apply ``event`` to ``state`` in place; return ``APPLIED``, ``DUPLICATE`` or ``LATE``.
+    """Apply one event to a state, in place, as if all events had come in ``(ts, event_id)`` order.
 
-    * :data:`DUPLICATE`: an event with the same ``event_id`` was applied, with a ts within 24 h of
-      this one and not more than ``max(24 h, lateness_ms)`` before the newest event: ignored.
-    * :data:`LATE`: ``event.ts < newest applied ts - lateness_ms``: not applied (dead-letter it).
-    * otherwise applied as if the events had come sorted by ``(ts, event_id)``.
+    Parameters
+    ----------
+    state
+        The state to update.
+    event
+        A validated event of this state's key.
+    lateness_ms
+        How far (event time) behind the newest applied event an event may be and still apply.
+
+    Returns
+    -------
+    str
+        :data:`APPLIED`; :data:`DUPLICATE` when an event with the same ``event_id`` was applied
+        with a ts within 24 h of this one and not more than ``max(24 h, lateness_ms)`` before the
+        newest event (ignored); :data:`LATE` when ``event.ts < newest applied ts - lateness_ms``
+        (not applied: dead-letter it). Neither changes the state.
 
     Examples
     --------
@@ -557,7 +589,8 @@ def ingest(state: ProfileState, event: Event, lateness_ms: int) -> str:
                 _settle(state)
         else:
             bisect.insort(buf, event, key=_order)
-            _fold(state.current, event)
+            _settle(state)
+            _rebuild(state)
     newest = state.current.last
     if newest is not None and newest >= state.seen_prune_at:
         _prune_seen(state, newest)
@@ -565,10 +598,20 @@ def ingest(state: ProfileState, event: Event, lateness_ms: int) -> str:
 
 
 def last_event_ts(state: ProfileState) -> int:
-    """The newest applied event's ts (epoch ms), 0 when nothing was applied yet.
+    """The newest applied event's ts.
 
     Retention: the dataflow drops a state (and its Redis hash) once
     ``last_event_ts(state) + retention < watermark``.
+
+    Parameters
+    ----------
+    state
+        A profile state.
+
+    Returns
+    -------
+    int
+        Epoch milliseconds; 0 when nothing was applied yet.
     """
     last = state.current.last
     return 0 if last is None else last
@@ -577,10 +620,22 @@ def last_event_ts(state: ProfileState) -> int:
 def record_link(
     state: ProfileState, anonymous_id: str, customer_id: str, ts: int, event_id: str
 ) -> None:
-    """Record an identity link in ``state.identities`` (idempotent by ``event_id``).
+    """Record an identity link; it is listed in the profile's ``identities``.
 
-    The newest :data:`MAX_IDENTITIES` links by ``(ts, event_id)`` are kept.
+    Idempotent by ``event_id``; the newest :data:`MAX_IDENTITIES` links by ``(ts, event_id)``
+    are kept.
 
+    Parameters
+    ----------
+    state
+        The (customer) state to record the link in.
+    anonymous_id, customer_id
+        The linked ids.
+    ts, event_id
+        Time (epoch ms) and id of the linking event (``login`` or ``signup``).
+
+    Examples
+    --------
     >>> s = new_state("c:42")
     >>> record_link(s, "dev-1", "42", 1767323045000, "e1")
     >>> record_link(s, "dev-1", "42", 1767323045000, "e1")
@@ -655,13 +710,22 @@ def _combine(a: Aggregate, b: Aggregate) -> Aggregate:
 def merge_into(target: ProfileState, other: ProfileState, lateness_ms: int | None = None) -> None:
     """Identity stitching: make ``other``'s history (an anonymous visitor) part of ``target``.
 
-    ``other`` is not modified. Windowed counts and sums, lifetime values, sessions (a
-    ``session_id`` in both counts once, at its first ts; gap runs less than 30 minutes apart
-    join), interests, duplicate detection and identity links become those of the union of the two
-    event streams. The events of both within the lateness of the newer one are replayed in order,
-    so the merge is exact for them; older parts are combined, and there the cart is approximated:
-    each side's cart survives unless the other side has a purchase after its last cart change.
-    ``lateness_ms`` defaults to the larger lateness the two states last ingested with.
+    Windowed counts and sums, lifetime values, sessions (a ``session_id`` in both counts once, at
+    its first ts; gap runs less than 30 minutes apart join), interests, duplicate detection and
+    identity links become those of the union of the two event streams. The events of both within
+    the lateness of the newer one are replayed in order, so the merge is exact for them; older
+    parts are combined, and there the cart is approximated: each side's cart survives unless the
+    other side has a purchase after its last cart change. A ``session_id`` reused more than 31
+    days apart across the two sides is approximated too.
+
+    Parameters
+    ----------
+    target
+        The customer's state, updated in place.
+    other
+        The anonymous state; not modified.
+    lateness_ms
+        Defaults to the larger lateness the two states last ingested with.
 
     Examples
     --------
@@ -724,33 +788,60 @@ def _sig(x: float) -> float:
 def view(state: ProfileState) -> ProfileView:
     """The state's current view: what :func:`to_fields` stores and :func:`render` needs.
 
-    ``from_fields(to_fields(s)) == view(s)``.
+    Parameters
+    ----------
+    state
+        A profile state.
+
+    Returns
+    -------
+    ProfileView
+        Equal to ``from_fields(to_fields(state))``: the live, non-zero buckets of every series
+        (sessions included), lifetime values, cart, interests as of the newest event (9
+        significant digits) and identity links.
+
+    Examples
+    --------
+    >>> from schemas import Event
+    >>> s = new_state("c:42")
+    >>> _ = ingest(s, Event(event_id="1", type="product_view", ts=86_400_000, customer_id="42",
+    ...                     category="books"), 600_000)
+    >>> v = view(s)
+    >>> v.buckets["vw1h"], v.interests, v.last_seen_ts
+    ({576: 1}, {'books': 1.0}, 86400000)
     """
     a = state.current
     newest = a.last
     buckets: dict[str, dict[int, int]] = {}
     interests: dict[str, float] = {}
     if newest is not None:
-        lows = _live_lows(newest)
-        per: list[dict[int, int] | None] = [None] * len(SERIES)
         b = a.buckets
-        for key in sorted(b):
+        cur_idx = -1
+        low = 0
+        d: dict[int, int] | None = None
+        for key in sorted(b):  # grouped by series, then by bucket
             idx = key >> KEY_SHIFT
+            if idx != cur_idx:
+                cur_idx = idx
+                w, g = _LIVE_SPECS[idx]
+                low = (newest + w) // g
+                d = None
             k = key & KEY_MASK
-            if k >= lows[idx]:
-                d = per[idx]
+            if k >= low:
                 if d is None:
-                    d = per[idx] = {}
+                    d = buckets[_NAMES[idx]] = {}
                 d[k] = b[key]
-        for s in _SESSION_SERIES:
-            lo, g = lows[s.idx], s.gran
-            d = {}
-            for first in chain(a.sids.values(), a.runs):
-                k = first // g
-                if k >= lo:
-                    d[k] = d.get(k, 0) + 1
-            per[s.idx] = d
-        buckets = {SERIES[i].name: d for i, d in enumerate(per) if d}
+        if a.sids or a.runs:
+            for s in _SESSION_SERIES:
+                g = s.gran
+                low = s.live_from(newest)
+                sd: dict[int, int] = {}
+                for first in chain(a.sids.values(), a.runs):
+                    k = first // g
+                    if k >= low:
+                        sd[k] = sd.get(k, 0) + 1
+                if sd:
+                    buckets[s.name] = sd
         f = 2.0 ** ((a.iref - newest) / _interest.HALF_LIFE_MS)
         interests = {c: _sig(x * f) for c, x in a.interest.items()}
     return ProfileView(
@@ -818,8 +909,10 @@ def fields_of(v: ProfileView) -> dict[str, str]:
         f["cv"] = str(v.cart_cents)
     for c, x in v.interests.items():
         f["i:" + c] = repr(x)
-    for name, d in v.buckets.items():
-        _put(f, name, encode_buckets(d))
+    if v.buckets:
+        last = v.last_seen_ts or 0
+        for name, d in v.buckets.items():
+            _put(f, name, encode_buckets(d, SERIES_BY_NAME[name].live_from(last)))
     own = v.id if v.kind == "customer" else None
     for j, link in enumerate(v.identities):
         cust = "" if link.customer_id == own else link.customer_id
@@ -829,28 +922,59 @@ def fields_of(v: ProfileView) -> dict[str, str]:
 
 
 def to_fields(state: ProfileState) -> dict[str, str]:
-    """The Redis hash projection of the state's current view: absolute values, deterministic.
+    """The Redis hash projection of the state's current view.
 
-    Every field name and value is at most 64 bytes (longer values are split over ``name/1``,
-    ``name/2``, ...), so typical profiles stay in Redis's compact listpack encoding. The layout is
-    documented in the README ("Profiles").
+    Parameters
+    ----------
+    state
+        A profile state.
 
+    Returns
+    -------
+    dict[str, str]
+        Field -> value, absolute and deterministic (the same state gives the same dict). Every
+        field name and value is at most 64 bytes (longer values are split over ``name/1``,
+        ``name/2``, ...), so typical profiles stay in Redis's compact listpack encoding. Write it
+        whole, replacing the old hash (fields disappear as buckets expire). The layout is
+        documented in the README ("Profiles").
+
+    Examples
+    --------
     >>> from schemas import Event
     >>> s = new_state("c:42")
     >>> _ = ingest(s, Event(event_id="1", type="page_view", ts=1767323045000, customer_id="42"),
     ...            600_000)
     >>> sorted(to_fields(s).items())   # doctest: +NORMALIZE_WHITESPACE
     [('ft', '1767323045000'), ('key', 'c:42'), ('lt', '1767323045000'), ('n:pv', '1'),
-     ('ne', '1'), ('pv1h', '70j61:1'), ('pv24h', 'aisr:1'), ('pv7d', '1r4s:1'), ('se30d', 'fs7:1'),
-     ('se7d', '1r4s:1'), ('v', '2')]
+     ('ne', '1'), ('pv1h', 'o:1'), ('pv24h', 'o:1'), ('pv7d', 's:1'), ('se30d', 'u:1'),
+     ('se7d', 's:1'), ('v', '2')]
     """
     return fields_of(view(state))
 
 
 def from_fields(raw: Mapping[str, str] | Mapping[bytes, bytes] | Mapping[Any, Any]) -> ProfileView:
-    """Rebuild the view from a Redis hash (``HGETALL``; str or bytes keys and values).
+    """Rebuild the view from a Redis hash.
 
-    Raises :class:`LayoutError` when the hash is not of layout version ``2``.
+    Parameters
+    ----------
+    raw
+        ``HGETALL`` of a profile hash: str or bytes keys and values.
+
+    Returns
+    -------
+    ProfileView
+        What :func:`render` needs; ``from_fields(to_fields(s)) == view(s)``.
+
+    Raises
+    ------
+    LayoutError
+        When the hash is not a profile of layout version ``2``.
+
+    Examples
+    --------
+    >>> v = from_fields({b"v": b"2", b"key": b"c:42", b"lt": b"86400000", b"vw1h": b"o:1"})
+    >>> v.id, v.buckets
+    ('42', {'vw1h': {576: 1}})
     """
     counts: dict[str, int] = {}
     interests: dict[str, float] = {}
@@ -892,7 +1016,8 @@ def from_fields(raw: Mapping[str, str] | Mapping[bytes, bytes] | Mapping[Any, An
     links: list[tuple[int, Link]] = []
     for name, val in f.items():
         if name in SERIES_BY_NAME:
-            v.buckets[name] = decode_buckets(val)
+            origin = SERIES_BY_NAME[name].live_from(v.last_seen_ts or 0)
+            v.buckets[name] = decode_buckets(val, origin)
         elif name.startswith("id") and name[2:].isdigit():
             anon, cust, ts, eid = _link_decoder.decode(val)
             links.append((int(name[2:]), Link(anon, cust or own, ts, eid)))
@@ -918,16 +1043,26 @@ def _days(as_of: int, ref: int | None) -> float | None:
     return round((as_of - ref) / DAY, 3)
 
 
-def _wsum(v: ProfileView, s: Series, as_of: int) -> int:
-    return window_sum(v.buckets.get(s.name), s, as_of)
-
-
 def render(v: ProfileView, as_of: int) -> dict[str, Any]:
-    """The public JSON profile document as of ``as_of`` (epoch ms): a pure function of its input.
+    """The public JSON profile document as of a time: a pure function of its inputs.
 
-    Windowed values follow the window contract for ``as_of >= last_seen_ts``; for earlier
-    ``as_of`` they are approximate (see the README). Lifetime values include every applied event.
+    Parameters
+    ----------
+    v
+        A view (:func:`view`, or :func:`from_fields` of the Redis hash).
+    as_of
+        Epoch milliseconds.
 
+    Returns
+    -------
+    dict[str, Any]
+        ``customer_id`` (or ``anonymous_id``), ``kind``, ``as_of``, every public feature (see
+        the README), ``counts``, ``events_total``, ``category_scores`` and ``identities``.
+        Windowed values follow the window contract for ``as_of >= last_seen_ts``; for earlier
+        ``as_of`` they are approximate. Lifetime values include every applied event.
+
+    Examples
+    --------
     >>> v = ProfileView(key="a:dev", first_seen_ts=0, last_seen_ts=0, events_total=1,
     ...                 counts={"page_view": 1}, buckets={"pv1h": {0: 1}})
     >>> doc = render(v, as_of=3_600_000)
@@ -941,10 +1076,14 @@ def render(v: ProfileView, as_of: int) -> dict[str, Any]:
         "kind": v.kind,
         "as_of": format_ts(as_of),
     }
+    b = v.buckets
     for name, s in COUNT_FEATURES:
-        doc[name] = _wsum(v, s, as_of)
+        d = b.get(s.name)
+        doc[name] = window_sum(d, s, as_of) if d else 0
     for name, pos, neg in REVENUE_FEATURES:
-        doc[name] = _money(_wsum(v, pos, as_of) - _wsum(v, neg, as_of))
+        dp, dn = b.get(pos.name), b.get(neg.name)
+        net = (window_sum(dp, pos, as_of) if dp else 0) - (window_sum(dn, neg, as_of) if dn else 0)
+        doc[name] = _money(net)
     n = v.purchases_total
     doc["purchases_total"] = n
     doc["revenue_total"] = _money(v.revenue_cents)

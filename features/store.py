@@ -3,7 +3,7 @@
 Keys are namespaced and Redis Cluster compatible: all of one customer's keys share a hash tag.
 
 ==================================  =========================================================
-``nb:{c:<customer_id>}:profile``    hash: the customer's profile (:func:`features.profile.to_fields`)
+``nb:{c:<customer_id>}:profile``    hash: the customer's profile (``profile.to_fields``)
 ``nb:{a:<anonymous_id>}:profile``   hash: an anonymous device's profile, until it is linked
 ``nb:{a:<anonymous_id>}:link``      string: the customer the device is linked to now
 ``nb:rfm:boundaries``               string: RFM quintile boundaries of the live population
@@ -25,7 +25,7 @@ from typing import Any, Final
 import redis
 import redis.asyncio as aioredis
 
-from features.profile import ProfileView, from_fields, to_fields
+from features.profile import LayoutError, ProfileView, from_fields, to_fields
 from features.rfm import RfmBoundaries
 
 NAMESPACE: Final = "nb"
@@ -131,15 +131,23 @@ def _boundaries(raw: bytes | None) -> RfmBoundaries | None:
         return None
 
 
-def read_profile(
-    client: redis.Redis, key: str
-) -> tuple[ProfileView | None, RfmBoundaries | None]:
+def _view(raw: Mapping[Any, Any] | None) -> ProfileView | None:
+    """Decode a stored hash; an empty hash or one of an older layout reads as absent."""
+    if not raw:
+        return None
+    try:
+        return from_fields(raw)
+    except LayoutError:  # written by an older version: replay to rebuild it
+        return None
+
+
+def read_profile(client: redis.Redis, key: str) -> tuple[ProfileView | None, RfmBoundaries | None]:
     """The stored view of a partition key and the RFM boundaries, in one round trip."""
     pipe = client.pipeline(transaction=False)
     pipe.hgetall(profile_key(key))
     pipe.get(BOUNDARIES_KEY)
     raw, bounds = pipe.execute()
-    return (from_fields(raw) if raw else None), _boundaries(bounds)
+    return _view(raw), _boundaries(bounds)
 
 
 def read_link(client: redis.Redis, anonymous_id: str) -> str | None:
@@ -156,7 +164,7 @@ async def aread_profile(
     pipe.hgetall(profile_key(key))
     pipe.get(BOUNDARIES_KEY)
     raw, bounds = await pipe.execute()
-    return (from_fields(raw) if raw else None), _boundaries(bounds)
+    return _view(raw), _boundaries(bounds)
 
 
 async def aread_link(client: aioredis.Redis, anonymous_id: str) -> str | None:

@@ -25,9 +25,9 @@ Examples
 8
 >>> window_sum(buckets, s, as_of=125 * 150_000 - 1)      # bucket 100 ends at t - W: out
 6
->>> encode_buckets({100: 2, 101: 1, 124: 5})
-'2s:2,1,,,,,,,,,,,,,,,,,,,,,,,5'
->>> decode_buckets("2s:2,1,,,,,,,,,,,,,,,,,,,,,,,5") == {100: 2, 101: 1, 124: 5}
+>>> encode_buckets({100: 2, 101: 1, 124: 5}, origin=98)      # first bucket = origin + 2
+'2:2,1,,,,,,,,,,,,,,,,,,,,,,,5'
+>>> decode_buckets("2:2,1,,,,,,,,,,,,,,,,,,,,,,,5", origin=98) == {100: 2, 101: 1, 124: 5}
 True
 """
 
@@ -155,11 +155,13 @@ def to_base36(n: int) -> str:
     return "".join(reversed(out))
 
 
-def encode_buckets(buckets: Mapping[int, int]) -> str:
-    """Compact text of one sparse series: ``<first index>:<v>,<v>,...`` in base 36.
+def encode_buckets(buckets: Mapping[int, int], origin: int = 0) -> str:
+    """Compact text of one sparse series: ``<first - origin>:<v>,<v>,...``, numbers in base 36.
 
     Values run densely from the first non-zero bucket to the last; a zero is an empty string.
-    Only non-negative values are stored (counts, and cents of one sign).
+    Only non-negative values are stored (counts, and cents of one sign). ``origin`` is a bucket
+    index both sides know (the profile stores ``Series.live_from(last_seen_ts)``), so the offset
+    of the first bucket is small: usually one character.
     """
     if not buckets:
         return ""
@@ -169,13 +171,15 @@ def encode_buckets(buckets: Mapping[int, int]) -> str:
     for k, v in buckets.items():
         if v:
             vals[k - first] = small[v] if v < 1296 else to_base36(v)
-    return to_base36(first) + ":" + ",".join(vals)
+    off = first - origin
+    head = to_base36(off) if off >= 0 else "-" + to_base36(-off)
+    return head + ":" + ",".join(vals)
 
 
-def decode_buckets(text: str) -> dict[int, int]:
+def decode_buckets(text: str, origin: int = 0) -> dict[int, int]:
     """Inverse of :func:`encode_buckets` (zeros are not returned)."""
     if not text:
         return {}
     head, _, body = text.partition(":")
-    first = int(head, 36)
+    first = origin + int(head, 36)
     return {first + i: int(v, 36) for i, v in enumerate(body.split(",")) if v}

@@ -158,11 +158,11 @@ def _run_flow(flow: Any, settings: Settings | None = None) -> None:
     db_dir = Path(settings.recovery_dir)
     if not any(db_dir.glob("part-*.sqlite3")):
         db_dir.mkdir(parents=True, exist_ok=True)
-        init_db_dir(db_dir, 1)
+        init_db_dir(db_dir, 1)  # type: ignore[no-untyped-call]
     run_main(  # type: ignore[no-untyped-call]
         flow,
         epoch_interval=timedelta(seconds=settings.snapshot_interval_s),
-        recovery_config=RecoveryConfig(db_dir),
+        recovery_config=RecoveryConfig(db_dir),  # type: ignore[no-untyped-call]
     )
 
 
@@ -278,7 +278,9 @@ def cmd_profile(args: argparse.Namespace, settings: Settings) -> int:
         raw: int | str = int(args.as_of) if args.as_of.isdigit() else args.as_of
         parsed = parse_ts(raw)
         if parsed is None:
-            raise UsageError(f"profile: bad --as-of {args.as_of!r} (RFC 3339 with zone or epoch ms)")
+            raise UsageError(
+                f"profile: bad --as-of {args.as_of!r} (RFC 3339 with zone or epoch ms)"
+            )
         as_of = parsed
     with redis_url(settings) as url:
         client: redis.Redis = redis.Redis.from_url(url)

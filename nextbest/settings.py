@@ -244,8 +244,8 @@ class Settings:
 
     @property
     def topics(self) -> list[str]:
-        """The input topics."""
-        return [self.topic_clickstream, self.topic_transactions]
+        """The input topics (once each: both kinds of events may share one topic)."""
+        return list(dict.fromkeys([self.topic_clickstream, self.topic_transactions]))
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with some values changed (for the CLI's flags and for tests)."""

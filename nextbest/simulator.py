@@ -826,7 +826,9 @@ def _lines(
             n_bad += 1
             bad = _bad_line(bad_rng, d, line, ts, n_bad)
             yield bad, None, cid or aid or "bad", ts
-        yield line, typ, cid if cid is not None else aid, ts
+        # Keyed by device first: a device's anonymous events and its logins share a partition,
+        # so identity links are seen in order (see README, "Producing events").
+        yield line, typ, aid if aid is not None else cid, ts
 
 
 def generate(cfg: SimConfig) -> Iterator[bytes]:
@@ -954,7 +956,7 @@ def produce_to_kafka(
     """Produce the pre-holdout events to Kafka and write the truth file.
 
     ``purchase`` and ``refund`` go to ``topics[1]``, everything else (bad lines too) to
-    ``topics[0]``. The key is the ``customer_id``, else the ``anonymous_id``; the message
+    ``topics[0]``. The key is the ``anonymous_id``, else the ``customer_id``; the message
     timestamp is the event time. A full producer queue (``BufferError``) is waited out with
     ``poll(0.1)`` and the message retried, never dropped.
 

@@ -20,6 +20,7 @@ from features.windows import DAY, HOUR, MINUTE, SERIES_BY_NAME, window_sum
 from schemas.events import Event, Item, format_ts
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z, a multiple of every granularity (3 days included)
+# (interest scores move their reference time at T0 + 154 days: the default span crosses it)
 HALF_LIFE = 7 * DAY
 
 # (feature, event type, window, granularity)
@@ -117,7 +118,7 @@ class Reference:
         hits: dict[str, list[tuple[int, float]]] = {}
 
         def score(c: str, t: int) -> float:
-            return sum(w * 2.0 ** (-(t - ts) / HALF_LIFE) for ts, w in hits[c])
+            return float(sum(w * 2.0 ** (-(t - ts) / HALF_LIFE) for ts, w in hits[c]))
 
         for e in self.events:
             for c, w in contributions(e):
@@ -185,6 +186,10 @@ def check_against_reference(state: pf.ProfileState, events: list[Event], as_of: 
     items, value = ref.cart()
     assert (doc["cart_items"], doc["cart_value"]) == (items, value / 100)
     assert doc["cart_abandoned"] == (items > 0 and as_of - last >= 30 * MINUTE)
+    at_last = ref.interest(last)  # the stored scores (9 significant digits) as of the last event
+    assert set(v.interests) == set(at_last)
+    for c, x in at_last.items():
+        assert abs(v.interests[c] - x) <= 1e-8 * x, (c, v.interests[c], x)
     expected = ref.interest(as_of)
     scores = doc["category_scores"]
     assert set(scores) == set(expected)
@@ -241,7 +246,7 @@ def items(draw: st.DrawFn) -> list[Item] | None:
 
 
 @st.composite
-def event_lists(draw: st.DrawFn, max_size: int = 40, span: int = 120 * DAY) -> list[Event]:
+def event_lists(draw: st.DrawFn, max_size: int = 40, span: int = 170 * DAY) -> list[Event]:
     """Distinct events of one customer (unique ids, not sorted), clustered over ``span``."""
     n = draw(st.integers(1, max_size))
     edges = [t for t in EDGES if t <= span]
@@ -296,7 +301,8 @@ def sorted_state(events: list[Event], lateness: int) -> pf.ProfileState:
     return s
 
 
-def as_of_times(draw: st.DrawFn, events: list[Event]) -> list[int]:
+def as_of_times(data: st.DataObject, events: list[Event]) -> list[int]:
+    draw = data.draw
     last = max(e.ts for e in events)
     edge_base = draw(st.sampled_from(events)).ts
     edges = [
@@ -339,7 +345,7 @@ def test_features_match_reference_in_any_order_with_duplicates(
     ref_state = sorted_state(events, lateness)
     assert pf.to_fields(s) == pf.to_fields(ref_state)
     assert pf.view(s) == pf.view(ref_state)
-    for as_of in as_of_times(data.draw, events):
+    for as_of in as_of_times(data, events):
         check_against_reference(s, events, as_of)
 
 
@@ -437,3 +443,30 @@ def test_merge_of_two_histories_equals_the_union(
     for e in events:
         assert pf.ingest(target, e, lateness) != pf.APPLIED
     assert pf.view(target) == mv
+
+
+@FAST
+@given(
+    st.lists(st.integers(0, 200_000), min_size=1, max_size=150),
+    st.lists(st.sampled_from(["page_view", "product_view", "add_to_cart", "purchase"]), min_size=1),
+    LATENESS,
+)
+def test_dense_streams_stay_within_bounds_after_every_event(
+    gaps: list[int], types: list[str], lateness: int
+) -> None:
+    """Bursts (events seconds apart for hours) read after every event: pruning never drops a
+    bucket that still counts."""
+    s = pf.new_state("c:c1")
+    events: list[Event] = []
+    ts = T0 - 150_000
+    for i, gap in enumerate(gaps):
+        ts += gap
+        t = types[i % len(types)]
+        e = Event(event_id=f"e{i:04d}", type=t, ts=ts, customer_id="c1",
+                  total=1.0 if t == "purchase" else None)  # fmt: skip
+        events.append(e)
+        assert pf.ingest(s, e, lateness) == pf.APPLIED
+        doc = pf.render(pf.view(s), ts)
+        ref = Reference(events)
+        for name, type_, width, gran in COUNTS:
+            assert ref.count(type_, ts, width) <= doc[name] <= ref.count(type_, ts, width + gran)
