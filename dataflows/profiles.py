@@ -137,19 +137,23 @@ def is_event(item: In | Rejected) -> bool:
     return isinstance(item, In)
 
 
-def goes_to_identity(item: In) -> bool:
-    """Anonymous-only events and login/signup links go through the device's identity step."""
-    return needs_identity(item.event)
+Keyed = tuple[str, tuple[str, Any]]  # (key, (key, item)): the logic builders do not get the key
 
 
-def device_key(item: In) -> str:
-    """``a:<anonymous_id>``."""
-    return "a:" + (item.event.anonymous_id or "")
+def key_events(batch: list[In]) -> list[Keyed]:
+    """Key each event: ``a:<anonymous_id>`` for the identity step (anonymous-only events and
+    login/signup links), else ``c:<customer_id>``. The key also travels in the value."""
+    out: list[Keyed] = []
+    for item in batch:
+        ev = item.event
+        key = "a:" + ev.anonymous_id if needs_identity(ev) else "c:" + (ev.customer_id or "")  # type: ignore[operator]
+        out.append((key, (key, item)))
+    return out
 
 
-def customer_key(item: In) -> str:
-    """``c:<customer_id>``."""
-    return "c:" + (item.event.customer_id or "")
+def is_device_item(kv: Keyed) -> bool:
+    """Branch predicate: items keyed by device go to the identity step."""
+    return kv[0].startswith("a:")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,13 +163,13 @@ def customer_key(item: In) -> str:
 ClockRequest = tuple[list[tuple[str, int]], int]  # (timers (key, deadline), newest event ts)
 
 
-def clock_requests(retention_ms: int) -> Callable[[list[tuple[str, Any]]], list[ClockRequest]]:
+def clock_requests(retention_ms: int) -> Callable[[list[Keyed]], list[ClockRequest]]:
     """Condense a batch of keyed items into one clock request: timers to (re)set, newest ts."""
 
-    def condense(batch: list[tuple[str, Any]]) -> list[ClockRequest]:
+    def condense(batch: list[Keyed]) -> list[ClockRequest]:
         timers: dict[str, int] = {}
         newest = None
-        for key, item in batch:
+        for key, (_, item) in batch:
             if isinstance(item, In):
                 ts = item.event.ts
             elif isinstance(item, Handover):
@@ -213,8 +217,8 @@ def newest_ts(batch: list[In]) -> list[ClockRequest]:
 
 
 def add_clock(
-    step_id: str, keyed: Stream[tuple[str, Any]], observed: Stream[Any], cfg: FlowConfig
-) -> Stream[Any]:
+    step_id: str, keyed: Stream[Keyed], observed: Stream[Any], cfg: FlowConfig
+) -> Stream[Keyed]:
     """Ticks for the keys of ``keyed`` whose timers the event-time watermark passed.
 
     Timers come from ``keyed`` (retention: newest event of the key + retention); the watermark
@@ -230,9 +234,7 @@ def add_clock(
     ticks = op.stateful_batch(
         step_id, op.key_on(f"{step_id}_key", inputs, lambda _: "clock"), build
     )
-    flat = op.map(f"{step_id}_unwrap", ticks, lambda kv: kv[1])
-    routed = op.key_on(f"{step_id}_route", flat, lambda kv: kv[0])
-    return op.map_value(f"{step_id}_tick", routed, lambda kv: kv[1])
+    return op.map(f"{step_id}_route", ticks, lambda kv: (kv[1][0], kv[1]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,11 +296,11 @@ class DeviceLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
         anon = self.state.anon if self.state is not None else None
         return None if anon is None else WriteProfile(anon.key, anon)
 
-    def on_batch(self, values: list[Any]) -> tuple[Iterable[Out], bool]:
-        values.sort(key=arrival_order)
+    def on_batch(self, values: list[tuple[str, Any]]) -> tuple[Iterable[Out], bool]:
+        values.sort(key=lambda kv: arrival_order(kv[1]))
         out: list[Out] = []
         anon_changed = False
-        for item in values:
+        for _, item in values:
             if isinstance(item, Tick):
                 st = self.state
                 if st is not None and st.last_ts + self.cfg.retention_ms <= item.watermark:
@@ -493,8 +495,9 @@ def build_flow(
     events: Stream[In] = split.trues  # type: ignore[assignment]
 
     observed = op.flat_map_batch("observe_time", events, newest_ts)
-    by_device = op.branch("split_identity", events, goes_to_identity)
-    device_in = op.key_on("key_by_device", by_device.trues, device_key)
+    keyed = op.flat_map_batch("key_events", events, key_events)
+    by_device = op.branch("split_identity", keyed, is_device_item)
+    device_in: Stream[Keyed] = by_device.trues
     device_ticks = add_clock("device_clock", device_in, observed, cfg)
 
     def build_device(resume: Any) -> DeviceLogic:
@@ -505,27 +508,17 @@ def build_flow(
     )
     device_flat = op.map("identity_unwrap", device_out, lambda kv: kv[1])
     routed = op.filter_map(
-        "routed_to_customer", device_flat, lambda o: o[1] if o[0] == "route" else None
+        "routed_to_customer", device_flat, lambda o: (o[1][0], o[1]) if o[0] == "route" else None
     )
-    customer_in = op.merge(
-        "customer_items",
-        op.key_on("key_by_customer", by_device.falses, customer_key),
-        op.map_value(
-            "routed_item", op.key_on("route_to_customer", routed, lambda r: r[0]), lambda r: r[1]
-        ),
-    )
+    customer_in = op.merge("customer_items", by_device.falses, routed)
     customer_ticks = add_clock("customer_clock", customer_in, observed, cfg)
 
     def build_profile(resume: Any) -> ProfileLogic:
         return ProfileLogic(pickle.loads(resume) if resume else None, cfg, stats)
 
-    # The builder does not learn its key: hand it over with each item.
-    with_key = op.map(
-        "attach_key",
-        op.merge("profile_items", customer_in, customer_ticks),
-        lambda kv: (kv[0], kv),
+    profile_out = op.stateful_batch(
+        "profile", op.merge("profile_items", customer_in, customer_ticks), build_profile
     )
-    profile_out = op.stateful_batch("profile", with_key, build_profile)
     profile_flat = op.map("profile_unwrap", profile_out, lambda kv: kv[1])
 
     rfm_changes = op.filter_map(

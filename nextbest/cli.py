@@ -27,6 +27,7 @@ from nextbest.settings import ConfigError, Settings
 log = logging.getLogger("nextbest")
 
 EXIT_USAGE = 2
+REPLAY_WRITE_INTERVAL_MS = 2000
 EXIT_NOT_FOUND = 1
 
 
@@ -134,14 +135,16 @@ def _print_summary(summary: dict[str, Any], as_json: bool, dead_letter: str | No
     print(f"customers {summary['customers']:,} (anonymous visitors {summary['visitors']:,})")
 
 
-def _flow_config(settings: Settings) -> Any:
+def _flow_config(settings: Settings, write_interval_ms: int | None = None) -> Any:
     from dataflows.profiles import FlowConfig
 
     return FlowConfig(
         lateness_ms=settings.allowed_lateness_ms,
         retention_ms=settings.retention_ms,
         recovery=settings.recovery_dir is not None,
-        write_interval_ms=settings.write_interval_ms,
+        write_interval_ms=(
+            settings.write_interval_ms if write_interval_ms is None else write_interval_ms
+        ),
     )
 
 
@@ -193,7 +196,7 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
             RedisSink(url),
             DeadLetterFileSink(dead_letter),
             stats,
-            config=_flow_config(settings),
+            config=_flow_config(settings, args.write_interval),
         )
         t0 = time.perf_counter()
         show = not args.json and sys.stderr.isatty()
@@ -391,6 +394,15 @@ def _port(raw: str) -> int:
     return v
 
 
+def _duration(raw: str) -> int:
+    from nextbest.settings import duration_ms
+
+    try:
+        return duration_ms(raw)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _rate(raw: str) -> float:
     try:
         return float(raw)
@@ -415,6 +427,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--dead-letter",
         metavar="PATH",
         help="dead-letter JSONL file (default: $NEXTBEST_HOME/dead-letter.jsonl, appended)",
+    )
+    r.add_argument(
+        "--write-interval",
+        type=_duration,
+        default=REPLAY_WRITE_INTERVAL_MS,
+        metavar="DURATION",
+        help="write a changed profile to Redis at most this often (wall time; a backfill "
+        "coalesces more than a live run; every profile is written at the end; default 2s)",
     )
     r.set_defaults(func=cmd_replay)
 
