@@ -117,6 +117,8 @@ class _Consumers:
                         "enable.auto.commit": "false",
                         "bootstrap.servers": brokers,
                         "enable.partition.eof": "false",
+                        # the same fetch wait as the flow's Kafka source (dataflows/sources.py)
+                        "fetch.wait.max.ms": "10",
                     }
                 )
                 consumer.assign([TopicPartition(topic, part, OFFSET_BEGINNING)])
