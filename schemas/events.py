@@ -138,7 +138,7 @@ class DecodeError(msgspec.Struct, frozen=True):
 
 
 WIRE_FIELDS: Final = frozenset(_WireEvent.__struct_fields__)
-_ID_FIELDS: Final = (
+ID_FIELDS: Final = (
     "event_id",
     "customer_id",
     "anonymous_id",
@@ -239,7 +239,7 @@ def _validate(w: _WireEvent) -> Event | DecodeError:
     for name in ("event_id", "type", "ts"):
         if getattr(w, name) is None:
             return DecodeError(f"missing_field:{name}")
-    for name in _ID_FIELDS:
+    for name in ID_FIELDS:
         v = getattr(w, name)
         if v is not None and (not v or len(v) > MAX_ID_LEN):
             return DecodeError(f"bad_value:{name}", f"empty or longer than {MAX_ID_LEN}")

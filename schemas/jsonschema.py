@@ -17,6 +17,7 @@ from schemas.events import (
     CLICKSTREAM_TYPES,
     EVENT_TYPES,
     FEEDBACK_TYPES,
+    ID_FIELDS,
     MAX_EVENT_BYTES,
     MAX_ID_LEN,
     MAX_ITEMS,
@@ -34,16 +35,7 @@ def event_schema() -> dict[str, Any]:
     defs = schema.pop("$defs")
     body = defs.pop("_WireEvent")
     props = body["properties"]
-    for name in (
-        "event_id",
-        "customer_id",
-        "anonymous_id",
-        "session_id",
-        "product_id",
-        "order_id",
-        "decision_id",
-        "action_id",
-    ):
+    for name in ID_FIELDS:
         props[name] = {"type": "string", "minLength": 1, "maxLength": MAX_ID_LEN}
     props["type"] = {"enum": sorted(EVENT_TYPES)}
     props["ts"] = {

@@ -171,6 +171,7 @@ async def get_profile(
 @router.get(
     "/v1/visitors/{anonymous_id}/profile",
     response_model=VisitorBody,
+    response_model_exclude_unset=True,
     responses=error_responses(404, 422, 503),
     tags=["profiles"],
     summary="A visitor's profile: the linked customer's, or the anonymous one",

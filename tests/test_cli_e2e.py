@@ -18,7 +18,7 @@ import redis
 
 from nextbest.runtime import free_port
 from schemas import Event, decode_event
-from tests.conftest import REPO, nextbest_cli
+from tests.conftest import REPO, metric_sum, nextbest_cli
 
 AS_OF = "2026-03-01T00:00:00Z"
 
@@ -51,6 +51,14 @@ def _stop(proc: subprocess.Popen[bytes], log: Path) -> int:
     except subprocess.TimeoutExpired:
         proc.kill()
         raise AssertionError(f"did not stop on SIGTERM:\n{log.read_text()}") from None
+
+
+def _first_login_device(path: Path) -> str:
+    for line in path.read_bytes().splitlines():
+        ev = decode_event(line)
+        if isinstance(ev, Event) and ev.type in ("login", "signup") and ev.anonymous_id:
+            return ev.anonymous_id
+    raise AssertionError("no login in the simulated file")
 
 
 def _first_customers(path: Path, n: int) -> list[str]:
@@ -120,6 +128,19 @@ def test_replay_then_profile_cli_equals_http_embedded(sim_file: Path, tmp_path: 
         )
         assert r.status_code == 200
         assert r.json() == cli_doc
+        # A visitor: the device of a login resolves to its customer, on the CLI and over HTTP.
+        anon = _first_login_device(sim_file)
+        cli_visitor = json.loads(
+            nextbest_cli("profile", "--anonymous-id", anon, "--as-of", AS_OF, env=env).stdout
+        )
+        assert cli_visitor["resolved_from_anonymous_id"] == anon
+        assert cli_visitor["kind"] == "customer" and anon in {
+            i["anonymous_id"] for i in cli_visitor["identities"]
+        }
+        r = httpx.get(
+            f"http://127.0.0.1:{port}/v1/visitors/{anon}/profile", params={"as_of": AS_OF}
+        )
+        assert r.status_code == 200 and r.json() == cli_visitor
         missing = httpx.get(f"http://127.0.0.1:{port}/v1/customers/nobody/profile")
         assert missing.status_code == 404 and missing.json()["error"] == "not_found"
     finally:
@@ -178,7 +199,7 @@ def test_kafka_simulate_run_serve(
         deadline = time.monotonic() + 60
         while (
             time.monotonic() < deadline
-            and _metric(metrics_port, "nextbest_events_read_total") < n_lines
+            and metric_sum(metrics_port, "nextbest_events_read_total") < n_lines
         ):
             time.sleep(0.3)
         text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
@@ -196,19 +217,6 @@ def test_kafka_simulate_run_serve(
     assert len(dead) == summary["dead_lettered"]
     assert Counter(d["reason"] for d in dead) == Counter(summary["dead_lettered_by_reason"])
     assert all(d["position"].startswith("kafka:t-") for d in dead)
-
-
-def _metric(port: int, name: str) -> float:
-    """Sum of a metric's samples on a /metrics endpoint (0 when not up yet)."""
-    try:
-        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=1).text
-    except httpx.HTTPError:
-        return 0.0
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith(name + "{") or line.startswith(name + " ")
-    )
 
 
 def _customers_of_valid_events(path: Path) -> set[str]:

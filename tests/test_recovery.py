@@ -11,14 +11,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 import pytest
 import redis
 from confluent_kafka import Producer
 
 from nextbest.runtime import ensure_topics, free_port
-from tests.conftest import REPO
+from tests.conftest import REPO, metric_sum
 
 # One topic with one partition for both kinds of events: both runs then see the events in the
 # same order, whatever their speed. (Across partitions the interleaving varies run to run; see
@@ -71,18 +70,6 @@ def _start(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
             [sys.executable, "-m", "nextbest", "run", "--json", "--quiet"],
             env=full, stdout=fh, stderr=fh, cwd=REPO,
         )  # fmt: skip
-
-
-def _read_metric(port: int) -> float:
-    try:
-        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=1).text
-    except httpx.HTTPError:
-        return 0.0
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("nextbest_events_read_total{")
-    )
 
 
 def _wait_sentinels(client: redis.Redis, log: Path, timeout: float = 120) -> None:
@@ -143,12 +130,14 @@ def test_sigkill_and_resume_gives_identical_profiles(
     proc = _start(env_b, log_b)
     _produce(kafka_brokers, lines[:half])
     deadline = time.monotonic() + 60
-    while _read_metric(port) < half // 2 and time.monotonic() < deadline:
+    while (
+        metric_sum(port, "nextbest_events_read_total") < half // 2 and time.monotonic() < deadline
+    ):
         time.sleep(0.02)
     time.sleep(1.5)  # at least one snapshot
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)
-    assert _read_metric(port) == 0.0  # really gone
+    assert metric_sum(port, "nextbest_events_read_total") == 0.0  # really gone
     _produce(kafka_brokers, lines[half:])
     _produce_sentinels(kafka_brokers, last_ts)
     proc = _start({**env_b, "NEXTBEST_METRICS_PORT": "0"}, log_b)
