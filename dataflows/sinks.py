@@ -23,7 +23,7 @@ from dataflows.records import (
     encode_dead_letter,
 )
 from features.profile import to_fields
-from features.store import ProfileWriter
+from features.store import Command, ProfileWriter
 
 log = logging.getLogger(__name__)
 
@@ -62,18 +62,17 @@ class _RedisPartition(StatelessSinkPartition[SinkOp]):
             last[target] = item
         t0 = time.perf_counter()
         w = self._writer
-        pipe = w.pipeline()
+        batch: list[Command] = []
         for op in last.values():
             if isinstance(op, WriteProfile):
-                w.replace(pipe, op.key, to_fields(op.state))
+                w.replace(batch, op.key, to_fields(op.state))
             elif isinstance(op, DropProfile):
-                w.drop(pipe, op.key)
+                w.drop(batch, op.key)
             elif isinstance(op, WriteLink):
-                w.link(pipe, op.anonymous_id, op.customer_id)
+                w.link(batch, op.anonymous_id, op.customer_id)
             else:
-                w.boundaries(pipe, op.data)
-        if last:
-            pipe.execute()
+                w.boundaries(batch, op.data)
+        w.execute(batch)
         metrics.REDIS_WRITE_SECONDS.observe(time.perf_counter() - t0)
         metrics.REDIS_BATCH_SIZE.observe(len(last))
 
