@@ -62,3 +62,12 @@ RFM_INCONSISTENT = Counter(
     "nextbest_rfm_inconsistent_updates_total",
     "RFM population updates that removed a point it did not hold (should stay 0).",
 )
+EXAMPLES = Counter(
+    "nextbest_model_examples_total", "Labelled examples learned, by model.", ["model"]
+)
+MODEL_METRIC = Gauge(
+    "nextbest_model_metric",
+    "Rolling progressive-validation metrics of the online models at their last checkpoint.",
+    ["model", "metric"],
+)
+MODEL_DRIFTS = Gauge("nextbest_model_drifts", "Drifts detected (ADWIN on the error).", ["model"])

@@ -43,6 +43,7 @@ from dataflows.records import (
     SinkOp,
     Tick,
     WriteBoundaries,
+    WriteCheckpoint,
     WriteLink,
     WriteProfile,
     decode_record,
@@ -52,6 +53,9 @@ from features import profile as pf
 from features import rfm
 from features.clock import EventClock
 from features.identity import DeviceState, needs_identity, on_event
+from models import labels as lb
+from models.features import feature_vector
+from models.online import OnlineModel
 
 RETAIN = StatefulBatchLogic.RETAIN
 DISCARD = StatefulBatchLogic.DISCARD
@@ -69,6 +73,12 @@ class FlowConfig:
     #: A changed profile is written at most once per this many wall-clock ms (the rest of the
     #: changes in between are coalesced into the next write); 0 writes after every batch.
     write_interval_ms: int = 0
+    #: Label horizons (churn, propensity) and the model settings.
+    horizons: lb.Horizons = lb.DEFAULT_HORIZONS
+    model_pipeline: str = "logreg"
+    model_min_examples: int = 500
+    checkpoint_every: int = 1000
+    checkpoint_interval_ms: int = 30_000
 
 
 @dataclass
@@ -160,14 +170,22 @@ def is_device_item(kv: Keyed) -> bool:
 # the event-time clock
 
 
-ClockRequest = tuple[list[tuple[str, int]], int]  # (timers (key, deadline), newest event ts)
+ClockRequest = tuple[list[tuple[str, str, int]], int]  # (timers (key, kind, deadline), newest)
 
 
-def clock_requests(retention_ms: int) -> Callable[[list[Keyed]], list[ClockRequest]]:
-    """Condense a batch of keyed items into one clock request: timers to (re)set, newest ts."""
+def clock_requests(
+    retention_ms: int, horizons: lb.Horizons | None = None
+) -> Callable[[list[Keyed]], list[ClockRequest]]:
+    """Condense a batch of keyed items into one clock request: timers to (re)set, newest ts.
+
+    Timers: ``retention`` at the key's newest event + retention; with ``horizons`` (customers),
+    per UTC day with events, ``label:<target>:<day>`` at the end of that day + the horizon + 1 ms
+    (no later than any snapshot of that day matures: labels mature at most a day late).
+    """
 
     def condense(batch: list[Keyed]) -> list[ClockRequest]:
-        timers: dict[str, int] = {}
+        newest_by_key: dict[str, int] = {}
+        days: set[tuple[str, int]] = set()
         newest = None
         for key, (_, item) in batch:
             if isinstance(item, In):
@@ -176,13 +194,21 @@ def clock_requests(retention_ms: int) -> Callable[[list[Keyed]], list[ClockReque
                 ts = pf.last_event_ts(item.state)
             else:
                 continue
-            if timers.get(key, -1) < ts:
-                timers[key] = ts
+            if newest_by_key.get(key, -1) < ts:
+                newest_by_key[key] = ts
+            if horizons is not None:
+                days.add((key, ts // lb.DAY_MS))
             if newest is None or ts > newest:
                 newest = ts
         if newest is None:
             return []
-        return [([(k, ts + retention_ms) for k, ts in timers.items()], newest)]
+        timers = [(k, RETENTION, ts + retention_ms) for k, ts in newest_by_key.items()]
+        if horizons is not None:
+            for key, day in days:
+                end = (day + 1) * lb.DAY_MS
+                for target in lb.TARGETS:
+                    timers.append((key, f"label:{target}:{day}", end + horizons.of(target) + 1))
+        return [(timers, newest)]
 
     return condense
 
@@ -198,10 +224,10 @@ class ClockLogic(StatefulBatchLogic[Any, tuple[str, Tick], Any]):
     def on_batch(self, values: list[Any]) -> tuple[Iterable[tuple[str, Tick]], bool]:
         out: list[tuple[str, Tick]] = []
         for timers, newest in values:
-            for key, deadline in timers:
-                self.clock.set_timer(key, RETENTION, deadline)
-            for key, _kind, _deadline in self.clock.advance(newest):
-                out.append((key, Tick(self.clock.watermark)))
+            for key, kind, deadline in timers:
+                self.clock.set_timer(key, kind, deadline)
+            due = {key for key, _kind, _deadline in self.clock.advance(newest)}
+            out.extend((key, Tick(self.clock.watermark)) for key in sorted(due))
         self.gauge.set(max(self.clock.watermark, 0) / 1000)
         return out, RETAIN
 
@@ -217,14 +243,20 @@ def newest_ts(batch: list[In]) -> list[ClockRequest]:
 
 
 def add_clock(
-    step_id: str, keyed: Stream[Keyed], observed: Stream[Any], cfg: FlowConfig
+    step_id: str,
+    keyed: Stream[Keyed],
+    observed: Stream[Any],
+    cfg: FlowConfig,
+    horizons: lb.Horizons | None = None,
 ) -> Stream[Keyed]:
     """Ticks for the keys of ``keyed`` whose timers the event-time watermark passed.
 
     Timers come from ``keyed`` (retention: newest event of the key + retention); the watermark
     follows ``observed``, the clock observations of every event of the stream.
     """
-    requests = op.flat_map_batch(f"{step_id}_requests", keyed, clock_requests(cfg.retention_ms))
+    requests = op.flat_map_batch(
+        f"{step_id}_requests", keyed, clock_requests(cfg.retention_ms, horizons)
+    )
     inputs = op.merge(f"{step_id}_inputs", requests, observed)
 
     def build(resume: Any) -> ClockLogic:
@@ -342,14 +374,15 @@ def rfm_point(state: pf.ProfileState) -> rfm.RfmPoint | None:
 
 
 def arrival_order(item: Any) -> tuple[int, int, str]:
-    """Sort key inside one batch of a key: events by (ts, event_id), hand-overs by their newest
-    event, ticks last. Items of one key can reach a step through different paths (direct and
-    routed by identity) in any order within a batch; sorting undoes that reordering."""
+    """Sort key inside one batch of a key: ticks first (time passed before these events were
+    seen), then events by (ts, event_id), hand-overs by their newest event. Items of one key can
+    reach a step through different paths (direct and routed by identity) in any order within a
+    batch; sorting undoes that reordering."""
     if isinstance(item, In):
-        return (0, item.event.ts, item.event.event_id)
+        return (1, item.event.ts, item.event.event_id)
     if isinstance(item, Handover):
-        return (0, pf.last_event_ts(item.state), "")
-    return (1, item.watermark, "")
+        return (1, pf.last_event_ts(item.state), "")
+    return (0, item.watermark, "")
 
 
 def _touches_money(values: list[Any]) -> bool:
@@ -363,16 +396,23 @@ class ProfileLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
     """Profile step for one customer: ingest events, absorb hand-overs, expire on ticks."""
 
     def __init__(
-        self, resume: tuple[pf.ProfileState, bool] | None, cfg: FlowConfig, stats: FlowStats
+        self,
+        resume: tuple[pf.ProfileState, lb.PendingLabels, bool] | None,
+        cfg: FlowConfig,
+        stats: FlowStats,
     ) -> None:
         self.state: pf.ProfileState | None
-        self.state, self.dirty = resume if resume is not None else (None, False)
+        self.labels: lb.PendingLabels | None
+        self.state, self.labels, self.dirty = resume if resume is not None else (None, None, False)
         self.cfg = cfg
         self.stats = stats
         self.interval = cfg.write_interval_ms / 1000
 
     def pending_write(self) -> SinkOp | None:
         return None if self.state is None else WriteProfile(self.state.key, self.state)
+
+    def _examples(self, examples: list[lb.Example], out: list[Out]) -> None:
+        out.extend(("example", ex) for ex in examples)
 
     def _expired(self, tick: Tick) -> bool:
         st = self.state
@@ -386,11 +426,14 @@ class ProfileLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
         changed = False
         for key, item in values:
             if isinstance(item, Tick):
+                if self.labels is not None:  # labels mature in event time, returning or not
+                    self._examples(lb.on_watermark(self.labels, item.watermark), out)
                 if self._expired(item):
                     return self._drop(out, old_point if money else None), DISCARD
                 continue
             if self.state is None:
                 self.state = pf.new_state(key)
+                self.labels = lb.PendingLabels(key)
                 self.stats.customers += 1
             if isinstance(item, Handover):
                 pf.merge_into(self.state, item.state)
@@ -407,10 +450,19 @@ class ProfileLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
         return out, RETAIN
 
     def _ingest(self, item: In, out: list[Out]) -> bool:
-        assert self.state is not None
+        assert self.state is not None and self.labels is not None
         ev = item.event
+        labels = self.labels
+        # A training snapshot (first event of the day) describes the customer just before it.
+        feats = (
+            feature_vector(pf.view(self.state), ev.ts) if lb.needs_snapshot(labels, ev.ts) else {}
+        )
         status = pf.ingest(self.state, ev, self.cfg.lateness_ms)
         if status == pf.APPLIED:
+            self._examples(
+                lb.on_event(labels, ev.ts, ev.type == "purchase", lambda: feats, self.cfg.horizons),
+                out,
+            )
             if ev.anonymous_id is not None and ev.type in ("login", "signup"):
                 pf.record_link(self.state, ev.anonymous_id, ev.customer_id or "", ev.ts,
                                ev.event_id)  # fmt: skip
@@ -433,7 +485,66 @@ class ProfileLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
         return out
 
     def snapshot(self) -> Any:
-        return pickle.dumps((self.state, self.dirty)) if self.cfg.recovery else None
+        state = (self.state, self.labels, self.dirty)
+        return pickle.dumps(state) if self.cfg.recovery else None
+
+
+class ModelLogic(StatefulBatchLogic[Any, Out, Any]):
+    """The one owner of a target's online model: learns every matured example (progressive
+    validation: scored before learned) and checkpoints every N examples or T seconds."""
+
+    def __init__(self, resume: tuple[OnlineModel, int, int, int] | None, cfg: FlowConfig) -> None:
+        # The builder does not learn its key: the model is made for the first example's target.
+        self.model: OnlineModel | None
+        self.model, self.version, self.since, self.newest_label_ts = resume or (None, 0, 0, 0)
+        self.cfg = cfg
+        self.last_checkpoint = time.monotonic()
+
+    def on_batch(self, values: list[lb.Example]) -> tuple[Iterable[Out], bool]:
+        values.sort(key=lambda e: (e.label_ts, e.key, e.snapshot_ts))
+        if self.model is None:
+            self.model = OnlineModel(
+                values[0].target, self.cfg.model_pipeline, min_examples=self.cfg.model_min_examples
+            )
+        for ex in values:
+            self.model.learn(ex)
+            self.newest_label_ts = max(self.newest_label_ts, ex.label_ts)
+        self.since += len(values)
+        metrics.EXAMPLES.labels(self.model.target).inc(len(values))
+        due = time.monotonic() - self.last_checkpoint >= self.cfg.checkpoint_interval_ms / 1000
+        if self.since >= self.cfg.checkpoint_every or due:
+            return self._checkpoint(), RETAIN
+        return [], RETAIN
+
+    def notify_at(self) -> datetime | None:
+        if not self.since:
+            return None
+        wait = self.last_checkpoint + self.cfg.checkpoint_interval_ms / 1000 - time.monotonic()
+        return datetime.now(UTC) + timedelta(seconds=max(wait, 0.0))
+
+    def on_notify(self) -> tuple[Iterable[Out], bool]:
+        return (self._checkpoint() if self.since else []), RETAIN
+
+    def on_eof(self) -> tuple[Iterable[Out], bool]:
+        return (self._checkpoint() if self.since else []), RETAIN
+
+    def _checkpoint(self) -> list[Out]:
+        if self.model is None:
+            return []
+        self.version += 1
+        self.since = 0
+        self.last_checkpoint = time.monotonic()
+        data = self.model.to_checkpoint(self.version, self.newest_label_ts)
+        snap = self.model.metrics_snapshot()
+        for name in ("roc_auc", "log_loss", "brier"):
+            if snap.get(name) is not None:
+                metrics.MODEL_METRIC.labels(self.model.target, name).set(snap[name])
+        metrics.MODEL_DRIFTS.labels(self.model.target).set(snap.get("drifts", 0))
+        return [("sink", WriteCheckpoint(self.model.target, self.version, data))]
+
+    def snapshot(self) -> Any:
+        state = (self.model, self.version, self.since, self.newest_label_ts)
+        return pickle.dumps(state) if self.cfg.recovery else None
 
 
 class RfmLogic(StatefulBatchLogic[Any, Out, Any]):
@@ -511,7 +622,7 @@ def build_flow(
         "routed_to_customer", device_flat, lambda o: (o[1][0], o[1]) if o[0] == "route" else None
     )
     customer_in = op.merge("customer_items", by_device.falses, routed)
-    customer_ticks = add_clock("customer_clock", customer_in, observed, cfg)
+    customer_ticks = add_clock("customer_clock", customer_in, observed, cfg, cfg.horizons)
 
     def build_profile(resume: Any) -> ProfileLogic:
         return ProfileLogic(pickle.loads(resume) if resume else None, cfg, stats)
@@ -532,7 +643,19 @@ def build_flow(
                                 build_rfm)  # fmt: skip
     rfm_flat = op.map("rfm_unwrap", rfm_out, lambda kv: kv[1])
 
-    outputs = op.merge("outputs", device_flat, profile_flat, rfm_flat)
+    examples = op.filter_map(
+        "examples", profile_flat, lambda o: o[1] if o[0] == "example" else None
+    )
+
+    def build_model(resume: Any) -> ModelLogic:
+        return ModelLogic(pickle.loads(resume) if resume else None, cfg)
+
+    models_out = op.stateful_batch(
+        "models", op.key_on("model_owner", examples, lambda e: "model:" + e.target), build_model
+    )
+    models_flat = op.map("models_unwrap", models_out, lambda kv: kv[1])
+
+    outputs = op.merge("outputs", device_flat, profile_flat, rfm_flat, models_flat)
     sink_ops = op.filter_map("sink_ops", outputs, lambda o: o[1] if o[0] == "sink" else None)
     late_events = op.filter_map("late_events", outputs, lambda o: o[1] if o[0] == "dead" else None)
 

@@ -75,7 +75,15 @@ class WriteBoundaries(msgspec.Struct, frozen=True, array_like=True):
     data: bytes
 
 
-SinkOp = WriteProfile | DropProfile | WriteLink | WriteBoundaries
+class WriteCheckpoint(msgspec.Struct, frozen=True, array_like=True):
+    """Publish a model checkpoint (the previous one is kept as the fallback)."""
+
+    target: str
+    version: int
+    data: bytes
+
+
+SinkOp = WriteProfile | DropProfile | WriteLink | WriteBoundaries | WriteCheckpoint
 
 
 def decode_record(rec: RawRecord) -> In | Rejected:

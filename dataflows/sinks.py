@@ -18,6 +18,7 @@ from dataflows.records import (
     Rejected,
     SinkOp,
     WriteBoundaries,
+    WriteCheckpoint,
     WriteLink,
     WriteProfile,
     encode_dead_letter,
@@ -45,6 +46,8 @@ def _target(op: SinkOp) -> str:
         return "a:" + op.anonymous_id
     if isinstance(op, WriteBoundaries):
         return "rfm"
+    if isinstance(op, WriteCheckpoint):
+        return "model:" + op.target
     return op.key
 
 
@@ -70,6 +73,8 @@ class _RedisPartition(StatelessSinkPartition[SinkOp]):
                 w.drop(batch, op.key)
             elif isinstance(op, WriteLink):
                 w.link(batch, op.anonymous_id, op.customer_id)
+            elif isinstance(op, WriteCheckpoint):
+                w.checkpoint(batch, op.target, op.version, op.data)
             else:
                 w.boundaries(batch, op.data)
         w.execute(batch)

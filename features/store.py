@@ -49,6 +49,26 @@ return 1
 """
 
 
+#: Publish a checkpoint: KEYS = current, previous, version; ARGV = data, version.
+PUBLISH_CHECKPOINT: Final = """
+local cur = redis.call('GET', KEYS[1])
+if cur then redis.call('SET', KEYS[2], cur) end
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[3], ARGV[2])
+return 1
+"""
+
+
+def model_keys(target: str) -> tuple[str, str, str]:
+    """Redis keys of a model's current checkpoint, the previous one, and the current version.
+
+    >>> model_keys("churn")[0]
+    'nb:{model:churn}:checkpoint'
+    """
+    base = f"{NAMESPACE}:{{model:{target}}}"
+    return f"{base}:checkpoint", f"{base}:previous", f"{base}:version"
+
+
 def profile_key(key: str) -> str:
     """Redis key of the profile hash for a partition key (``c:…`` or ``a:…``)."""
     return f"{NAMESPACE}:{{{key}}}:profile"
@@ -87,11 +107,9 @@ class ProfileWriter:
     def __init__(self, client: redis.Redis, retries: int = 8) -> None:
         self.client = client
         self.retries = retries
-        self._scripts = {
-            hashlib.sha1(s.encode()).hexdigest(): s for s in (REPLACE_HASH, LINK_DEVICE)
-        }
-        self._replace_sha = hashlib.sha1(REPLACE_HASH.encode()).hexdigest()
-        self._link_sha = hashlib.sha1(LINK_DEVICE.encode()).hexdigest()
+        scripts = (REPLACE_HASH, LINK_DEVICE, PUBLISH_CHECKPOINT)
+        self._scripts = {hashlib.sha1(s.encode()).hexdigest(): s for s in scripts}
+        self._replace_sha, self._link_sha, self._checkpoint_sha = self._scripts
 
     def replace(self, batch: list[Command], key: str, fields: Mapping[str, str]) -> None:
         """Replace the profile hash of ``key`` with ``fields``."""
@@ -118,6 +136,10 @@ class ProfileWriter:
             ("EVALSHA", self._link_sha, 2, profile_key(device_key(anonymous_id)),
              link_key(anonymous_id), customer_id)
         )  # fmt: skip
+
+    def checkpoint(self, batch: list[Command], target: str, version: int, data: bytes) -> None:
+        """Publish a model checkpoint; the current one becomes the previous (the fallback)."""
+        batch.append(("EVALSHA", self._checkpoint_sha, 3, *model_keys(target), data, version))
 
     def boundaries(self, batch: list[Command], data: bytes) -> None:
         """Publish RFM boundaries."""

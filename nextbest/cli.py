@@ -137,8 +137,19 @@ def _print_summary(summary: dict[str, Any], as_json: bool, dead_letter: str | No
 
 def _flow_config(settings: Settings, write_interval_ms: int | None = None) -> Any:
     from dataflows.profiles import FlowConfig
+    from models.labels import DAY_MS, Horizons
 
     return FlowConfig(
+        horizons=Horizons(
+            churn_ms=settings.churn_horizon_days * DAY_MS,
+            propensity_ms=settings.propensity_horizon_days * DAY_MS,
+            # label ticks come at day granularity, behind the watermark's lateness
+            watermark_lag_ms=settings.allowed_lateness_ms + 2 * DAY_MS,
+        ),
+        model_pipeline=settings.model_pipeline,
+        model_min_examples=settings.model_min_examples,
+        checkpoint_every=settings.checkpoint_every,
+        checkpoint_interval_ms=settings.checkpoint_interval_ms,
         lateness_ms=settings.allowed_lateness_ms,
         retention_ms=settings.retention_ms,
         recovery=settings.recovery_dir is not None,
@@ -273,6 +284,7 @@ def cmd_profile(args: argparse.Namespace, settings: Settings) -> int:
     from features.store import customer_key, device_key, read_link, read_profile
     from nextbest.runtime import redis_url
     from schemas.events import parse_ts
+    from serving.scoring import ModelSet
 
     if (args.id is None) == (args.anonymous_id is None):
         raise UsageError("profile: give a customer ID or --anonymous-id X (one of them)")
@@ -298,12 +310,16 @@ def cmd_profile(args: argparse.Namespace, settings: Settings) -> int:
                 key = customer_key(args.id)
                 what = f"customer {args.id!r}"
             view, bounds = read_profile(client, key)
+            models = ModelSet()
+            if view is not None:
+                models.refresh(client)
         finally:
             client.close()
     if view is None:
         print(f"nextbest: no profile for {what}", file=sys.stderr)
         return EXIT_NOT_FOUND
     doc = profile_document(view, as_of, bounds, resolved_from)
+    doc["scores"] = models.scores(doc)
     sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
     return 0
 

@@ -79,6 +79,13 @@ def duration_ms(raw: str) -> int:
     return int(value * _UNITS[unit or "s"])
 
 
+def _model_name(raw: str) -> str:
+    v = raw.strip().lower()
+    if v not in {"logreg", "hat", "arf"}:
+        raise ValueError(f"expected logreg, hat or arf, got {raw!r}")
+    return v
+
+
 def _log_level(raw: str) -> str:
     v = raw.upper()
     if v not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -187,6 +194,43 @@ SPECS: dict[str, Spec] = {
         "A changed profile is written to Redis at most once per this much wall time; changes in "
         "between are coalesced into the next write (bounds freshness; 0 writes every batch).",
     ),
+    "churn_horizon_days": Spec(
+        "NEXTBEST_CHURN_HORIZON_DAYS",
+        "90",
+        _int_in(1, 3650),
+        "Churn model target: no purchase in the next this many days.",
+    ),
+    "propensity_horizon_days": Spec(
+        "NEXTBEST_PROPENSITY_HORIZON_DAYS",
+        "7",
+        _int_in(1, 3650),
+        "Propensity model target: at least one purchase in the next this many days.",
+    ),
+    "model_pipeline": Spec(
+        "NEXTBEST_MODEL",
+        "logreg",
+        _model_name,
+        "Online model pipeline: `logreg` (scaling + logistic regression), `hat` (Hoeffding "
+        "adaptive tree) or `arf` (adaptive random forest).",
+    ),
+    "model_min_examples": Spec(
+        "NEXTBEST_MODEL_MIN_EXAMPLES",
+        "500",
+        _int_in(0, 10**9),
+        "Labelled examples a model must have learned before its scores replace the prior.",
+    ),
+    "checkpoint_every": Spec(
+        "NEXTBEST_CHECKPOINT_EVERY",
+        "1000",
+        _int_in(1, 10**9),
+        "A model checkpoint is published to Redis every this many learned examples ...",
+    ),
+    "checkpoint_interval_ms": Spec(
+        "NEXTBEST_CHECKPOINT_INTERVAL",
+        "30s",
+        duration_ms,
+        "... or this much wall time after the last one, whichever comes first.",
+    ),
     "log_level": Spec("NEXTBEST_LOG_LEVEL", "INFO", _log_level, "Log level."),
 }
 
@@ -211,6 +255,12 @@ class Settings:
     recovery_dir: str | None
     snapshot_interval_s: int
     write_interval_ms: int
+    churn_horizon_days: int
+    propensity_horizon_days: int
+    model_pipeline: str
+    model_min_examples: int
+    checkpoint_every: int
+    checkpoint_interval_ms: int
     log_level: str
 
     @classmethod

@@ -35,6 +35,7 @@ from schemas.events import MAX_ID_LEN, parse_ts
 from serving.bodies import HealthBody, ProfileBody, ReadyBody, VisitorBody
 from serving.errors import ApiError, error_responses, install_error_handlers
 from serving.metrics import CONTENT_TYPE, HttpMetrics, MetricsMiddleware
+from serving.scoring import ModelSet
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,13 @@ def parse_as_of(raw: str) -> int:
     return ms
 
 
+def get_models(request: Request) -> ModelSet:
+    """The loaded models (reloaded in the background as checkpoints are published)."""
+    return cast(ModelSet, request.app.state.models)
+
+
 RedisDep = Annotated[aioredis.Redis, Depends(get_redis)]
+ModelsDep = Annotated[ModelSet, Depends(get_models)]
 NowDep = Annotated[int, Depends(get_now_ms)]
 
 router = APIRouter()
@@ -151,6 +158,7 @@ async def get_profile(
         str, Path(min_length=1, max_length=MAX_ID_LEN, description="The customer id.")
     ],
     redis: RedisDep,
+    models: ModelsDep,
     now_ms: NowDep,
     as_of: Annotated[
         str | None,
@@ -165,7 +173,9 @@ async def get_profile(
     view, bounds = await aread_profile(redis, customer_key(customer_id))
     if view is None:
         raise ApiError(404, "not_found", f"no profile for customer {customer_id!r}")
-    return profile_document(view, as_of_ms, bounds)
+    doc = profile_document(view, as_of_ms, bounds)
+    doc["scores"] = models.scores(doc)
+    return doc
 
 
 @router.get(
@@ -181,6 +191,7 @@ async def get_visitor_profile(
         str, Path(min_length=1, max_length=MAX_ID_LEN, description="The anonymous (device) id.")
     ],
     redis: RedisDep,
+    models: ModelsDep,
     now_ms: NowDep,
     as_of: Annotated[
         str | None,
@@ -195,7 +206,16 @@ async def get_visitor_profile(
     view, bounds = await aread_profile(redis, key)
     if view is None:
         raise ApiError(404, "not_found", f"no profile for visitor {anonymous_id!r}")
-    return profile_document(view, as_of_ms, bounds, resolved_from=anonymous_id)
+    doc = profile_document(view, as_of_ms, bounds, resolved_from=anonymous_id)
+    doc["scores"] = models.scores(doc)
+    return doc
+
+
+@router.get("/v1/models", tags=["models"], summary="The online models and their quality")
+async def list_models(models: ModelsDep) -> dict[str, Any]:
+    """Each model's loaded version, status, examples seen, label balance, rolling
+    progressive-validation metrics (ROC AUC, log loss, Brier score) and their recent history."""
+    return {"models": models.describe()}
 
 
 @router.get("/healthz", response_model=HealthBody, tags=["operations"], summary="Liveness")
@@ -237,6 +257,21 @@ async def metrics(request: Request) -> Response:
     return Response(registry.render(), media_type=CONTENT_TYPE)
 
 
+#: How often serving looks for new model checkpoints (seconds).
+MODEL_RELOAD_SECONDS = 2.0
+
+
+async def _reload_models(app: FastAPI, client: aioredis.Redis) -> None:
+    """Load new model checkpoints as the dataflow publishes them (no restart needed)."""
+    while True:
+        try:
+            await app.state.models.arefresh(client)
+            app.state.metrics.observe_models(app.state.models.describe())
+        except (RedisError, OSError) as exc:
+            log.warning("model reload: %s", exc)
+        await asyncio.sleep(MODEL_RELOAD_SECONDS)
+
+
 def create_app(settings: Settings, redis_url: str | None = None) -> FastAPI:
     """Build the app; its lifespan opens (and closes) the Redis pool on ``redis_url``.
 
@@ -251,9 +286,13 @@ def create_app(settings: Settings, redis_url: str | None = None) -> FastAPI:
         client = create_redis(url)
         app.state.redis = client
         log.info("serving: redis at %s", redact_url(url))
+        reloader = asyncio.create_task(_reload_models(app, client))
         try:
             yield
         finally:
+            reloader.cancel()
+            with suppress(asyncio.CancelledError):
+                await reloader
             app.state.redis = None
             await client.aclose(close_connection_pool=True)
 
@@ -265,6 +304,7 @@ def create_app(settings: Settings, redis_url: str | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = HttpMetrics()
+    app.state.models = ModelSet()
     app.state.redis = None
     install_error_handlers(app)
     app.include_router(router)

@@ -13,9 +13,9 @@ True
 from __future__ import annotations
 
 import time
-from typing import Final
+from typing import Any, Final
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -58,6 +58,28 @@ class HttpMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+
+        self.model_metric = Gauge(
+            "nextbest_model_metric",
+            "Rolling progressive-validation metrics of the loaded model checkpoints.",
+            ("model", "metric"),
+            registry=self.registry,
+        )
+        self.model_version = Gauge(
+            "nextbest_model_version",
+            "Version of the loaded checkpoint (0: none, scoring with the prior).",
+            ("model",),
+            registry=self.registry,
+        )
+
+    def observe_models(self, rows: list[dict[str, Any]]) -> None:
+        """Export the loaded models' version and metrics (label values: the model names)."""
+        for row in rows:
+            self.model_version.labels(row["model"]).set(row["version"] or 0)
+            for name, value in row["metrics"].items():
+                if value is not None:
+                    self.model_metric.labels(row["model"], name).set(value)
+            self.model_metric.labels(row["model"], "examples_seen").set(row["examples_seen"])
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one request and record its latency."""

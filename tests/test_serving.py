@@ -74,7 +74,9 @@ def test_profile_returns_rendered_state(api: TestClient, redis_client: redis.Red
     resp = api.get("/v1/customers/42/profile", params={"as_of": "2026-01-03T00:00:00Z"})
     assert resp.status_code == 200, resp.text
     body = resp.json()
+    scores = body.pop("scores")
     assert body == profile_document(view(state), T0 + 75_355_000, None)
+    assert {s["source"] for s in scores.values()} == {"prior"}  # no model checkpoint yet
     expected = {
         "customer_id": "42",
         "kind": "customer",

@@ -1,0 +1,161 @@
+"""Model inputs: a customer's features as of a time, from the same render the profile uses.
+
+One definition for training and serving: the dataflow snapshots ``feature_vector(view(state), ts)``
+for the labels, serving scores ``feature_vector(view, as_of)`` (or :func:`features_from_document`
+of the profile document it already rendered), so there is no training/serving skew. Every value
+is a finite float and the keys always come in the order of :data:`FEATURE_NAMES`.
+
+Features (``log1p`` is ``log(1 + x)``, applied to non-negative values; negative net revenue is
+clamped to 0 first):
+
+==================================  ============================================================
+feature                             definition (profile fields as of ``as_of``)
+==================================  ============================================================
+``log_page_views_1h/24h/7d``        log1p of ``page_views_1h``, ``_24h``, ``_7d``
+``log_product_views_1h/24h/7d``     log1p of the product views in the same windows
+``log_add_to_carts_1h/24h/7d``      log1p of the add-to-carts in the same windows
+``log_sessions_7d/30d``             log1p of ``sessions_7d``, ``sessions_30d``
+``log_purchases_7d/30d/90d``        log1p of ``purchases_7d``, ``purchases_30d``, ``purchases_90d``
+``log_revenue_7d/30d/90d``          log1p of the net revenue (currency units) in the same windows
+``log_purchases_total``             log1p of lifetime purchases
+``log_revenue_total``               log1p of lifetime net revenue
+``log_avg_order_value``             log1p of ``avg_order_value``; 0 when never purchased
+``never_purchased``                 1.0 when the customer has no purchase, else 0.0
+``log_days_since_last_purchase``    log1p of ``days_since_last_purchase``; 0 when never purchased
+                                    (``never_purchased`` carries that information instead of a null)
+``log_days_since_last_seen``        log1p of ``days_since_last_seen``; 0 when never seen (or when
+                                    ``as_of`` is before the last event)
+``log_tenure_days``                 log1p of ``tenure_days`` (days since the first event); 0 if none
+``log_events_total``                log1p of lifetime events
+``log_cart_items``                  log1p of the items in the cart
+``log_cart_value``                  log1p of the cart value (currency units)
+``cart_abandoned``                  1.0 when the cart is abandoned (items, 30 min quiet), else 0
+``n_top_categories``                number of distinct top categories (0 to 3)
+==================================  ============================================================
+
+Examples
+--------
+>>> from features.profile import ingest, new_state, view
+>>> from schemas import Event
+>>> T = 1767323045000                                    # 2026-01-02T03:04:05Z
+>>> s = new_state("c:42")
+>>> _ = ingest(s, Event(event_id="1", type="purchase", ts=T, customer_id="42", total=99.0,
+...                     category="shoes"), lateness_ms=600_000)
+>>> f = feature_vector(view(s), T + 9 * 86_400_000)
+>>> list(f) == list(FEATURE_NAMES)
+True
+>>> f["never_purchased"], round(f["log_days_since_last_purchase"], 4), f["n_top_categories"]
+(0.0, 2.3026, 1.0)
+>>> round(f["log_purchases_30d"], 4), f["log_purchases_7d"], round(f["log_revenue_total"], 4)
+(0.6931, 0.0, 4.6052)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, Final
+
+from features.profile import COUNT_FEATURES, REVENUE_FEATURES, ProfileView, render
+
+__all__ = ["FEATURE_NAMES", "feature_vector", "features_from_document"]
+
+_COUNTS: Final = tuple(name for name, _ in COUNT_FEATURES)
+_REVENUES: Final = tuple(name for name, _, _ in REVENUE_FEATURES)
+
+#: Every feature, in the order :func:`feature_vector` returns them.
+FEATURE_NAMES: Final[tuple[str, ...]] = (
+    *(f"log_{n}" for n in _COUNTS),
+    *(f"log_{n}" for n in _REVENUES),
+    "log_purchases_total",
+    "log_revenue_total",
+    "log_avg_order_value",
+    "never_purchased",
+    "log_days_since_last_purchase",
+    "log_days_since_last_seen",
+    "log_tenure_days",
+    "log_events_total",
+    "log_cart_items",
+    "log_cart_value",
+    "cart_abandoned",
+    "n_top_categories",
+)
+
+
+def _log(x: Any) -> float:
+    """log1p of a non-negative number; ``None``, negatives and non-finite values give 0."""
+    if x is None:
+        return 0.0
+    v = float(x)
+    if not v > 0.0 or math.isinf(v):
+        return 0.0
+    return math.log1p(v)
+
+
+def features_from_document(doc: Mapping[str, Any]) -> dict[str, float]:
+    """The model features of a rendered profile document (:func:`features.profile.render`).
+
+    Parameters
+    ----------
+    doc
+        The public profile document as of some time.
+
+    Returns
+    -------
+    dict[str, float]
+        The features of the module docstring, keys in :data:`FEATURE_NAMES` order.
+
+    Examples
+    --------
+    >>> from features.profile import ProfileView, render
+    >>> doc = render(ProfileView(key="c:1"), as_of=0)             # a customer never seen
+    >>> f = features_from_document(doc)
+    >>> f["never_purchased"], sum(f.values())
+    (1.0, 1.0)
+    """
+    f: dict[str, float] = {}
+    for n in _COUNTS:
+        f[f"log_{n}"] = _log(doc.get(n))
+    for n in _REVENUES:
+        f[f"log_{n}"] = _log(doc.get(n))
+    f["log_purchases_total"] = _log(doc.get("purchases_total"))
+    f["log_revenue_total"] = _log(doc.get("revenue_total"))
+    f["log_avg_order_value"] = _log(doc.get("avg_order_value"))
+    never = not doc.get("purchases_total") and doc.get("last_purchase_ts") is None
+    f["never_purchased"] = 1.0 if never else 0.0
+    f["log_days_since_last_purchase"] = _log(doc.get("days_since_last_purchase"))
+    f["log_days_since_last_seen"] = _log(doc.get("days_since_last_seen"))
+    f["log_tenure_days"] = _log(doc.get("tenure_days"))
+    f["log_events_total"] = _log(doc.get("events_total"))
+    f["log_cart_items"] = _log(doc.get("cart_items"))
+    f["log_cart_value"] = _log(doc.get("cart_value"))
+    f["cart_abandoned"] = 1.0 if doc.get("cart_abandoned") else 0.0
+    f["n_top_categories"] = float(len(doc.get("top_categories") or ()))
+    return f
+
+
+def feature_vector(v: ProfileView, as_of_ms: int) -> dict[str, float]:
+    """The model features of a profile view as of a time.
+
+    Parameters
+    ----------
+    v
+        A view: :func:`features.profile.view` of a state, or ``from_fields`` of its Redis hash.
+    as_of_ms
+        Epoch milliseconds (event time).
+
+    Returns
+    -------
+    dict[str, float]
+        ``features_from_document(render(v, as_of_ms))``: keys in :data:`FEATURE_NAMES` order.
+
+    Examples
+    --------
+    >>> from features.profile import ProfileView
+    >>> v = ProfileView(key="a:dev", first_seen_ts=0, last_seen_ts=0, events_total=1,
+    ...                 counts={"page_view": 1}, buckets={"pv1h": {0: 1}})
+    >>> f = feature_vector(v, as_of_ms=86_400_000)
+    >>> round(f["log_days_since_last_seen"], 4), f["log_page_views_1h"], f["never_purchased"]
+    (0.6931, 0.0, 1.0)
+    """
+    return features_from_document(render(v, as_of_ms))

@@ -1,0 +1,366 @@
+"""The labelling policy, in event time: when training examples are taken and when they mature.
+
+Targets
+-------
+* ``churn``: no purchase in the next ``H_c`` (default 90 days) → label 1, else 0.
+* ``propensity``: at least one purchase in the next ``H_p`` (default 7 days) → label 1, else 0.
+
+"In the next H" after a snapshot taken at ``s`` means a purchase with ``s <= ts <= s + H``
+(the snapshot's own event counts: the features describe the customer just *before* it).
+
+Snapshots
+---------
+A snapshot (the features of a customer at a moment) is taken at the **first applied event of a
+customer in each UTC day** of event time: the first event, in processing order, whose UTC day
+(``ts // 86_400_000``) is later than the day of the previous snapshot. So there is at most one
+snapshot per customer, per target, per day, and a late event of an earlier day never takes one.
+Each snapshot is pending for both targets until it gets its label:
+
+* a **purchase** at ``t`` resolves every pending snapshot ``s`` with ``s <= t <= s + H``: label 1
+  for ``propensity``, 0 for ``churn``, ``label_ts = t`` (it matures now);
+* the **watermark** passing ``s + H`` (``watermark > s + H``, so that an event at exactly
+  ``s + H``, which the clock still accepts, is not missed) matures it without a purchase: label 0
+  for ``propensity``, 1 for ``churn``, ``label_ts = s + H``. This is how customers who never
+  return get their labels: the dataflow sets an :class:`features.clock.EventClock` timer at
+  :func:`next_deadline` and calls :func:`on_watermark` when it fires.
+
+With a valid watermark (no event older than it is applied afterwards) each snapshot gets exactly
+one label per target, equal to what the whole history says, however often and wherever the
+watermark calls fall. A purchase applied after its snapshot already matured (an event older than
+the clock's watermark, i.e. late for the clock) cannot change that label: the dataflow should
+treat such events as late.
+
+Bounds
+------
+The pending snapshots of a target all lie in ``[watermark - H, newest event]``, so a target holds
+at most ``ceil((H + lag) / 1 day) + 1`` of them, where ``lag`` is how far the last watermark
+given to :func:`on_watermark` may trail the customer's newest event: the clock's lateness, plus
+any delay in firing the timers (timers aligned to the end of a UTC day add up to a day).
+``ceil(H / 1 day) + 1`` with no lag; 92 for churn and 9 for propensity with a lag up to a day.
+:class:`Horizons` ``.watermark_lag_ms`` (default one day) sets that hard cap; a snapshot that
+would exceed it (only if the watermark calls stall) is not kept for that target and counted in
+:attr:`PendingLabels.skipped` (worth a metric: it should stay 0).
+
+Examples
+--------
+>>> DAY = 86_400_000
+>>> h = Horizons(churn_ms=90 * DAY, propensity_ms=7 * DAY)
+>>> p = PendingLabels("c:42")
+>>> feats = lambda: {"x": 1.0}
+>>> on_event(p, 10 * DAY + 5, False, feats, h)            # first event of day 10: snapshot
+[]
+>>> on_event(p, 10 * DAY + 9, False, feats, h)            # same day: no snapshot
+[]
+>>> next_deadline(p) == 17 * DAY + 6, pending_count(p)
+(True, {'churn': 1, 'propensity': 1})
+>>> [(e.target, e.label) for e in on_watermark(p, 17 * DAY + 6)]
+[('propensity', 0)]
+>>> on_event(p, 20 * DAY + 1, False, feats, h)            # day 20: snapshot
+[]
+>>> [(e.target, e.snapshot_ts // DAY, e.label) for e in on_event(p, 21 * DAY, True, feats, h)]
+[('churn', 10, 0), ('churn', 20, 0), ('churn', 21, 0), ('propensity', 20, 1), ('propensity', 21, 1)]
+>>> pending_count(p), next_deadline(p)
+({'churn': 0, 'propensity': 0}, None)
+>>> on_event(p, 22 * DAY, False, feats, h)                # a customer who never returns ...
+[]
+>>> [(e.target, e.label, e.label_ts // DAY) for e in on_watermark(p, 200 * DAY)]
+[('churn', 1, 112), ('propensity', 0, 29)]
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Final, NamedTuple
+
+import msgspec
+
+__all__ = [
+    "DAY_MS",
+    "DEFAULT_HORIZONS",
+    "TARGETS",
+    "Example",
+    "Horizons",
+    "PendingLabels",
+    "Snapshot",
+    "needs_snapshot",
+    "next_deadline",
+    "on_event",
+    "on_watermark",
+    "pending_count",
+]
+
+DAY_MS: Final = 86_400_000
+#: The targets, in the order their examples are emitted.
+TARGETS: Final = ("churn", "propensity")
+#: Per target: (label when a purchase falls in the window, label when the horizon passes).
+_RULES: Final = {"churn": (0, 1), "propensity": (1, 0)}
+#: ``last_day`` before any snapshot.
+NO_DAY: Final = -(2**62)
+
+
+class Horizons(NamedTuple):
+    """The label horizons (ms) and the watermark lag that sizes the pending bound."""
+
+    churn_ms: int = 90 * DAY_MS
+    propensity_ms: int = 7 * DAY_MS
+    #: How far the watermark may trail the customer's events (the clock's lateness).
+    watermark_lag_ms: int = DAY_MS
+
+    def of(self, target: str) -> int:
+        """The horizon of a target."""
+        if target == "churn":
+            return self.churn_ms
+        if target == "propensity":
+            return self.propensity_ms
+        raise ValueError(f"unknown target {target!r}; expected one of {TARGETS}")
+
+    def max_pending(self, target: str) -> int:
+        """Hard cap of pending snapshots: ``ceil((H + lag) / 1 day) + 1``."""
+        return -(-(self.of(target) + max(0, self.watermark_lag_ms)) // DAY_MS) + 1
+
+
+DEFAULT_HORIZONS: Final = Horizons()
+
+
+class Example(msgspec.Struct, frozen=True):
+    """A labelled training example.
+
+    ``features`` are those of the snapshot (as of ``snapshot_ts``, before its event),
+    ``label_ts`` is when the label became known in event time (the resolving purchase's ts, or
+    ``snapshot_ts + H`` when the horizon passed), ``label`` is 0 or 1.
+    """
+
+    target: str
+    key: str
+    snapshot_ts: int
+    label_ts: int
+    features: dict[str, float]
+    label: int
+
+
+_INTERNED: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+
+def _intern(names: tuple[str, ...]) -> tuple[str, ...]:
+    got = _INTERNED.get(names)
+    if got is not None:
+        return got
+    if len(_INTERNED) < 64:
+        _INTERNED[names] = names
+    return names
+
+
+class Snapshot(NamedTuple):
+    """Features of a customer at ``ts``, stored compactly (names shared, values as doubles)."""
+
+    ts: int
+    names: tuple[str, ...]
+    values: array[float]
+
+    @classmethod
+    def of(cls, ts: int, features: Mapping[str, float]) -> Snapshot:
+        """A snapshot of a feature dict."""
+        return cls(ts, _intern(tuple(features)), array("d", features.values()))
+
+    def features(self) -> dict[str, float]:
+        """The feature dict back (a new dict, same key order)."""
+        return dict(zip(self.names, self.values, strict=True))
+
+
+#: A pending snapshot: (deadline, snapshot); it matures when ``watermark >= deadline``.
+Pending = tuple[int, Snapshot]
+
+
+def _empty() -> dict[str, list[Pending]]:
+    return {t: [] for t in TARGETS}
+
+
+@dataclass(slots=True)
+class PendingLabels:
+    """One customer's snapshots waiting for their labels; pickles (lives in Bytewax state).
+
+    ``pending[target]`` holds ``(deadline, snapshot)`` sorted by snapshot time, where
+    ``deadline = snapshot.ts + H + 1`` (the horizon in force when the snapshot was taken);
+    ``last_day`` is the UTC day of the newest snapshot; ``skipped`` counts snapshots not kept
+    because a target was at its cap (see "Bounds" in the module docstring).
+    """
+
+    key: str
+    last_day: int = NO_DAY
+    pending: dict[str, list[Pending]] = field(default_factory=_empty)
+    skipped: int = 0
+
+
+def needs_snapshot(p: PendingLabels, event_ts: int) -> bool:
+    """Whether an applied event at ``event_ts`` would take a snapshot (first event of its day).
+
+    Lets the caller compute the features (as of ``event_ts``, from the state *before* the event)
+    only when they are needed, before it applies the event.
+
+    >>> p = PendingLabels("c:1")
+    >>> needs_snapshot(p, 5), needs_snapshot(p, -5)
+    (True, True)
+    """
+    return event_ts // DAY_MS > p.last_day
+
+
+def _example(target: str, key: str, snap: Snapshot, label_ts: int, label: int) -> Example:
+    return Example(target, key, snap.ts, label_ts, snap.features(), label)
+
+
+def on_event(
+    p: PendingLabels,
+    event_ts: int,
+    is_purchase: bool,
+    features_at: Callable[[], Mapping[str, float]],
+    horizons: Horizons = DEFAULT_HORIZONS,
+) -> list[Example]:
+    """Account for one applied event of the customer: maybe snapshot, maybe resolve.
+
+    Call it for every event the profile step *applied* to a customer's state (not for
+    duplicates or late events, and not for anonymous profiles, which cannot purchase).
+
+    Parameters
+    ----------
+    p
+        The customer's pending labels, updated in place.
+    event_ts
+        The event's time (epoch ms).
+    is_purchase
+        Whether the event is a purchase.
+    features_at
+        Returns the customer's features as of ``event_ts`` computed from the state *before* the
+        event was applied; called only when a snapshot is taken. Since whether an event applies
+        is known only after ``ingest``, compute them beforehand when :func:`needs_snapshot`
+        says so, and pass a closure returning them::
+
+            feats = feature_vector(view(state), ev.ts) if needs_snapshot(p, ev.ts) else None
+            if ingest(state, ev, lateness) == APPLIED:
+                examples = on_event(p, ev.ts, ev.type == "purchase", lambda: feats, horizons)
+    horizons
+        The horizons for a new snapshot (pending ones keep the deadline they were given).
+
+    Returns
+    -------
+    list[Example]
+        The examples that matured now (a purchase resolves the pending snapshots whose window
+        holds it), ordered by target then snapshot time.
+
+    Examples
+    --------
+    >>> p = PendingLabels("c:1")
+    >>> [(e.target, e.label) for e in on_event(p, 0, True, lambda: {"x": 0.0})]
+    [('churn', 0), ('propensity', 1)]
+    """
+    out: list[Example] = []
+    day = event_ts // DAY_MS
+    if day > p.last_day:
+        p.last_day = day
+        snap = Snapshot.of(event_ts, features_at())
+        for target in TARGETS:
+            lst = p.pending[target]
+            if len(lst) >= horizons.max_pending(target):
+                p.skipped += 1
+                continue
+            lst.append((event_ts + horizons.of(target) + 1, snap))
+    if is_purchase:
+        for target in TARGETS:
+            lst = p.pending[target]
+            if not lst:
+                continue
+            label = _RULES[target][0]
+            keep: list[Pending] = []
+            for entry in lst:
+                deadline, snap = entry
+                if snap.ts <= event_ts < deadline:
+                    out.append(_example(target, p.key, snap, event_ts, label))
+                else:
+                    keep.append(entry)
+            if len(keep) != len(lst):
+                p.pending[target] = keep
+    return out
+
+
+def on_watermark(p: PendingLabels, watermark_ms: int) -> list[Example]:
+    """Mature the snapshots whose horizon passed without a purchase.
+
+    Parameters
+    ----------
+    p
+        The customer's pending labels, updated in place.
+    watermark_ms
+        The event-time watermark: no event older than it will be applied any more.
+
+    Returns
+    -------
+    list[Example]
+        One example per snapshot with ``deadline <= watermark_ms`` (``propensity`` → 0,
+        ``churn`` → 1, ``label_ts = snapshot_ts + H``), ordered by target then snapshot time.
+        Calling it again, or with an older watermark, returns nothing new.
+
+    Examples
+    --------
+    >>> p = PendingLabels("c:1")
+    >>> _ = on_event(p, 0, False, lambda: {"x": 0.0}, Horizons(churn_ms=10, propensity_ms=5))
+    >>> on_watermark(p, 5), [(e.target, e.label, e.label_ts) for e in on_watermark(p, 6)]
+    ([], [('propensity', 0, 5)])
+    """
+    out: list[Example] = []
+    for target in TARGETS:
+        lst = p.pending[target]
+        if not lst or min(d for d, _ in lst) > watermark_ms:
+            continue
+        label = _RULES[target][1]
+        keep: list[Pending] = []
+        for entry in lst:
+            deadline, snap = entry
+            if deadline <= watermark_ms:
+                out.append(_example(target, p.key, snap, deadline - 1, label))
+            else:
+                keep.append(entry)
+        p.pending[target] = keep
+    return out
+
+
+def next_deadline(p: PendingLabels, target: str | None = None) -> int | None:
+    """The earliest watermark at which a pending snapshot matures (``None``: nothing pending).
+
+    Parameters
+    ----------
+    p
+        The customer's pending labels.
+    target
+        Only this target's snapshots (``None``: all targets). Per target, the deadline never
+        moves back when new snapshots come, so a per-target timer kind (e.g.
+        ``f"label:{target}"``) suits :class:`features.clock.EventClock`, whose ``set_timer``
+        keeps the later deadline of a ``(key, kind)``.
+
+    Examples
+    --------
+    >>> p = PendingLabels("c:1")
+    >>> next_deadline(p) is None
+    True
+    >>> _ = on_event(p, 0, False, lambda: {}, Horizons(churn_ms=10, propensity_ms=5))
+    >>> next_deadline(p), next_deadline(p, "churn")
+    (6, 11)
+    """
+    targets = TARGETS if target is None else (target,)
+    best: int | None = None
+    for t in targets:
+        lst = p.pending.get(t)
+        if lst:
+            d = min(d for d, _ in lst)
+            if best is None or d < best:
+                best = d
+    return best
+
+
+def pending_count(p: PendingLabels) -> dict[str, int]:
+    """Number of pending snapshots per target.
+
+    >>> pending_count(PendingLabels("c:1"))
+    {'churn': 0, 'propensity': 0}
+    """
+    return {t: len(p.pending.get(t, ())) for t in TARGETS}

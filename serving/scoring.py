@@ -1,0 +1,125 @@
+"""Model scores for profiles: the latest checkpoints, their fallbacks, and the prior.
+
+The dataflow publishes each target's checkpoint to Redis (``nb:{model:<target>}:checkpoint``,
+keeping the previous one at ``...:previous`` and the version at ``...:version``). Readers load the
+latest; when it is missing or corrupt they fall back to the previous one, and without either they
+score with the documented prior (``"source": "prior"``) and say why in ``status``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+
+from features.store import model_keys
+from models.features import features_from_document
+from models.labels import TARGETS
+from models.online import CheckpointError, OnlineModel, checkpoint_meta
+from models.prior import PRIORS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    """One target's model as loaded by a reader."""
+
+    target: str
+    model: OnlineModel | None = None
+    version: int | None = None
+    status: str = "no checkpoint yet: scoring with the prior"
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def _bytes(v: Any) -> bytes | None:
+    return v.encode() if isinstance(v, str) else v  # type: ignore[no-any-return]
+
+
+def _decode(current: Any, previous: Any, target: str) -> LoadedModel:
+    """Load the current checkpoint, else the previous one, else nothing (the prior)."""
+    problems: list[str] = []
+    for label, data in (("latest", _bytes(current)), ("previous", _bytes(previous))):
+        if not data:
+            continue
+        try:
+            model = OnlineModel.from_checkpoint(data)
+            meta = checkpoint_meta(data)
+        except CheckpointError as exc:
+            problems.append(f"{label} checkpoint unusable ({exc})")
+            log.warning("model %s: %s checkpoint unusable: %s", target, label, exc)
+            continue
+        status = (
+            "loaded latest checkpoint"
+            if label == "latest"
+            else "; ".join([*problems, "fell back to the previous checkpoint"])
+        )
+        return LoadedModel(target, model, int(meta.get("version", 0)), status, meta)
+    status = "; ".join([*problems, "scoring with the prior"]) if problems else LoadedModel.status
+    return LoadedModel(target, status=status)
+
+
+class ModelSet:
+    """The loaded models of every target; reload when the published version changes."""
+
+    def __init__(self) -> None:
+        self.models: dict[str, LoadedModel] = {t: LoadedModel(t) for t in TARGETS}
+        self._seen: dict[str, bytes | None] = {t: None for t in TARGETS}
+
+    def _changed(self, target: str, version: Any) -> bool:
+        v = _bytes(version)
+        if v is not None and v == self._seen[target]:
+            return False
+        self._seen[target] = v
+        return True
+
+    def refresh(self, client: redis.Redis) -> None:
+        """Load new checkpoints (sync: the CLI)."""
+        for t in TARGETS:
+            cur, prev, ver = model_keys(t)
+            if self._changed(t, client.get(ver)) or self.models[t].model is None:
+                self.models[t] = _decode(client.get(cur), client.get(prev), t)
+
+    async def arefresh(self, client: aioredis.Redis) -> None:
+        """Load new checkpoints (async: serving, polled in the background)."""
+        for t in TARGETS:
+            cur, prev, ver = model_keys(t)
+            if self._changed(t, await client.get(ver)) or self.models[t].model is None:
+                self.models[t] = _decode(await client.get(cur), await client.get(prev), t)
+
+    def scores(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """Scores for a rendered profile document (features as of its ``as_of``)."""
+        feats = features_from_document(doc)
+        out: dict[str, Any] = {}
+        for t, lm in self.models.items():
+            if lm.model is not None:
+                p, source = lm.model.predict(feats)
+            else:
+                p, source = PRIORS[t](feats), "prior"
+            out[t] = {"probability": round(p, 6), "source": source, "model_version": lm.version}
+        return out
+
+    def describe(self) -> list[dict[str, Any]]:
+        """What ``GET /v1/models`` lists."""
+        rows = []
+        for t, lm in self.models.items():
+            metrics = dict(lm.meta.get("metrics", {}))
+            rows.append(
+                {
+                    "model": t,
+                    "version": lm.version,
+                    "status": lm.status,
+                    "pipeline": lm.meta.get("pipeline"),
+                    "created_at_ms": lm.meta.get("created_at_ms"),
+                    "examples_seen": metrics.get("examples_seen", 0),
+                    "positives": metrics.get("positives", 0),
+                    "negatives": metrics.get("negatives", 0),
+                    "metrics": {k: metrics.get(k) for k in ("roc_auc", "log_loss", "brier")},
+                    "drifts": metrics.get("drifts", 0),
+                    "history": metrics.get("history", []),
+                }
+            )
+        return rows

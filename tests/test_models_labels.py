@@ -1,0 +1,283 @@
+"""The labelling policy in event time: unit cases and Hypothesis properties.
+
+The properties drive :mod:`models.labels` the way the dataflow does (an :class:`EventClock`
+whose timers call ``on_watermark``, events permuted within the lateness, extra watermark calls
+at random points) and compare with a brute-force labeller over the whole purchase timeline.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+import random
+from collections import Counter
+from dataclasses import dataclass
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from features.clock import EventClock
+from models.labels import (
+    DAY_MS,
+    TARGETS,
+    Example,
+    Horizons,
+    PendingLabels,
+    Snapshot,
+    needs_snapshot,
+    next_deadline,
+    on_event,
+    on_watermark,
+    pending_count,
+)
+
+HOUR = 3_600_000
+T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+H = Horizons(churn_ms=90 * DAY_MS, propensity_ms=7 * DAY_MS)
+
+
+def feats(ts: int) -> dict[str, float]:
+    return {"ts": float(ts), "one": 1.0}
+
+
+def summary(examples: list[Example]) -> list[tuple[str, int, int, int]]:
+    return [(e.target, e.snapshot_ts, e.label_ts, e.label) for e in examples]
+
+
+# ------------------------------------------------------------------------------------------------
+# Unit cases
+
+
+def test_customer_who_never_returns_matures_only_by_watermark() -> None:
+    p = PendingLabels("c:1")
+    assert on_event(p, T0 + 5, False, lambda: feats(T0 + 5), H) == []
+    # no further event: nothing happens until the watermark passes each horizon
+    assert on_watermark(p, T0 + 5 + H.propensity_ms) == []  # ts == s + H may still arrive
+    assert next_deadline(p) == T0 + 5 + H.propensity_ms + 1
+    got = on_watermark(p, T0 + 5 + H.propensity_ms + 1)
+    assert summary(got) == [("propensity", T0 + 5, T0 + 5 + H.propensity_ms, 0)]
+    assert got[0].features == feats(T0 + 5) and got[0].key == "c:1"
+    assert next_deadline(p) == T0 + 5 + H.churn_ms + 1
+    assert on_watermark(p, T0 + 50 * DAY_MS) == []
+    got = on_watermark(p, T0 + 365 * DAY_MS)
+    assert summary(got) == [("churn", T0 + 5, T0 + 5 + H.churn_ms, 1)]
+    assert next_deadline(p) is None and pending_count(p) == {"churn": 0, "propensity": 0}
+    assert on_watermark(p, T0 + 999 * DAY_MS) == []
+
+
+def test_purchase_resolves_windows_that_hold_it() -> None:
+    p = PendingLabels("c:1")
+    for day in (0, 3, 10):
+        on_event(p, T0 + day * DAY_MS + HOUR, False, lambda d=day: feats(d), H)
+    got = on_event(p, T0 + 9 * DAY_MS, True, lambda: feats(-1), H)  # late purchase, day 9
+    # propensity: days 3 (6 d before) resolved, day 0 (9 d before: outside 7 d) stays pending;
+    # churn: days 0 and 3; day 10 is after the purchase: untouched
+    assert [(e.target, e.snapshot_ts) for e in got] == [
+        ("churn", T0 + HOUR),
+        ("churn", T0 + 3 * DAY_MS + HOUR),
+        ("propensity", T0 + 3 * DAY_MS + HOUR),
+    ]
+    assert all(e.label_ts == T0 + 9 * DAY_MS for e in got)
+    assert [e.label for e in got] == [0, 0, 1]
+    assert pending_count(p) == {"churn": 1, "propensity": 2}
+    late = on_watermark(p, T0 + 8 * DAY_MS)
+    assert summary(late) == [("propensity", T0 + HOUR, T0 + HOUR + 7 * DAY_MS, 0)]
+
+
+def test_snapshot_event_that_is_a_purchase_counts_for_its_own_window() -> None:
+    p = PendingLabels("c:1")
+    got = on_event(p, T0, True, lambda: feats(T0), H)
+    assert summary(got) == [("churn", T0, T0, 0), ("propensity", T0, T0, 1)]
+    assert next_deadline(p) is None
+
+
+def test_one_snapshot_per_utc_day_and_never_for_an_older_day() -> None:
+    p = PendingLabels("c:1")
+    calls: list[int] = []
+
+    def at(ts: int) -> dict[str, float]:
+        calls.append(ts)
+        return feats(ts)
+
+    for ts in [T0 + 23 * HOUR, T0 + 23 * HOUR + 1, T0 + DAY_MS, T0 + 2 * HOUR, T0 + DAY_MS + 5]:
+        assert needs_snapshot(p, ts) == (ts // DAY_MS > p.last_day)
+        on_event(p, ts, False, lambda t=ts: at(t), H)
+    assert calls == [T0 + 23 * HOUR, T0 + DAY_MS]  # features computed only for snapshots
+    assert pending_count(p) == {"churn": 2, "propensity": 2}
+
+
+def test_horizon_change_keeps_the_deadline_of_pending_snapshots() -> None:
+    p = PendingLabels("c:1")
+    on_event(p, T0, False, lambda: feats(T0), H)
+    short = Horizons(churn_ms=DAY_MS, propensity_ms=HOUR)
+    on_event(p, T0 + DAY_MS, False, lambda: feats(T0 + DAY_MS), short)
+    assert next_deadline(p, "propensity") == T0 + DAY_MS + HOUR + 1
+    got = on_watermark(p, T0 + 3 * DAY_MS)
+    assert summary(got) == [
+        ("churn", T0 + DAY_MS, T0 + 2 * DAY_MS, 1),
+        ("propensity", T0 + DAY_MS, T0 + DAY_MS + HOUR, 0),
+    ]
+    assert next_deadline(p, "propensity") == T0 + 7 * DAY_MS + 1
+
+
+def test_cap_skips_snapshots_only_when_the_watermark_stalls() -> None:
+    h = Horizons(churn_ms=3 * DAY_MS, propensity_ms=DAY_MS, watermark_lag_ms=0)
+    assert (h.max_pending("churn"), h.max_pending("propensity")) == (4, 2)
+    p = PendingLabels("c:1")
+    for day in range(10):  # daily visits, no watermark call at all
+        on_event(p, T0 + day * DAY_MS, False, lambda: feats(0), h)
+    assert pending_count(p) == {"churn": 4, "propensity": 2}
+    assert p.skipped == 6 + 8
+
+
+def test_unknown_target_horizon() -> None:
+    try:
+        H.of("ltv")
+    except ValueError as exc:
+        assert "ltv" in str(exc)
+    else:  # pragma: no cover
+        raise AssertionError("expected ValueError")
+
+
+def test_states_pickle_and_round_trip() -> None:
+    p = PendingLabels("c:1")
+    on_event(p, T0, False, lambda: feats(T0), H)
+    on_event(p, T0 + DAY_MS, False, lambda: feats(T0 + DAY_MS), H)
+    q = pickle.loads(pickle.dumps(p))
+    assert q == p
+    # the restored state goes on exactly like the original
+    a = on_event(p, T0 + 3 * DAY_MS, True, lambda: feats(1), H) + on_watermark(p, T0 + 10**11)
+    b = on_event(q, T0 + 3 * DAY_MS, True, lambda: feats(1), H) + on_watermark(q, T0 + 10**11)
+    assert a == b and p == q
+    snap = Snapshot.of(T0, {"a": 1.5, "b": -2.0})
+    assert pickle.loads(pickle.dumps(snap)) == snap and snap.features() == {"a": 1.5, "b": -2.0}
+    ex = a[0]
+    assert pickle.loads(pickle.dumps(ex)) == ex
+    assert pickle.loads(pickle.dumps(H)) == H
+
+
+# ------------------------------------------------------------------------------------------------
+# Properties against a brute-force labeller
+
+
+@dataclass(frozen=True)
+class Ev:
+    ts: int
+    purchase: bool
+
+
+def brute_force(arrival: list[Ev], h: Horizons) -> list[tuple[str, int, int, int]]:
+    """Expected (target, snapshot_ts, label_ts, label) from the whole timeline."""
+    snaps: list[int] = []
+    last_day = None
+    for e in arrival:
+        day = e.ts // DAY_MS
+        if last_day is None or day > last_day:
+            snaps.append(e.ts)
+            last_day = day
+    out = []
+    for s in snaps:
+        for target in TARGETS:
+            horizon = h.of(target)
+            # the first purchase to *arrive* inside the window resolves it
+            hit = next((e.ts for e in arrival if e.purchase and s <= e.ts <= s + horizon), None)
+            bought = hit is not None
+            label = int(bought) if target == "propensity" else int(not bought)
+            out.append((target, s, hit if hit is not None else s + horizon, label))
+    return sorted(out)
+
+
+# Times on a coarse grid (half hours, hours, days), so that purchases exactly at a horizon's
+# end, events at the watermark and snapshots at midnight come up often.
+GAPS = st.one_of(
+    st.integers(0, 4).map(lambda k: k * 30 * 60_000),  # same session
+    st.integers(0, 30).map(lambda k: k * HOUR),  # next day or so
+    st.integers(0, 25).map(lambda k: k * DAY_MS),  # a long absence
+)
+
+
+@st.composite
+def timelines(draw: st.DrawFn) -> tuple[list[Ev], Horizons, int]:
+    lateness = draw(st.sampled_from([0, 30 * 60_000, 6 * HOUR]))
+    n = draw(st.integers(1, 40))
+    ts = T0 + draw(st.integers(0, 23)) * HOUR
+    events = []
+    for _ in range(n):
+        ts += draw(GAPS)
+        events.append(Ev(ts, draw(st.booleans())))
+    # arrival order: sorted by ts + jitter in [0, lateness]: never late for the clock
+    jitters = [draw(st.sampled_from([0, lateness // 2, lateness])) for _ in events]
+    order = sorted(range(n), key=lambda i: (events[i].ts + jitters[i], i))
+    h = Horizons(
+        churn_ms=draw(st.integers(1, 20)) * DAY_MS,
+        propensity_ms=draw(st.integers(1, 120)) * HOUR,
+        watermark_lag_ms=lateness,
+    )
+    return [events[i] for i in order], h, lateness
+
+
+def drive(
+    arrival: list[Ev], h: Horizons, lateness: int, rng: random.Random | None
+) -> tuple[list[Example], dict[str, int]]:
+    """Run the policy like the dataflow: clock timers, plus random extra watermark calls."""
+    clock = EventClock(lateness_ms=lateness)
+    p = PendingLabels("c:7")
+    out: list[Example] = []
+    most = dict.fromkeys(TARGETS, 0)
+
+    def set_timers() -> None:
+        for t in TARGETS:
+            d = next_deadline(p, t)
+            if d is not None:
+                clock.set_timer(p.key, f"label:{t}", d)
+
+    for e in arrival:
+        for _key, _kind, _deadline in clock.advance(e.ts):
+            matured = on_watermark(p, clock.watermark)
+            assert all(x.label_ts < clock.watermark for x in matured)
+            out += matured
+            set_timers()
+        if rng is not None and rng.random() < 0.5:
+            # any watermark no later than the clock's is valid: nothing older arrives later
+            out += on_watermark(p, clock.watermark - rng.choice([0, 1, HOUR, 3 * DAY_MS]))
+        out += on_event(p, e.ts, e.purchase, lambda t=e.ts: feats(t), h)
+        set_timers()
+        for t, n in pending_count(p).items():
+            most[t] = max(most[t], n)
+        assert p.skipped == 0
+    out += on_watermark(p, 2**62)
+    assert next_deadline(p) is None
+    return out, most
+
+
+@settings(max_examples=200, deadline=None)
+@given(timelines(), st.integers(0, 2**32))
+def test_every_snapshot_gets_exactly_one_correct_label(
+    case: tuple[list[Ev], Horizons, int], seed: int
+) -> None:
+    arrival, h, lateness = case
+    got, most = drive(arrival, h, lateness, random.Random(seed))
+    assert sorted(summary(got)) == brute_force(arrival, h)
+    for e in got:
+        assert e.features == feats(e.snapshot_ts)
+    # at most one snapshot per customer, per target, per UTC day
+    per_day = Counter((e.target, e.snapshot_ts // DAY_MS) for e in got)
+    assert max(per_day.values()) == 1
+    # bounded state: ceil((H + lag) / 1 d) + 1 pending snapshots per target
+    for t in TARGETS:
+        assert most[t] <= math.ceil((h.of(t) + lateness) / DAY_MS) + 1
+        if lateness == 0:
+            assert most[t] <= math.ceil(h.of(t) / DAY_MS) + 1
+
+
+@settings(max_examples=100, deadline=None)
+@given(timelines(), st.integers(0, 2**32), st.integers(0, 2**32))
+def test_results_do_not_depend_on_watermark_interleaving(
+    case: tuple[list[Ev], Horizons, int], seed1: int, seed2: int
+) -> None:
+    arrival, h, lateness = case
+    only_timers, _ = drive(arrival, h, lateness, None)
+    a, _ = drive(arrival, h, lateness, random.Random(seed1))
+    b, _ = drive(arrival, h, lateness, random.Random(seed2))
+    key = sorted(summary(only_timers))
+    assert sorted(summary(a)) == key == sorted(summary(b))
