@@ -79,6 +79,8 @@ class FlowConfig:
     model_min_examples: int = 500
     checkpoint_every: int = 1000
     checkpoint_interval_ms: int = 30_000
+    #: Take training snapshots and learn the online models (off: profiles only).
+    models: bool = True
 
 
 @dataclass
@@ -454,15 +456,21 @@ class ProfileLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
         ev = item.event
         labels = self.labels
         # A training snapshot (first event of the day) describes the customer just before it.
+        learn = self.cfg.models
         feats = (
-            feature_vector(pf.view(self.state), ev.ts) if lb.needs_snapshot(labels, ev.ts) else {}
+            feature_vector(pf.view(self.state), ev.ts)
+            if learn and lb.needs_snapshot(labels, ev.ts)
+            else {}
         )
         status = pf.ingest(self.state, ev, self.cfg.lateness_ms)
         if status == pf.APPLIED:
-            self._examples(
-                lb.on_event(labels, ev.ts, ev.type == "purchase", lambda: feats, self.cfg.horizons),
-                out,
-            )
+            if learn:
+                self._examples(
+                    lb.on_event(
+                        labels, ev.ts, ev.type == "purchase", lambda: feats, self.cfg.horizons
+                    ),
+                    out,
+                )
             if ev.anonymous_id is not None and ev.type in ("login", "signup"):
                 pf.record_link(self.state, ev.anonymous_id, ev.customer_id or "", ev.ts,
                                ev.event_id)  # fmt: skip

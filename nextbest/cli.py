@@ -135,7 +135,9 @@ def _print_summary(summary: dict[str, Any], as_json: bool, dead_letter: str | No
     print(f"customers {summary['customers']:,} (anonymous visitors {summary['visitors']:,})")
 
 
-def _flow_config(settings: Settings, write_interval_ms: int | None = None) -> Any:
+def _flow_config(
+    settings: Settings, write_interval_ms: int | None = None, models: bool = True
+) -> Any:
     from dataflows.profiles import FlowConfig
     from models.labels import DAY_MS, Horizons
 
@@ -150,6 +152,7 @@ def _flow_config(settings: Settings, write_interval_ms: int | None = None) -> An
         model_min_examples=settings.model_min_examples,
         checkpoint_every=settings.checkpoint_every,
         checkpoint_interval_ms=settings.checkpoint_interval_ms,
+        models=models,
         lateness_ms=settings.allowed_lateness_ms,
         retention_ms=settings.retention_ms,
         recovery=settings.recovery_dir is not None,
@@ -207,7 +210,7 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
             RedisSink(url),
             DeadLetterFileSink(dead_letter),
             stats,
-            config=_flow_config(settings, args.write_interval),
+            config=_flow_config(settings, args.write_interval, models=not args.no_models),
         )
         t0 = time.perf_counter()
         show = not args.json and sys.stderr.isatty()
@@ -443,6 +446,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--dead-letter",
         metavar="PATH",
         help="dead-letter JSONL file (default: $NEXTBEST_HOME/dead-letter.jsonl, appended)",
+    )
+    r.add_argument(
+        "--no-models",
+        action="store_true",
+        help="profiles only: take no training snapshots, learn no models (for comparisons)",
     )
     r.add_argument(
         "--write-interval",
