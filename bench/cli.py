@@ -1,11 +1,12 @@
 """``python -m bench``: options, the order of the sections, and the report.
 
 One run simulates one file, starts its own Redis and broker in a temporary directory, measures
-(a) baseline, (b) full, (a) baseline again, (d) memory (of what (b) wrote) and (c) freshness (with
-its transport baseline first), stops everything it started, and prints a readable report
-(``--json``: one JSON object on stdout). Progress goes to stderr. Aims are reported, never
-asserted; every ratio is against the baseline of the same run. The exit code is 1 when a section
-could not be measured (its ``error`` says why), else 0.
+(a) baseline, (b') the flow without models (``replay --no-models``), (b) full (models on),
+(a) baseline again, (d) memory (of what (b) wrote) and (c) freshness (with its transport baseline
+first), stops everything it started, and prints a readable report (``--json``: one JSON object on
+stdout). Progress goes to stderr. Aims are reported, never asserted; every ratio is against the
+baseline of the same run, and ``models`` compares (b) with (b') of the same run. The exit code is
+1 when a section could not be measured (its ``error`` says why), else 0.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ log = logging.getLogger("bench")
 
 #: Aims from the profile issue: reported against, never asserted.
 AIM_RATIO = 0.4
+AIM_MODELS_RATIO = 0.8
 AIM_P99_MS = 250.0
 AIM_MEDIAN_BYTES = 2048
 
@@ -61,7 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     """The bench's command line."""
     p = argparse.ArgumentParser(
         prog="python -m bench",
-        description="nextbest benchmarks: baseline vs full flow throughput, freshness, memory.",
+        description=(
+            "nextbest benchmarks: baseline vs full flow throughput, the flow with vs without "
+            "models, freshness, memory."
+        ),
     )
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     p.add_argument(
@@ -140,6 +145,30 @@ def _combine_baselines(
     }
 
 
+def _models_section(no_models: dict[str, Any], full: dict[str, Any] | None) -> dict[str, Any]:
+    """The models comparison: the full flow (models on) against the same replay ``--no-models``."""
+    if "error" in no_models:
+        return {"error": f"the flow without models: {no_models['error']}"}
+    if full is None:
+        return {"error": "needs the full flow (models on)", "no_models": no_models}
+    off = float(no_models["events_per_s_reported"])
+    on = float(full["events_per_s_reported"])
+    off_wall = float(no_models["events_per_s_wall"])
+    if off <= 0 or off_wall <= 0:
+        return {"error": "the flow without models reported no throughput", "no_models": no_models}
+    ratio = on / off
+    return {
+        "events_per_s_models": on,
+        "events_per_s_no_models": off,
+        "models_over_no_models": round(ratio, 3),
+        "models_over_no_models_wall": round(float(full["events_per_s_wall"]) / off_wall, 3),
+        "basis": "replay's reported events_per_s, models on (the full section) / --no-models, "
+        "same file and Redis, flushed before each",
+        "meets_aim": ratio >= AIM_MODELS_RATIO,
+        "no_models": no_models,
+    }
+
+
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """Run every section; the result is the JSON report."""
     preset = QUICK if args.quick else FULL
@@ -163,6 +192,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         },
         "aims": {
             "full_over_baseline_min": AIM_RATIO,
+            "models_over_no_models_min": AIM_MODELS_RATIO,
             "freshness_p99_ms_max": AIM_P99_MS,
             "median_profile_bytes_max": AIM_MEDIAN_BYTES,
         },
@@ -183,6 +213,9 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     # spread shows how steady the machine was meanwhile.
     first = _section(result, "baseline", lambda: run_baseline(wl.path, args.batch_size))
     with running_services(workdir / "services") as svc:
+        # The flow without models right before the full flow (each flushes Redis first), so the
+        # models comparison is of two neighbouring runs; memory then reads what (b) wrote.
+        _section(result, "no_models", lambda: run_replay(svc, wl.path, wl.lines, models=False))
         full = _section(result, "full", lambda: run_replay(svc, wl.path, wl.lines))
         second = _section(result, "baseline", lambda: run_baseline(wl.path, args.batch_size))
         baseline = _combine_baselines(first, second)
@@ -228,6 +261,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         }
     else:
         result["ratio"] = {"error": "needs both baseline and full"}
+    result["models"] = _models_section(result.pop("no_models"), full)
     result["config"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     result["errors"] = sorted(
         name for name, sec in result.items() if isinstance(sec, dict) and "error" in sec
@@ -293,6 +327,28 @@ def render(r: dict[str, Any]) -> str:
             f"    ratio full/baseline  {ra['full_over_baseline']:.2f} (reported)  "
             f"{ra['full_wall_over_baseline']:.2f} (wall, incl. process start)   "
             f"aim >= {AIM_RATIO}: {_aim(ra['meets_aim'])}"
+        )
+    mo = r.get("models", {})
+    nm = mo.get("no_models")
+    if nm is not None:
+        add(
+            f"(b') no models nextbest replay --json --no-models -> Redis      "
+            f"{nm['wall_seconds']:.2f} s  {_n(nm['events_per_s_wall'])} events/s measured by the "
+            f"bench (process wall time)"
+        )
+        add(
+            f"                                                                "
+            f"{nm['reported_seconds']} s  {_n(nm['events_per_s_reported'])} events/s reported by "
+            f"replay"
+        )
+    if "error" in mo:
+        add(f"    models       ERROR: {mo['error']}")
+    else:
+        add(
+            f"    ratio models/no models  {mo['models_over_no_models']:.2f} (reported, "
+            f"{_n(mo['events_per_s_models'])} vs {_n(mo['events_per_s_no_models'])} events/s)  "
+            f"{mo['models_over_no_models_wall']:.2f} (wall)   "
+            f"aim >= {AIM_MODELS_RATIO}: {_aim(mo['meets_aim'])}"
         )
     add("")
     c = r.get("freshness", {})

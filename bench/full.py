@@ -1,4 +1,8 @@
-"""(b) The full profile flow: ``python -m nextbest replay FILE --json`` against the bench Redis."""
+"""(b) The full profile flow: ``python -m nextbest replay FILE --json`` against the bench Redis.
+
+The same run with ``--no-models`` (profiles only: no training snapshots, no model learning) is
+the reference of the models comparison: models on / models off, same file, same Redis.
+"""
 
 from __future__ import annotations
 
@@ -38,8 +42,13 @@ def last_json_object(stdout: str) -> dict[str, Any]:
     raise BenchError(f"no JSON summary on stdout:\n{tail(stdout)}")
 
 
-def run_replay(services: Services, path: Path, lines: int, timeout: float = 3600) -> dict[str, Any]:
-    """Flush Redis, replay ``path`` through the CLI, and time it from outside and inside."""
+def run_replay(
+    services: Services, path: Path, lines: int, timeout: float = 3600, *, models: bool = True
+) -> dict[str, Any]:
+    """Flush Redis, replay ``path`` through the CLI, and time it from outside and inside.
+
+    ``models=False`` adds ``--no-models`` (the flow without the churn/propensity models).
+    """
     client = services.client()
     try:
         client.flushall()
@@ -47,8 +56,9 @@ def run_replay(services: Services, path: Path, lines: int, timeout: float = 3600
         client.close()
     home = services.workdir / "replay-home"
     home.mkdir(parents=True, exist_ok=True)
+    extra = [] if models else ["--no-models"]
     cmd = nextbest_command(
-        "replay", str(path), "--json", "--dead-letter", str(home / "dead-letter.jsonl")
+        "replay", str(path), "--json", *extra, "--dead-letter", str(home / "dead-letter.jsonl")
     )
     t0 = time.perf_counter()
     try:
@@ -78,5 +88,6 @@ def run_replay(services: Services, path: Path, lines: int, timeout: float = 3600
         "dead_lettered": summary.get("dead_lettered"),
         "customers": summary.get("customers"),
         "visitors": summary.get("visitors"),
-        "command": "python -m nextbest replay FILE --json",
+        "models": models,
+        "command": "python -m nextbest replay FILE --json" + ("" if models else " --no-models"),
     }

@@ -56,6 +56,27 @@ def test_bench_quick_json() -> None:
     assert ratio["full_over_baseline"] == pytest.approx(expected, rel=0.01, abs=0.001)
     assert isinstance(ratio["meets_aim"], bool)
 
+    models = report["models"]
+    _positive(
+        models,
+        "events_per_s_models",
+        "events_per_s_no_models",
+        "models_over_no_models",
+        "models_over_no_models_wall",
+    )
+    no_models = models["no_models"]
+    _positive(no_models, "wall_seconds", "events_per_s_wall", "events_per_s_reported")
+    assert no_models["models"] is False and full["models"] is True
+    assert "--no-models" in no_models["command"] and "--no-models" not in full["command"]
+    assert no_models["read"] == workload["lines"]
+    assert no_models["accepted"] == full["accepted"]
+    assert models["events_per_s_models"] == full["events_per_s_reported"]
+    assert models["events_per_s_no_models"] == no_models["events_per_s_reported"]
+    expected = full["events_per_s_reported"] / no_models["events_per_s_reported"]
+    assert models["models_over_no_models"] == pytest.approx(expected, rel=0.01, abs=0.001)
+    assert isinstance(models["meets_aim"], bool)
+    assert report["aims"]["models_over_no_models_min"] == 0.8
+
     fresh = report["freshness"]
     _positive(fresh, "produced", "measured", "p50_ms", "p99_ms", "max_ms")
     assert fresh["p50_ms"] <= fresh["p99_ms"] <= fresh["max_ms"]
