@@ -374,6 +374,93 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _as_of_ms(command: str, raw: str | None) -> int:
+    """``--as-of`` (RFC 3339 with zone or epoch ms) as epoch ms; now when absent."""
+    from schemas.events import parse_ts
+
+    if raw is None:
+        return _now_ms()
+    parsed = parse_ts(int(raw) if raw.isdigit() else raw)
+    if parsed is None:
+        raise UsageError(f"{command}: bad --as-of {raw!r} (RFC 3339 with zone or epoch ms)")
+    return parsed
+
+
+def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
+    """Write every profile with its scores as of a time (JSONL or CSV), streamed."""
+    import redis
+
+    from nextbest.export import FORMATS, export_profiles
+    from nextbest.runtime import redis_url
+    from schemas.events import format_ts
+
+    as_of = _as_of_ms("export", args.as_of)
+    if args.format not in FORMATS:
+        raise UsageError(f"export: unknown --format {args.format!r} (jsonl or csv)")
+    out_path = Path(args.out) if args.out else None
+    if out_path is not None and not out_path.parent.is_dir():
+        raise UsageError(f"export: no such directory: {out_path.parent}")
+    t0 = time.perf_counter()
+    with redis_url(settings) as url, contextlib.ExitStack() as stack:
+        client: redis.Redis = redis.Redis.from_url(url)
+        stack.callback(client.close)
+        out = (
+            stack.enter_context(out_path.open("w", encoding="utf-8", newline=""))
+            if out_path is not None
+            else sys.stdout
+        )
+        n = export_profiles(
+            client,
+            out,
+            as_of,
+            args.format,
+            include_anonymous=args.include_anonymous,
+            progress=sys.stderr.isatty(),
+        )
+    where = str(out_path) if out_path is not None else "stdout"
+    print(
+        f"exported {n:,} profiles ({args.format}) as of {format_ts(as_of)} -> {where} "
+        f"in {time.perf_counter() - t0:.1f} s",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
+    """Replay a simulated history into a temporary Redis and score the models against the truth."""
+    from nextbest.evaluate import TruthError, evaluate, report_lines
+
+    events, truth = Path(args.events), Path(args.truth)
+    for p in (events, truth):
+        if not p.is_file():
+            raise UsageError(f"evaluate: no such file: {p}")
+    try:
+        with _sigterm_as_interrupt():
+            report = evaluate(
+                events,
+                truth,
+                settings,
+                _flow_config(settings, REPLAY_WRITE_INTERVAL_MS),
+                _run_flow,
+                holdout_days=args.holdout_days,
+            )
+    except TruthError as exc:
+        raise UsageError(f"evaluate: {exc}") from None
+    if args.holdout_days is not None:
+        for t in ("churn", "propensity"):
+            if not report[t]["horizon_matches"]:
+                print(
+                    f"nextbest: warning: {t} horizon is {report[t]['horizon_days']} days but the "
+                    f"holdout is {args.holdout_days} days: the outcomes do not measure its target",
+                    file=sys.stderr,
+                )
+    if args.json:
+        sys.stdout.write(orjson.dumps(report).decode() + "\n")
+    else:
+        print("\n".join(report_lines(report)))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     """Simulate, stream through the dataflow and serve the API (bounded with --events)."""
     from nextbest.demo import run_demo
@@ -504,6 +591,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--kafka", action="store_true", help="produce to the clickstream/transactions topics"
     )
     sm.set_defaults(func=cmd_simulate)
+
+    ex = sub.add_parser("export", help="write every profile with its scores (JSONL or CSV)")
+    ex.add_argument(
+        "--as-of", metavar="TS", help="RFC 3339 time with zone, or epoch ms (default now)"
+    )
+    ex.add_argument("--format", default="jsonl", metavar="FMT", help="jsonl (default) or csv")
+    ex.add_argument("--out", metavar="FILE", help="output file (default: stdout)")
+    ex.add_argument(
+        "--include-anonymous", action="store_true", help="also anonymous visitors' profiles"
+    )
+    ex.set_defaults(func=cmd_export)
+
+    ev = sub.add_parser(
+        "evaluate", help="replay a simulated history and score the models against its truth"
+    )
+    ev.add_argument("events", metavar="EVENTS", help="simulated events (JSONL, without holdout)")
+    ev.add_argument("--truth", required=True, metavar="FILE", help="the simulator's truth file")
+    ev.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    ev.add_argument(
+        "--holdout-days",
+        type=_positive_int,
+        metavar="H",
+        help="the simulation's holdout: warn for a target whose horizon differs",
+    )
+    ev.set_defaults(func=cmd_evaluate)
 
     d = sub.add_parser("demo", help="simulate, stream through the dataflow, serve the API")
     d.add_argument(
