@@ -147,6 +147,7 @@ def run_demo(settings: Settings, events: int | None, customers: int, port: int |
         print("\nTry:")
         print(f"  curl -s {base}/v1/customers/{cid}/profile")
         print(f"  curl -s '{base}/v1/customers/{cid}/profile?as_of=2026-02-01T00:00:00Z'")
+        print(f"  curl -s {base}/v1/models")
         print(f"  curl -s {base}/readyz")
         print(f"  curl -s {base}/metrics | grep nextbest_")
         print(f"  open {base}/docs")
