@@ -221,15 +221,17 @@ SPECS: dict[str, Spec] = {
     ),
     "checkpoint_every": Spec(
         "NEXTBEST_CHECKPOINT_EVERY",
-        "1000",
+        "20000",
         _int_in(1, 10**9),
         "A model checkpoint is published to Redis every this many learned examples ...",
     ),
     "checkpoint_interval_ms": Spec(
         "NEXTBEST_CHECKPOINT_INTERVAL",
-        "30s",
+        "60s",
         duration_ms,
-        "... or this much wall time after the last one, whichever comes first.",
+        "... or this much wall time after the last one, whichever comes first (and at the end "
+        "of a replay). Publishing pauses the worker for a moment (the model is serialised on "
+        "it): frequent checkpoints show in the freshness tail.",
     ),
     "log_level": Spec("NEXTBEST_LOG_LEVEL", "INFO", _log_level, "Log level."),
 }
