@@ -224,8 +224,25 @@ class Aggregate:
         )
 
 
+class _Keyed:
+    """``kind`` and ``id`` of something keyed ``c:<customer_id>`` or ``a:<anonymous_id>``."""
+
+    __slots__ = ()
+    key: str
+
+    @property
+    def kind(self) -> str:
+        """``customer`` or ``anonymous``."""
+        return "customer" if self.key.startswith("c:") else "anonymous"
+
+    @property
+    def id(self) -> str:
+        """The customer id or anonymous id without its prefix."""
+        return self.key[2:]
+
+
 @dataclass(slots=True)
-class ProfileState:
+class ProfileState(_Keyed):
     """One customer's (or anonymous visitor's) authoritative state; see the module docstring.
 
     ``settled`` + ``buffer`` replayed in ``(ts, event_id)`` order == ``current``. ``seen`` maps the
@@ -240,16 +257,6 @@ class ProfileState:
     seen_prune_at: int = 0
     lateness_ms: int = DEFAULT_LATENESS_MS
     identities: list[Link] = field(default_factory=list)
-
-    @property
-    def kind(self) -> str:
-        """``customer`` or ``anonymous``."""
-        return "customer" if self.key.startswith("c:") else "anonymous"
-
-    @property
-    def id(self) -> str:
-        """The customer id or anonymous id without its prefix."""
-        return self.key[2:]
 
     @property
     def purchases_total(self) -> int:
@@ -268,7 +275,7 @@ class ProfileState:
 
 
 @dataclass(slots=True)
-class ProfileView:
+class ProfileView(_Keyed):
     """What :func:`render` needs: the Redis projection of a state, decoded.
 
     ``buckets`` maps a series name (``pv1h``, ``rp30d``, ``se7d``, ...) to its non-zero buckets
@@ -289,16 +296,6 @@ class ProfileView:
     interests: dict[str, float] = field(default_factory=dict)
     buckets: dict[str, dict[int, int]] = field(default_factory=dict)
     identities: list[Link] = field(default_factory=list)
-
-    @property
-    def kind(self) -> str:
-        """``customer`` or ``anonymous``."""
-        return "customer" if self.key.startswith("c:") else "anonymous"
-
-    @property
-    def id(self) -> str:
-        """The customer id or anonymous id without its prefix."""
-        return self.key[2:]
 
     @property
     def revenue_total(self) -> float:

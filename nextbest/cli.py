@@ -283,7 +283,6 @@ def cmd_profile(args: argparse.Namespace, settings: Settings) -> int:
     """Print one profile as JSON, computed as of a time."""
     import redis
 
-    from features.document import profile_document
     from features.store import customer_key, device_key, read_link, read_profile
     from nextbest.runtime import redis_url
     from schemas.events import parse_ts
@@ -321,8 +320,7 @@ def cmd_profile(args: argparse.Namespace, settings: Settings) -> int:
     if view is None:
         print(f"nextbest: no profile for {what}", file=sys.stderr)
         return EXIT_NOT_FOUND
-    doc = profile_document(view, as_of, bounds, resolved_from)
-    doc["scores"] = models.scores(doc)
+    doc = models.document(view, as_of, bounds, resolved_from)
     sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
     return 0
 

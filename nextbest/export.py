@@ -34,7 +34,6 @@ from typing import IO, Any, Final
 import orjson
 import redis
 
-from features.document import profile_document
 from features.profile import COUNT_FEATURES, REVENUE_FEATURES, LayoutError, from_fields
 from features.rfm import RfmBoundaries
 from features.store import BOUNDARIES_KEY, NAMESPACE
@@ -165,8 +164,7 @@ def export_profiles(
                     v = from_fields(raw)
                 except LayoutError:
                     continue
-                doc = profile_document(v, as_of_ms, bounds)
-                doc["scores"] = models.scores(doc)
+                doc = models.document(v, as_of_ms, bounds)
                 if writer is not None:
                     writer.writerow(csv_row(doc))
                 else:

@@ -28,7 +28,6 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
-from features.document import profile_document
 from features.store import aread_link, aread_profile, customer_key, device_key
 from nextbest.settings import Settings
 from schemas.events import MAX_ID_LEN, parse_ts
@@ -173,9 +172,7 @@ async def get_profile(
     view, bounds = await aread_profile(redis, customer_key(customer_id))
     if view is None:
         raise ApiError(404, "not_found", f"no profile for customer {customer_id!r}")
-    doc = profile_document(view, as_of_ms, bounds)
-    doc["scores"] = models.scores(doc)
-    return doc
+    return models.document(view, as_of_ms, bounds)
 
 
 @router.get(
@@ -206,9 +203,7 @@ async def get_visitor_profile(
     view, bounds = await aread_profile(redis, key)
     if view is None:
         raise ApiError(404, "not_found", f"no profile for visitor {anonymous_id!r}")
-    doc = profile_document(view, as_of_ms, bounds, resolved_from=anonymous_id)
-    doc["scores"] = models.scores(doc)
-    return doc
+    return models.document(view, as_of_ms, bounds, resolved_from=anonymous_id)
 
 
 @router.get("/v1/models", tags=["models"], summary="The online models and their quality")

@@ -15,6 +15,9 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
+from features.document import profile_document
+from features.profile import ProfileView
+from features.rfm import RfmBoundaries
 from features.store import model_keys
 from models.features import features_from_document
 from models.labels import TARGETS
@@ -101,6 +104,18 @@ class ModelSet:
                 p, source = PRIORS[t](feats), "prior"
             out[t] = {"probability": round(p, 6), "source": source, "model_version": lm.version}
         return out
+
+    def document(
+        self,
+        v: ProfileView,
+        as_of_ms: int,
+        bounds: RfmBoundaries | None,
+        resolved_from: str | None = None,
+    ) -> dict[str, Any]:
+        """The public profile document with its ``scores``: what every reader returns."""
+        doc = profile_document(v, as_of_ms, bounds, resolved_from)
+        doc["scores"] = self.scores(doc)
+        return doc
 
     def describe(self) -> list[dict[str, Any]]:
         """What ``GET /v1/models`` lists."""
