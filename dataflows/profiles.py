@@ -54,7 +54,7 @@ from features import rfm
 from features.clock import EventClock
 from features.identity import DeviceState, needs_identity, on_event
 from models import labels as lb
-from models.features import feature_vector
+from models.features import state_features
 from models.online import OnlineModel
 
 RETAIN = StatefulBatchLogic.RETAIN
@@ -81,6 +81,8 @@ class FlowConfig:
     checkpoint_interval_ms: int = 30_000
     #: Take training snapshots and learn the online models (off: profiles only).
     models: bool = True
+    #: Days between idle snapshots of a customer who stays away (0: none; see models.labels).
+    idle_snapshot_days: int = 7
 
 
 @dataclass
@@ -175,14 +177,26 @@ def is_device_item(kv: Keyed) -> bool:
 ClockRequest = tuple[list[tuple[str, str, int]], int]  # (timers (key, kind, deadline), newest)
 
 
+IDLE = "idle"
+
+
+def label_timers(key: str, day: int, horizons: lb.Horizons) -> list[tuple[str, str, int]]:
+    """``label:<target>:<day>`` at the end of a snapshot day + the horizon + 1 ms: no earlier
+    than any snapshot of that day matures, so labels mature at most a day late."""
+    end = (day + 1) * lb.DAY_MS
+    return [(key, f"label:{t}:{day}", end + horizons.of(t) + 1) for t in lb.TARGETS]
+
+
 def clock_requests(
-    retention_ms: int, horizons: lb.Horizons | None = None
+    retention_ms: int, horizons: lb.Horizons | None = None, idle_days: int = 0
 ) -> Callable[[list[Keyed]], list[ClockRequest]]:
     """Condense a batch of keyed items into one clock request: timers to (re)set, newest ts.
 
     Timers: ``retention`` at the key's newest event + retention; with ``horizons`` (customers),
-    per UTC day with events, ``label:<target>:<day>`` at the end of that day + the horizon + 1 ms
-    (no later than any snapshot of that day matures: labels mature at most a day late).
+    the :func:`label_timers` of every UTC day with events and, with ``idle_days``, ``idle`` at the
+    end of the first idle snapshot day (``idle_days`` after the newest event's day; see
+    :func:`models.labels.on_idle`), which :class:`ClockLogic` moves on by ``idle_days`` each
+    time it fires.
     """
 
     def condense(batch: list[Keyed]) -> list[ClockRequest]:
@@ -207,30 +221,66 @@ def clock_requests(
         timers = [(k, RETENTION, ts + retention_ms) for k, ts in newest_by_key.items()]
         if horizons is not None:
             for key, day in days:
-                end = (day + 1) * lb.DAY_MS
-                for target in lb.TARGETS:
-                    timers.append((key, f"label:{target}:{day}", end + horizons.of(target) + 1))
+                timers.extend(label_timers(key, day, horizons))
+            if idle_days > 0:
+                step = idle_days * lb.DAY_MS
+                for k, ts in newest_by_key.items():
+                    timers.append((k, IDLE, (ts // lb.DAY_MS + 1) * lb.DAY_MS + step))
         return [(timers, newest)]
 
     return condense
 
 
 class ClockLogic(StatefulBatchLogic[Any, tuple[str, Tick], Any]):
-    """One owner of an :class:`EventClock`; emits ``(key, Tick)`` for due timers."""
+    """One owner of an :class:`EventClock`; emits ``(key, Tick)`` for due timers.
 
-    def __init__(self, clock: EventClock, recovery: bool, name: str) -> None:
+    An ``idle`` timer that fires (with ``horizons`` and ``idle_days``) sets the label timers of
+    its day and comes back ``idle_days`` later, for as long as the key's retention timer is later.
+    """
+
+    def __init__(
+        self,
+        clock: EventClock,
+        recovery: bool,
+        name: str,
+        horizons: lb.Horizons | None = None,
+        idle_days: int = 0,
+    ) -> None:
         self.clock = clock
         self.recovery = recovery
         self.gauge = metrics.WATERMARK.labels(name)
+        self.horizons = horizons
+        self.idle_ms = idle_days * lb.DAY_MS
+
+    def _fired(self, due: list[tuple[str, str, int]], keys: set[str]) -> list[tuple[str, str, int]]:
+        """Collect the keys of fired timers; re-arm idle timers (returns what became due again)."""
+        clock = self.clock
+        rearmed = False
+        for key, kind, deadline in due:
+            keys.add(key)
+            if kind != IDLE or self.horizons is None:
+                continue
+            for k, label_kind, at in label_timers(key, deadline // lb.DAY_MS - 1, self.horizons):
+                clock.set_timer(k, label_kind, at)
+            nxt = deadline + self.idle_ms
+            keep = clock.deadline(key, RETENTION)
+            if keep is not None and nxt < keep:
+                clock.set_timer(key, IDLE, nxt)
+            rearmed = True
+        return clock.due() if rearmed else []
 
     def on_batch(self, values: list[Any]) -> tuple[Iterable[tuple[str, Tick]], bool]:
         out: list[tuple[str, Tick]] = []
+        clock = self.clock
         for timers, newest in values:
             for key, kind, deadline in timers:
-                self.clock.set_timer(key, kind, deadline)
-            due = {key for key, _kind, _deadline in self.clock.advance(newest)}
-            out.extend((key, Tick(self.clock.watermark)) for key in sorted(due))
-        self.gauge.set(max(self.clock.watermark, 0) / 1000)
+                clock.set_timer(key, kind, deadline)
+            keys: set[str] = set()
+            due = clock.advance(newest)
+            while due:
+                due = self._fired(due, keys)
+            out.extend((key, Tick(clock.watermark)) for key in sorted(keys))
+        self.gauge.set(max(clock.watermark, 0) / 1000)
         return out, RETAIN
 
     def snapshot(self) -> Any:
@@ -256,14 +306,15 @@ def add_clock(
     Timers come from ``keyed`` (retention: newest event of the key + retention); the watermark
     follows ``observed``, the clock observations of every event of the stream.
     """
+    idle_days = cfg.idle_snapshot_days if horizons is not None else 0
     requests = op.flat_map_batch(
-        f"{step_id}_requests", keyed, clock_requests(cfg.retention_ms, horizons)
+        f"{step_id}_requests", keyed, clock_requests(cfg.retention_ms, horizons, idle_days)
     )
     inputs = op.merge(f"{step_id}_inputs", requests, observed)
 
     def build(resume: Any) -> ClockLogic:
         clock = pickle.loads(resume) if resume else EventClock(cfg.lateness_ms)
-        return ClockLogic(clock, cfg.recovery, step_id)
+        return ClockLogic(clock, cfg.recovery, step_id, horizons, idle_days)
 
     ticks = op.stateful_batch(
         step_id, op.key_on(f"{step_id}_key", inputs, lambda _: "clock"), build
@@ -387,6 +438,16 @@ def arrival_order(item: Any) -> tuple[int, int, str]:
     return (0, item.watermark, "")
 
 
+def _emit_examples(examples: list[lb.Example], out: list[Out]) -> None:
+    """One ``("examples", (target, [example, ...]))`` per target: fewer items between steps."""
+    if not examples:
+        return
+    for target in lb.TARGETS:
+        batch = [ex for ex in examples if ex.target == target]
+        if batch:
+            out.append(("examples", (target, batch)))
+
+
 def _touches_money(values: list[Any]) -> bool:
     return any(
         isinstance(v, Handover) or (isinstance(v, In) and v.event.type in ("purchase", "refund"))
@@ -413,8 +474,16 @@ class ProfileLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
     def pending_write(self) -> SinkOp | None:
         return None if self.state is None else WriteProfile(self.state.key, self.state)
 
-    def _examples(self, examples: list[lb.Example], out: list[Out]) -> None:
-        out.extend(("example", ex) for ex in examples)
+    def _tick(self, tick: Tick) -> list[lb.Example]:
+        """Idle snapshots due at the tick's watermark, then the labels that matured."""
+        labels, state = self.labels, self.state
+        if labels is None or state is None:
+            return []
+        cfg, wm = self.cfg, tick.watermark
+        if not cfg.models:
+            return lb.on_watermark(labels, wm)
+        return lb.on_idle(labels, wm // lb.DAY_MS, cfg.idle_snapshot_days,
+                          lambda ts: state_features(state, ts), cfg.horizons, wm)  # fmt: skip
 
     def _expired(self, tick: Tick) -> bool:
         st = self.state
@@ -423,14 +492,16 @@ class ProfileLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
     def on_batch(self, values: list[tuple[str, Any]]) -> tuple[Iterable[Out], bool]:
         values.sort(key=lambda kv: arrival_order(kv[1]))
         out: list[Out] = []
+        examples: list[lb.Example] = []
         money = _touches_money([item for _, item in values])
         old_point = rfm_point(self.state) if money and self.state is not None else None
         changed = False
         for key, item in values:
             if isinstance(item, Tick):
-                if self.labels is not None:  # labels mature in event time, returning or not
-                    self._examples(lb.on_watermark(self.labels, item.watermark), out)
+                # labels mature in event time, returning or not
+                examples.extend(self._tick(item))
                 if self._expired(item):
+                    _emit_examples(examples, out)
                     return self._drop(out, old_point if money else None), DISCARD
                 continue
             if self.state is None:
@@ -441,8 +512,11 @@ class ProfileLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
                 pf.merge_into(self.state, item.state)
                 changed = True
                 continue
-            changed |= self._ingest(item, out)
-        if changed and self.state is not None:
+            changed |= self._ingest(item, out, examples)
+        _emit_examples(examples, out)
+        if self.state is None:  # only ticks for a key with no profile (any more)
+            return out, DISCARD
+        if changed:
             self.dirty = True
             out.extend(self.flush(force=False))
             if money:
@@ -451,25 +525,32 @@ class ProfileLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
                     out.append(("rfm", (old_point, new_point)))
         return out, RETAIN
 
-    def _ingest(self, item: In, out: list[Out]) -> bool:
+    def _ingest(self, item: In, out: list[Out], examples: list[lb.Example]) -> bool:
         assert self.state is not None and self.labels is not None
         ev = item.event
         labels = self.labels
         # A training snapshot (first event of the day) describes the customer just before it.
-        learn = self.cfg.models
-        feats = (
-            feature_vector(pf.view(self.state), ev.ts)
-            if learn and lb.needs_snapshot(labels, ev.ts)
-            else {}
-        )
-        status = pf.ingest(self.state, ev, self.cfg.lateness_ms)
+        # Idle snapshots of the days the customer stayed away come first, from the same state.
+        cfg = self.cfg
+        learn = cfg.models
+        feats: dict[str, float] = {}
+        idle: dict[int, dict[str, float]] = {}
+        if learn and lb.needs_snapshot(labels, ev.ts):
+            state = self.state
+            feats = state_features(state, ev.ts)
+            day = ev.ts // lb.DAY_MS
+            for d in lb.idle_days(labels, day, cfg.idle_snapshot_days):
+                idle[d * lb.DAY_MS] = state_features(state, d * lb.DAY_MS)
+        status = pf.ingest(self.state, ev, cfg.lateness_ms)
         if status == pf.APPLIED:
             if learn:
-                self._examples(
+                if idle:
+                    lb.on_idle(labels, ev.ts // lb.DAY_MS, cfg.idle_snapshot_days,
+                               idle.__getitem__, cfg.horizons)  # fmt: skip
+                examples.extend(
                     lb.on_event(
                         labels, ev.ts, ev.type == "purchase", lambda: feats, self.cfg.horizons
-                    ),
-                    out,
+                    )
                 )
             if ev.anonymous_id is not None and ev.type in ("login", "signup"):
                 pf.record_link(self.state, ev.anonymous_id, ev.customer_id or "", ev.ts,
@@ -508,17 +589,18 @@ class ModelLogic(StatefulBatchLogic[Any, Out, Any]):
         self.cfg = cfg
         self.last_checkpoint = time.monotonic()
 
-    def on_batch(self, values: list[lb.Example]) -> tuple[Iterable[Out], bool]:
-        values.sort(key=lambda e: (e.label_ts, e.key, e.snapshot_ts))
+    def on_batch(self, values: list[list[lb.Example]]) -> tuple[Iterable[Out], bool]:
+        batch = [ex for exs in values for ex in exs]
+        batch.sort(key=lambda e: (e.label_ts, e.key, e.snapshot_ts))
         if self.model is None:
             self.model = OnlineModel(
-                values[0].target, self.cfg.model_pipeline, min_examples=self.cfg.model_min_examples
+                batch[0].target, self.cfg.model_pipeline, min_examples=self.cfg.model_min_examples
             )
-        for ex in values:
+        for ex in batch:
             self.model.learn(ex)
             self.newest_label_ts = max(self.newest_label_ts, ex.label_ts)
-        self.since += len(values)
-        metrics.EXAMPLES.labels(self.model.target).inc(len(values))
+        self.since += len(batch)
+        metrics.EXAMPLES.labels(self.model.target).inc(len(batch))
         due = time.monotonic() - self.last_checkpoint >= self.cfg.checkpoint_interval_ms / 1000
         if self.since >= self.cfg.checkpoint_every or due:
             return self._checkpoint(), RETAIN
@@ -630,7 +712,10 @@ def build_flow(
         "routed_to_customer", device_flat, lambda o: (o[1][0], o[1]) if o[0] == "route" else None
     )
     customer_in = op.merge("customer_items", by_device.falses, routed)
-    customer_ticks = add_clock("customer_clock", customer_in, observed, cfg, cfg.horizons)
+    # (label and idle timers only when the models learn)
+    customer_ticks = add_clock(
+        "customer_clock", customer_in, observed, cfg, cfg.horizons if cfg.models else None
+    )
 
     def build_profile(resume: Any) -> ProfileLogic:
         return ProfileLogic(pickle.loads(resume) if resume else None, cfg, stats)
@@ -652,14 +737,16 @@ def build_flow(
     rfm_flat = op.map("rfm_unwrap", rfm_out, lambda kv: kv[1])
 
     examples = op.filter_map(
-        "examples", profile_flat, lambda o: o[1] if o[0] == "example" else None
+        "examples", profile_flat, lambda o: o[1] if o[0] == "examples" else None
     )
 
     def build_model(resume: Any) -> ModelLogic:
         return ModelLogic(pickle.loads(resume) if resume else None, cfg)
 
     models_out = op.stateful_batch(
-        "models", op.key_on("model_owner", examples, lambda e: "model:" + e.target), build_model
+        "models",
+        op.map("model_owner", examples, lambda te: ("model:" + te[0], te[1])),
+        build_model,
     )
     models_flat = op.map("models_unwrap", models_out, lambda kv: kv[1])
 

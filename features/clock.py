@@ -74,12 +74,29 @@ class EventClock:
         """Forget a timer (its heap entry is dropped lazily)."""
         self._deadlines.pop((key, kind), None)
 
+    def deadline(self, key: str, kind: str) -> int | None:
+        """The pending deadline of ``(key, kind)``, ``None`` if there is none.
+
+        >>> c = EventClock(0); c.set_timer("k", "x", 5); c.deadline("k", "x"), c.deadline("k", "y")
+        (5, None)
+        """
+        return self._deadlines.get((key, kind))
+
     def advance(self, newest_ts: int) -> list[tuple[str, str, int]]:
         """Observe an event time; return the timers that became due, in deadline order."""
         wm = newest_ts - self.lateness_ms
         if wm <= self.watermark:
             return []
         self.watermark = wm
+        return self.due()
+
+    def due(self) -> list[tuple[str, str, int]]:
+        """Pop the timers due at the current watermark (e.g. set at or below it after an advance).
+
+        >>> c = EventClock(0); _ = c.advance(10); c.set_timer("k", "x", 7); c.due(), c.due()
+        ([('k', 'x', 7)], [])
+        """
+        wm = self.watermark
         due: list[tuple[str, str, int]] = []
         heap = self._heap
         while heap and heap[0][0] <= wm:

@@ -1120,3 +1120,39 @@ def render(v: ProfileView, as_of: int) -> dict[str, Any]:
 def render_state(state: ProfileState, as_of: int) -> dict[str, Any]:
     """``render(view(state), as_of)``: the document straight from a state (tests, replay)."""
     return render(view(state), as_of)
+
+
+def window_values(state: ProfileState, as_of: int) -> list[int]:
+    """Every series' window value as of a time, by series index, straight from the state.
+
+    Equal to ``window_sum(view(state).buckets.get(s.name), s, as_of)`` for each series ``s``
+    (counts, cents and sessions), without building the view: one pass over the live buckets.
+    The training snapshots use it (see :func:`models.features.state_features`).
+
+    >>> from schemas import Event
+    >>> s = new_state("c:42")
+    >>> _ = ingest(s, Event(event_id="1", type="page_view", ts=86_400_000, customer_id="42",
+    ...                     session_id="s1"), 600_000)
+    >>> v = window_values(s, 86_400_000 + 7_200_000)
+    >>> [v[SERIES_BY_NAME[n].idx] for n in ("pv1h", "pv24h", "se7d")]
+    [0, 1, 1]
+    """
+    a = state.current
+    sums = [0] * len(SERIES)
+    newest = a.last
+    if newest is None:
+        return sums
+    ranges = [(max((newest + lw) // g, (as_of + lw) // g), as_of // g) for lw, g in _LIVE_SPECS]
+    shift, mask = KEY_SHIFT, KEY_MASK
+    for key, val in a.buckets.items():
+        idx = key >> shift
+        lo, hi = ranges[idx]
+        if lo <= key & mask <= hi:
+            sums[idx] += val
+    if a.sids or a.runs:
+        for s in _SESSION_SERIES:
+            g = s.gran
+            lo, hi = ranges[s.idx]
+            firsts = chain(a.sids.values(), a.runs)
+            sums[s.idx] = sum(1 for first in firsts if lo <= first // g <= hi)
+    return sums

@@ -14,6 +14,16 @@ A snapshot (the features of a customer at a moment) is taken at the **first appl
 customer in each UTC day** of event time: the first event, in processing order, whose UTC day
 (``ts // 86_400_000``) is later than the day of the previous snapshot. So there is at most one
 snapshot per customer, per target, per day, and a late event of an earlier day never takes one.
+A customer who stops coming would then never be seen by the models as the long-inactive customer
+they are when they are scored, so there are also **idle snapshots** (:func:`on_idle`): for each
+UTC day ``D = last_day + k * every`` (``k >= 1``, default ``every`` = 7 days) before the day of the
+customer's next snapshot, one snapshot *as of* the start of ``D`` (``ts = D * 86_400_000``). It is
+taken as soon as it is known that the customer stayed away that day: when their next event (of a
+later day) arrives, before it is applied, or when the watermark passes the end of day ``D``,
+whichever comes first. Either way the state then holds exactly the events up to ``last_day``, so the
+same snapshots come out however the clock's ticks interleave with the events (given no event older
+than the watermark). Still at most one snapshot per customer per day.
+
 Each snapshot is pending for both targets until it gets its label:
 
 * a **purchase** at ``t`` resolves every pending snapshot ``s`` with ``s <= t <= s + H``: label 1
@@ -65,6 +75,10 @@ Examples
 []
 >>> [(e.target, e.label, e.label_ts // DAY) for e in on_watermark(p, 200 * DAY)]
 [('churn', 1, 112), ('propensity', 0, 29)]
+>>> on_idle(p, 37, 7, lambda ts: {"x": 2.0}, h)   # day 36 is over: idle snapshots of days 29, 36
+[]
+>>> next_deadline(p) == 36 * DAY + 1, p.last_day
+(True, 36)
 """
 
 from __future__ import annotations
@@ -84,9 +98,11 @@ __all__ = [
     "Horizons",
     "PendingLabels",
     "Snapshot",
+    "idle_days",
     "needs_snapshot",
     "next_deadline",
     "on_event",
+    "on_idle",
     "on_watermark",
     "pending_count",
 ]
@@ -258,13 +274,7 @@ def on_event(
     day = event_ts // DAY_MS
     if day > p.last_day:
         p.last_day = day
-        snap = Snapshot.of(event_ts, features_at())
-        for target in TARGETS:
-            lst = p.pending[target]
-            if len(lst) >= horizons.max_pending(target):
-                p.skipped += 1
-                continue
-            lst.append((event_ts + horizons.of(target) + 1, snap))
+        _take(p, Snapshot.of(event_ts, features_at()), horizons)
     if is_purchase:
         for target in TARGETS:
             lst = p.pending[target]
@@ -280,6 +290,89 @@ def on_event(
                     keep.append(entry)
             if len(keep) != len(lst):
                 p.pending[target] = keep
+    return out
+
+
+def _take(p: PendingLabels, snap: Snapshot, horizons: Horizons) -> None:
+    for target in TARGETS:
+        lst = p.pending[target]
+        if len(lst) >= horizons.max_pending(target):
+            p.skipped += 1
+            continue
+        lst.append((snap.ts + horizons.of(target) + 1, snap))
+
+
+def idle_days(p: PendingLabels, before_day: int, every_days: int) -> list[int]:
+    """The idle snapshot days before ``before_day`` not taken yet (see "Snapshots" above).
+
+    >>> p = PendingLabels("c:1")
+    >>> idle_days(p, 100, 7)                                  # never seen: none
+    []
+    >>> _ = on_event(p, 3 * DAY_MS + 5, False, lambda: {"x": 0.0})
+    >>> idle_days(p, 10, 7), idle_days(p, 11, 7), idle_days(p, 25, 7), idle_days(p, 25, 0)
+    ([], [10], [10, 17, 24], [])
+    """
+    if every_days <= 0 or p.last_day == NO_DAY:
+        return []
+    return list(range(p.last_day + every_days, before_day, every_days))
+
+
+def on_idle(
+    p: PendingLabels,
+    before_day: int,
+    every_days: int,
+    features_at: Callable[[int], Mapping[str, float]],
+    horizons: Horizons = DEFAULT_HORIZONS,
+    watermark_ms: int | None = None,
+) -> list[Example]:
+    """Take the idle snapshots of the days before ``before_day`` (see "Snapshots" above).
+
+    Parameters
+    ----------
+    p
+        The customer's pending labels, updated in place.
+    before_day
+        A UTC day the customer is known to have stayed away until: the day of their next event
+        (call this before applying it), or ``watermark // 86_400_000`` on a clock tick (the days
+        before it are over).
+    every_days
+        Days between idle snapshots (``<= 0``: none).
+    features_at
+        The customer's features as of a time (epoch ms, the start of an idle day), computed from
+        the state without the next event, e.g. ``lambda ts: state_features(state, ts)``.
+    horizons
+        The horizons for the new snapshots.
+    watermark_ms
+        The watermark, when known (a clock tick): what it matures is matured before each
+        snapshot is taken, so a long absence never meets the cap of pending snapshots.
+
+    Returns
+    -------
+    list[Example]
+        With ``watermark_ms``, the examples :func:`on_watermark` matured on the way (the new
+        snapshots included). The snapshots taken are those of :func:`idle_days`; a customer with
+        no snapshot yet gets none: the first comes with an event.
+
+    Examples
+    --------
+    >>> p = PendingLabels("c:1")
+    >>> _ = on_event(p, 3 * DAY_MS + 5, False, lambda: {"x": 0.0})
+    >>> on_idle(p, 10, 7, lambda ts: {}), on_idle(p, 11, 7, lambda ts: {"x": ts / DAY_MS})
+    ([], [])
+    >>> p.last_day, pending_count(p), p.pending["churn"][-1][1].features()
+    (10, {'churn': 2, 'propensity': 2}, {'x': 10.0})
+    >>> got = on_idle(p, 30, 7, lambda ts: {}, watermark_ms=30 * DAY_MS)
+    >>> [(e.target, e.snapshot_ts // DAY_MS) for e in got]
+    [('propensity', 3), ('propensity', 10), ('propensity', 17)]
+    """
+    out: list[Example] = []
+    if watermark_ms is not None:
+        out += on_watermark(p, watermark_ms)
+    for day in idle_days(p, before_day, every_days):
+        p.last_day = day
+        _take(p, Snapshot.of(day * DAY_MS, features_at(day * DAY_MS)), horizons)
+        if watermark_ms is not None:
+            out += on_watermark(p, watermark_ms)
     return out
 
 

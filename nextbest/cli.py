@@ -148,6 +148,7 @@ def _flow_config(
             # label ticks come at day granularity, behind the watermark's lateness
             watermark_lag_ms=settings.allowed_lateness_ms + 2 * DAY_MS,
         ),
+        idle_snapshot_days=settings.idle_snapshot_days,
         model_pipeline=settings.model_pipeline,
         model_min_examples=settings.model_min_examples,
         checkpoint_every=settings.checkpoint_every,

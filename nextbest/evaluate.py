@@ -11,9 +11,11 @@
    ``propensity`` when ``purchases_in_holdout >= 1``.
 
 Per target the report has ``n``, ``positives``, the model's ``roc_auc`` and ``log_loss``, the
-``oracle_auc`` (the simulator's latent trait: ``churn_hazard`` for churn, ``purchase_propensity``
-for propensity), the ``recency_auc`` baseline (days since the last purchase for churn, its negative
-for propensity; customers who never bought get the largest recency seen, or 0 if none bought),
+``oracle_auc`` (the simulator's Bayes-optimal probability given the latent state:
+``churn_probability`` for churn, ``purchase_propensity`` for propensity; both know the traits and
+the latent churn day, so they bound what any model of the observable history can reach), the
+``recency_auc`` baseline (days since the last purchase for churn, its negative for propensity;
+customers who never bought get the largest recency seen, or 0 if none bought),
 ``ratio`` = (AUC - 0.5) / (oracle AUC - 0.5) (``None`` when the oracle is not above 0.5),
 ``sources`` (how many scores came from the model and how many from the prior), ``horizon_days``
 and, when ``--holdout-days`` is given, ``holdout_days`` and ``horizon_matches``. An AUC is
@@ -48,7 +50,7 @@ __all__ = ["TruthError", "evaluate", "newest_ts", "read_truth", "report_lines"]
 PAGE: Final = 1000
 #: The simulator's own format: RFC 3339 UTC with milliseconds, which sorts as text.
 _FAST_TS: Final = re.compile(rb'"ts":"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z)"')
-_ORACLE: Final = {"churn": "churn_hazard", "propensity": "purchase_propensity"}
+_ORACLE: Final = {"churn": "churn_probability", "propensity": "purchase_propensity"}
 
 
 class TruthError(ValueError):
@@ -92,7 +94,7 @@ def read_truth(path: Path) -> list[dict[str, Any]]:
                     {
                         "customer_id": str(d["customer_id"]),
                         "purchases_in_holdout": int(d["purchases_in_holdout"]),
-                        "churn_hazard": float(d["churn_hazard"]),
+                        "churn_probability": float(d["churn_probability"]),
                         "purchase_propensity": float(d["purchase_propensity"]),
                     }
                 )
@@ -181,7 +183,7 @@ def score_truth(
     churned = [1 - b for b in bought]
     out = {
         "churn": target_report(
-            churned, probs["churn"], [r["churn_hazard"] for r in truth], rec, sources["churn"]
+            churned, probs["churn"], [r["churn_probability"] for r in truth], rec, sources["churn"]
         ),
         "propensity": target_report(
             bought,

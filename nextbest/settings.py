@@ -206,6 +206,13 @@ SPECS: dict[str, Spec] = {
         _int_in(1, 3650),
         "Propensity model target: at least one purchase in the next this many days.",
     ),
+    "idle_snapshot_days": Spec(
+        "NEXTBEST_IDLE_SNAPSHOT_DAYS",
+        "7",
+        _int_in(0, 3650),
+        "Training snapshots of a customer who stays away: one every this many days without an "
+        "event, as of the start of that day (0: only snapshots at events).",
+    ),
     "model_pipeline": Spec(
         "NEXTBEST_MODEL",
         "logreg",
@@ -259,6 +266,7 @@ class Settings:
     write_interval_ms: int
     churn_horizon_days: int
     propensity_horizon_days: int
+    idle_snapshot_days: int
     model_pipeline: str
     model_min_examples: int
     checkpoint_every: int

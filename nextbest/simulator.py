@@ -482,6 +482,14 @@ class _Sim:
             mean += p.rate * self.day_factor(d) * m * p.conversion * m
         return 1.0 - math.exp(-mean)
 
+    def churn_probability(self, p: _Person) -> float:
+        """P(no purchase in the holdout | latent state): the Bayes-optimal churn score."""
+        mean = 0.0
+        for d in range(self.cfg.days - self.cfg.holdout_days, self.cfg.days):
+            m = decline(d, p.churn_day, p.ramp)
+            mean += p.rate * self.day_factor(d) * m * p.conversion * m
+        return math.exp(-mean)
+
     def truth_rows(self) -> Iterator[bytes]:
         days = self.cfg.days
         for p in self.registered:
@@ -492,6 +500,7 @@ class _Sim:
                     "segment": p.segment,
                     "churn_hazard": round(p.hazard, 6),
                     "purchase_propensity": round(self.purchase_propensity(p), 6),
+                    "churn_probability": round(self.churn_probability(p), 6),
                     "churned": churned,
                     "churn_day": p.churn_day if churned else None,
                     "purchases_in_holdout": p.purchases_h,
@@ -892,6 +901,13 @@ def simulate_to_file(cfg: SimConfig, out: Path, truth: Path | None = None) -> Si
             ``1 - exp(-sum_d rate * day_factor_d * conversion * decline_d ** 2)``. It is the
             Bayes-optimal score for "buys within 7 days"; it is not a per-session conversion
             (that is ``session_conversion``).
+        ``churn_probability``
+            Probability of no purchase in the whole holdout given the latent state (as for
+            ``purchase_propensity``):
+            ``exp(-sum_d rate * day_factor_d * conversion * decline_d ** 2)`` over the holdout
+            days; 1 when there is no holdout. The Bayes-optimal score for "no purchase in the
+            holdout", so the churn oracle when the holdout equals the churn horizon
+            (``churn_hazard`` alone ignores whether a customer has already churned).
         ``churned``
             Whether the latent churn day falls before the end of the simulated period (the
             holdout end).

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from features import profile as pf
 from features.windows import DAY, HOUR, MINUTE, SERIES_BY_NAME, window_sum
+from models.features import feature_vector, state_features
 from schemas.events import Event, Item, format_ts
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z, a multiple of every granularity (3 days included)
@@ -383,6 +384,24 @@ def test_projection_round_trips_and_renders_the_same(
     as_of = max(e.ts for e in events) + later
     assert pf.render(pf.from_fields(as_bytes), as_of) == pf.render(pf.view(s), as_of)
     assert pf.to_fields(s) == fields  # deterministic
+
+
+@FAST
+@given(st.data(), event_lists(), LATENESS)
+def test_model_features_from_the_state_equal_those_of_the_rendered_view(
+    data: st.DataObject, events: list[Event], lateness: int
+) -> None:
+    """The dataflow's shortcut (no view, no document) gives the serving path's features."""
+    s = pf.new_state("c:c1")
+    for e in data.draw(arrivals(events, lateness)):
+        pf.ingest(s, e, lateness)
+    first = min(e.ts for e in events)
+    span = max(e.ts for e in events) - first
+    earlier = [first - 1, first + data.draw(st.integers(0, span))]
+    for as_of in [*earlier, *as_of_times(data, events)]:
+        assert state_features(s, as_of) == feature_vector(pf.view(s), as_of), as_of
+    empty = pf.new_state("c:none")
+    assert state_features(empty, first) == feature_vector(pf.view(empty), first)
 
 
 @FAST

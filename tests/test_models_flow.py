@@ -39,9 +39,11 @@ def stream() -> list[RawRecord]:
     return out
 
 
-def checkpoints(records: list[RawRecord]) -> dict[str, WriteCheckpoint]:
+def checkpoints(records: list[RawRecord], idle_days: int = 7) -> dict[str, WriteCheckpoint]:
     ops: list[SinkOp] = []
-    cfg = FlowConfig(checkpoint_every=1_000_000, checkpoint_interval_ms=3_600_000)
+    cfg = FlowConfig(
+        checkpoint_every=1_000_000, checkpoint_interval_ms=3_600_000, idle_snapshot_days=idle_days
+    )
     run_main(build_flow(TestingSource(records), TestingSink(ops), TestingSink([]), config=cfg))
     return {op.target: op for op in ops if isinstance(op, WriteCheckpoint)}
 
@@ -54,10 +56,23 @@ def test_labels_mature_in_event_time_even_for_customers_who_never_return() -> No
     assert churn["positives"] >= 1
     # "buyer" bought within 7 days of its day-0 snapshot: propensity = 1 (and churn = 0).
     assert prop["positives"] >= 1 and churn["negatives"] >= 1
-    # Snapshots: one per customer-day with events (3 + 117 days of "other" traffic). Every
-    # propensity horizon (7 d) but the last days' has passed; churn (90 d) only for the first 30.
-    assert prop["examples_seen"] <= 3 + 117 and prop["examples_seen"] >= 100
-    assert 2 <= churn["examples_seen"] < prop["examples_seen"]
+    # Without idle snapshots: one per customer-day with events (3 + 117 days of "other"
+    # traffic). Every propensity horizon (7 d) but the last days' has passed; churn (90 d) only
+    # for the first 30.
+    no_idle = checkpoints(stream(), idle_days=0)
+    busy = checkpoint_meta(no_idle["propensity"].data)["metrics"]
+    assert 100 <= busy["examples_seen"] <= 3 + 117
+    assert 2 <= checkpoint_meta(no_idle["churn"].data)["metrics"]["examples_seen"] < 100
+    # Idle snapshots every 7 days for the two who stay away ("other*" come every 5 days), until
+    # the watermark (day 119.99): "gone" days 7..112, "buyer" days 10..115, all without a purchase
+    # after them; the propensity labels of those up to day ~112 have matured.
+    gained = prop["examples_seen"] - busy["examples_seen"]
+    assert 30 <= gained <= 32
+    assert prop["positives"] == busy["positives"]
+    assert prop["negatives"] == busy["negatives"] + gained
+    # churn: those of days <= 29 ("gone" 7..28, "buyer" 10..24) matured as churned
+    old_churn = checkpoint_meta(no_idle["churn"].data)["metrics"]
+    assert churn["positives"] == old_churn["positives"] + 7
 
 
 def test_replay_is_deterministic_to_the_checkpoint_byte() -> None:

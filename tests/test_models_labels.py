@@ -24,9 +24,11 @@ from models.labels import (
     Horizons,
     PendingLabels,
     Snapshot,
+    idle_days,
     needs_snapshot,
     next_deadline,
     on_event,
+    on_idle,
     on_watermark,
     pending_count,
 )
@@ -166,15 +168,23 @@ class Ev:
     purchase: bool
 
 
-def brute_force(arrival: list[Ev], h: Horizons) -> list[tuple[str, int, int, int]]:
-    """Expected (target, snapshot_ts, label_ts, label) from the whole timeline."""
+def brute_force(
+    arrival: list[Ev], h: Horizons, every: int = 0, end_day: int = 0
+) -> list[tuple[str, int, int, int]]:
+    """Expected (target, snapshot_ts, label_ts, label) from the whole timeline: a snapshot at
+    the first event of each later day, and with ``every`` an idle one as of the start of each
+    ``every``-th day without a snapshot before the next one (or before ``end_day``)."""
     snaps: list[int] = []
     last_day = None
     for e in arrival:
         day = e.ts // DAY_MS
         if last_day is None or day > last_day:
+            if last_day is not None and every:
+                snaps += [d * DAY_MS for d in range(last_day + every, day, every)]
             snaps.append(e.ts)
             last_day = day
+    if last_day is not None and every:
+        snaps += [d * DAY_MS for d in range(last_day + every, end_day, every)]
     out = []
     for s in snaps:
         for target in TARGETS:
@@ -217,34 +227,59 @@ def timelines(draw: st.DrawFn) -> tuple[list[Ev], Horizons, int]:
 
 
 def drive(
-    arrival: list[Ev], h: Horizons, lateness: int, rng: random.Random | None
+    arrival: list[Ev],
+    h: Horizons,
+    lateness: int,
+    rng: random.Random | None,
+    every: int = 0,
+    end_day: int = 0,
 ) -> tuple[list[Example], dict[str, int]]:
-    """Run the policy like the dataflow: clock timers, plus random extra watermark calls."""
+    """Run the policy like the dataflow: clock timers (label deadlines, and the end of the next
+    idle day), plus random extra watermark calls; idle snapshots with ``every``. The features of
+    a snapshot are its time and how many events were applied before it."""
     clock = EventClock(lateness_ms=lateness)
     p = PendingLabels("c:7")
     out: list[Example] = []
     most = dict.fromkeys(TARGETS, 0)
+    applied = 0
+
+    def state_feats(ts: int) -> dict[str, float]:
+        return {"ts": float(ts), "n": float(applied)}
 
     def set_timers() -> None:
         for t in TARGETS:
             d = next_deadline(p, t)
             if d is not None:
                 clock.set_timer(p.key, f"label:{t}", d)
+        nxt = idle_days(p, p.last_day + every + 1, every)  # the next idle day, if any
+        if nxt:
+            clock.set_timer(p.key, "idle", (nxt[0] + 1) * DAY_MS)
+
+    def tick(watermark: int) -> None:
+        nonlocal out
+        matured = on_idle(p, watermark // DAY_MS, every, state_feats, h, watermark)
+        matured += on_watermark(p, watermark)
+        assert all(x.label_ts < watermark for x in matured)
+        out += matured
 
     for e in arrival:
         for _key, _kind, _deadline in clock.advance(e.ts):
-            matured = on_watermark(p, clock.watermark)
-            assert all(x.label_ts < clock.watermark for x in matured)
-            out += matured
+            tick(clock.watermark)
             set_timers()
         if rng is not None and rng.random() < 0.5:
             # any watermark no later than the clock's is valid: nothing older arrives later
-            out += on_watermark(p, clock.watermark - rng.choice([0, 1, HOUR, 3 * DAY_MS]))
-        out += on_event(p, e.ts, e.purchase, lambda t=e.ts: feats(t), h)
+            tick(clock.watermark - rng.choice([0, 1, HOUR, 3 * DAY_MS]))
+        if needs_snapshot(p, e.ts):
+            on_idle(p, e.ts // DAY_MS, every, state_feats, h)
+        snap = state_feats(e.ts)
+        out += on_event(p, e.ts, e.purchase, lambda f=snap: f, h)  # type: ignore[misc]
+        applied += 1
         set_timers()
         for t, n in pending_count(p).items():
             most[t] = max(most[t], n)
         assert p.skipped == 0
+    out += on_idle(p, end_day, every, state_feats, h, end_day * DAY_MS)
+    assert p.skipped == 0
     out += on_watermark(p, 2**62)
     assert next_deadline(p) is None
     return out, most
@@ -259,7 +294,9 @@ def test_every_snapshot_gets_exactly_one_correct_label(
     got, most = drive(arrival, h, lateness, random.Random(seed))
     assert sorted(summary(got)) == brute_force(arrival, h)
     for e in got:
-        assert e.features == feats(e.snapshot_ts)
+        assert e.features["ts"] == e.snapshot_ts
+        if lateness == 0:  # (in order:) the features describe the customer just before it
+            assert e.features["n"] == sum(1 for x in arrival if x.ts < e.snapshot_ts)
     # at most one snapshot per customer, per target, per UTC day
     per_day = Counter((e.target, e.snapshot_ts // DAY_MS) for e in got)
     assert max(per_day.values()) == 1
@@ -281,3 +318,31 @@ def test_results_do_not_depend_on_watermark_interleaving(
     b, _ = drive(arrival, h, lateness, random.Random(seed2))
     key = sorted(summary(only_timers))
     assert sorted(summary(a)) == key == sorted(summary(b))
+
+
+def full(examples: list[Example]) -> list[tuple[str, int, int, int, tuple[float, ...]]]:
+    pairs = zip(summary(examples), examples, strict=True)
+    return sorted((*s, tuple(e.features.values())) for s, e in pairs)
+
+
+@settings(max_examples=150, deadline=None)
+@given(timelines(), st.sampled_from([1, 3, 7]), st.integers(0, 40), st.integers(0, 2**32))
+def test_idle_snapshots_are_exact_and_do_not_depend_on_tick_timing(
+    case: tuple[list[Ev], Horizons, int], every: int, extra_days: int, seed: int
+) -> None:
+    """Idle snapshots: the days the brute force expects, features as of their day from the
+    events before it, one label each, whatever the extra watermark calls in between."""
+    arrival, h, lateness = case
+    end_day = max(e.ts for e in arrival) // DAY_MS + extra_days
+    only_timers, most = drive(arrival, h, lateness, None, every, end_day)
+    shuffled, _ = drive(arrival, h, lateness, random.Random(seed), every, end_day)
+    assert full(only_timers) == full(shuffled)
+    assert sorted(summary(only_timers)) == brute_force(arrival, h, every, end_day)
+    per_day = Counter((e.target, e.snapshot_ts // DAY_MS) for e in only_timers)
+    assert max(per_day.values()) == 1
+    for e in only_timers:
+        if e.snapshot_ts % DAY_MS == 0 and not any(x.ts == e.snapshot_ts for x in arrival):
+            # an idle snapshot: every event before its day, none after
+            assert e.features["n"] == sum(1 for x in arrival if x.ts < e.snapshot_ts)
+    for t in TARGETS:
+        assert most[t] <= math.ceil((h.of(t) + lateness) / DAY_MS) + 1

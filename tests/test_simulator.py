@@ -240,6 +240,7 @@ def test_truth_one_row_per_customer(held: Run) -> None:
         assert row["segment"] in ("loyal", "occasional", "churning")
         assert 0 < row["churn_hazard"] < 1
         assert 0 <= row["purchase_propensity"] <= 1
+        assert 0 <= row["churn_probability"] <= 1
         assert row["churned"] == (row["churn_day"] is not None)
         if row["churned"]:
             assert 0 <= row["churn_day"] < DAYS
@@ -283,6 +284,12 @@ def test_latent_traits_predict_the_holdout(held: Run) -> None:
     expected = sum(r["purchase_propensity"] for r in rows)
     observed = sum(r["purchases_in_holdout"] > 0 for r in rows)
     assert 0.75 * expected < observed < 1.25 * expected
+    # Calibration of the churn probability (no purchase in the whole holdout).
+    expected = sum(r["churn_probability"] for r in rows)
+    observed = sum(r["purchases_in_holdout"] == 0 for r in rows)
+    assert 0.9 * expected < observed < 1.1 * expected
+    gone = [r for r in rows if r["churned"] and r["churn_day"] < DAYS - HOLDOUT]
+    assert gone and all(r["churn_probability"] == 1.0 for r in gone)
     # Churned customers are inactive, high hazard ones churn more.
     by_hazard = sorted(held.truth, key=lambda r: r["churn_hazard"])
     assert sum(r["churned"] for r in by_hazard[-q:]) > 2 * sum(r["churned"] for r in by_hazard[:q])
