@@ -20,10 +20,14 @@ Pipelines (:func:`make_pipeline`):
 Metrics: over a rolling window of the last ``window`` (default 1000) scored examples, the exact
 ROC AUC, log loss and Brier score (:mod:`models.evaluation`), plus cumulative counts (examples,
 positives, negatives). The absolute error ``|y - p|`` of each scored example feeds an ADWIN
-drift detector; each detected *rise* of the mean error (ADWIN also flags drops, e.g. while the
-model learns: those are ignored) increments ``drifts``, is logged, and is recorded as
-``(examples_seen, label_ts)`` (the last 50 are kept). Every ``history_every`` examples a metrics
-snapshot is appended to a history of the last 50.
+drift detector, a label day at a time: the errors of the examples whose ``label_ts`` falls in a
+UTC day are given, in customer order (key, snapshot time), when the first label of a later day
+arrives. (Labels come in bursts within a day: purchases resolve positives as they happen, the
+horizon matures negatives at day ticks; in arrival order ADWIN saw that mix as hundreds of
+"drifts" a year.) A day in which ADWIN detects a *rise* of the mean error (it also flags drops,
+e.g. while the model learns: those are ignored) increments ``drifts``, is logged, and is recorded
+as ``(examples_seen, label_ts)`` of the example that closed the day (the last 50 are kept).
+Every ``history_every`` examples a metrics snapshot is appended to a history of the last 50.
 
 Checkpoints (:meth:`OnlineModel.to_checkpoint`) are bytes::
 
@@ -85,6 +89,7 @@ from river import compose, drift, forest, linear_model, optim, preprocessing, tr
 from river.proba.base import Distribution
 
 from models.evaluation import brier, log_loss, roc_auc
+from models.labels import DAY_MS as _DAY_MS
 from models.labels import Example
 from models.prior import PRIORS, constant_prior
 
@@ -262,6 +267,9 @@ class OnlineModel:
         self._detector: Any = drift.ADWIN(delta=drift_delta)  # type: ignore[no-untyped-call]
         self.drifts = 0
         self.drift_events: deque[tuple[int, int]] = deque(maxlen=HISTORY_LEN)
+        # the open label day of the drift detector and its (order key, error) pairs
+        self._error_day: int | None = None
+        self._day_errors: list[tuple[str, int, float]] = []
         # metric snapshots as tuples of values in _HISTORY_KEYS order (no per-entry string keys:
         # equal models pickle to equal bytes whether or not they were restored in between)
         self.history: deque[tuple[Any, ...]] = deque(maxlen=HISTORY_LEN)
@@ -329,25 +337,43 @@ class OnlineModel:
             self.negatives += 1
         self.last_label_ts = example.label_ts
         self._recent.append((y, p))
+        self._track_error(abs(y - p), example)
+        if self.examples_seen % self.history_every == 0:
+            m = self._metrics()
+            self.history.append(tuple(m[k] for k in _HISTORY_KEYS))
+        return p
+
+    def _track_error(self, error: float, example: Example) -> None:
+        """Keep an error with its label day; a later day feeds the open one to the detector."""
+        day = example.label_ts // _DAY_MS
+        if self._error_day is not None and day > self._error_day:
+            self._close_error_day(example.label_ts)
+        if self._error_day is None or day > self._error_day:
+            self._error_day = day
+        # (a label of an earlier day than the open one joins the open day)
+        self._day_errors.append((example.key, example.snapshot_ts, error))
+
+    def _close_error_day(self, label_ts: int) -> None:
         detector = self._detector
-        before = detector.estimation
-        detector.update(abs(y - p))
-        # ADWIN flags any change of the mean error; a drop (the model got better, as it does
-        # while it learns) is not a drift worth an alarm
-        if detector.drift_detected and detector.estimation > before:
+        drifted = False
+        # in customer order, not arrival order: positives and negatives mixed as they are
+        for _key, _ts, error in sorted(self._day_errors):
+            before = detector.estimation
+            detector.update(error)
+            # ADWIN flags any change of the mean error; a drop (the model got better, as it does
+            # while it learns) is not a drift worth an alarm
+            drifted |= bool(detector.drift_detected and detector.estimation > before)
+        self._day_errors = []
+        if drifted:
             self.drifts += 1
-            self.drift_events.append((self.examples_seen, example.label_ts))
+            self.drift_events.append((self.examples_seen, label_ts))
             log.info(
                 "drift detected: model=%s pipeline=%s examples_seen=%d label_ts=%d",
                 self.target,
                 self.pipeline,
                 self.examples_seen,
-                example.label_ts,
+                label_ts,
             )
-        if self.examples_seen % self.history_every == 0:
-            m = self._metrics()
-            self.history.append(tuple(m[k] for k in _HISTORY_KEYS))
-        return p
 
     def predict(self, features: Mapping[str, float]) -> tuple[float, str]:
         """``(probability, source)``: the model's after ``min_examples`` examples, else the prior.

@@ -268,17 +268,35 @@ def test_metrics_before_any_example_and_with_one_class() -> None:
 
 
 def test_drift_is_detected_and_recorded() -> None:
+    """The concept flips on day 60: the daily mean error rises, ADWIN notices within days."""
     m = OnlineModel("churn")
     rng = random.Random(10)
-    for i in range(6000):
-        v = rng.random()
-        flipped = i >= 3000
-        y = int((v > 0.5) != flipped)
-        m.learn(Example("churn", "c:1", i, T0 + i, {"v": v}, y))
+    for day in range(120):
+        for i in range(50):
+            v = rng.random()
+            y = int((v > 0.5) != (day >= 60))
+            m.learn(Example("churn", "c:1", 0, T0 + day * DAY + i * 1000, {"v": v}, y))
     snap = m.metrics_snapshot()
     assert snap["drifts"] >= 1
     first_seen, first_ts = snap["drift_events"][0]
-    assert 3000 < first_seen <= 6000 and first_ts == T0 + first_seen - 1
+    assert 60 < first_ts // DAY - T0 // DAY <= 80
+    assert first_seen == (first_ts - T0) // DAY * 50 + 1  # the example that closed the day
+
+
+def test_bursty_label_mix_within_days_is_no_drift() -> None:
+    """Positives early in a day, negatives in a burst at its end (how labels arrive): a stable
+    model sees no drift over a year."""
+    m = OnlineModel("propensity")
+    rng = random.Random(3)
+    for day in range(365):
+        exs = []
+        for _ in range(60):
+            v = rng.random()
+            exs.append((int(rng.random() < v), v))
+        exs.sort(key=lambda e: -e[0])  # positives first, then the burst of negatives
+        for i, (y, v) in enumerate(exs):
+            m.learn(Example("propensity", "c:1", 0, T0 + day * DAY + i * 1000, {"v": v}, y))
+    assert m.metrics_snapshot()["drifts"] == 0
 
 
 # ------------------------------------------------------------------------------------------------
