@@ -71,3 +71,16 @@ MODEL_METRIC = Gauge(
     ["model", "metric"],
 )
 MODEL_DRIFTS = Gauge("nextbest_model_drifts", "Drifts detected (ADWIN on the error).", ["model"])
+SNAPSHOTS = Counter(
+    "nextbest_training_snapshots_total",
+    "Training snapshots taken: at a customer's first event of a day (event) or after 7 idle days "
+    "(idle).",
+    ["kind"],
+)
+SNAPSHOT_EVENT = SNAPSHOTS.labels("event")
+SNAPSHOT_IDLE = SNAPSHOTS.labels("idle")
+SNAPSHOTS_SKIPPED = Counter(
+    "nextbest_training_snapshots_skipped_total",
+    "Training snapshots not kept: a customer's pending snapshots were at their cap because the "
+    "watermark stalled (should stay 0).",
+)

@@ -438,8 +438,13 @@ def arrival_order(item: Any) -> tuple[int, int, str]:
     return (0, item.watermark, "")
 
 
-def _emit_examples(examples: list[lb.Example], out: list[Out]) -> None:
-    """One ``("examples", (target, [example, ...]))`` per target: fewer items between steps."""
+def _emit_examples(
+    examples: list[lb.Example], out: list[Out], labels: lb.PendingLabels | None, skipped: int
+) -> None:
+    """One ``("examples", (target, [example, ...]))`` per target: fewer items between steps.
+    (Also counts the snapshots the batch could not keep: ``skipped`` is the count before it.)"""
+    if labels is not None and labels.skipped != skipped:
+        metrics.SNAPSHOTS_SKIPPED.inc(labels.skipped - skipped)
     if not examples:
         return
     for target in lb.TARGETS:
@@ -482,6 +487,9 @@ class ProfileLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
         cfg, wm = self.cfg, tick.watermark
         if not cfg.models:
             return lb.on_watermark(labels, wm)
+        n = len(lb.idle_days(labels, wm // lb.DAY_MS, cfg.idle_snapshot_days))
+        if n:
+            metrics.SNAPSHOT_IDLE.inc(n)
         return lb.on_idle(labels, wm // lb.DAY_MS, cfg.idle_snapshot_days,
                           lambda ts: state_features(state, ts), cfg.horizons, wm)  # fmt: skip
 
@@ -493,6 +501,7 @@ class ProfileLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
         values.sort(key=lambda kv: arrival_order(kv[1]))
         out: list[Out] = []
         examples: list[lb.Example] = []
+        skipped = self.labels.skipped if self.labels is not None else 0
         money = _touches_money([item for _, item in values])
         old_point = rfm_point(self.state) if money and self.state is not None else None
         changed = False
@@ -501,7 +510,7 @@ class ProfileLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
                 # labels mature in event time, returning or not
                 examples.extend(self._tick(item))
                 if self._expired(item):
-                    _emit_examples(examples, out)
+                    _emit_examples(examples, out, self.labels, skipped)
                     return self._drop(out, old_point if money else None), DISCARD
                 continue
             if self.state is None:
@@ -513,7 +522,7 @@ class ProfileLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
                 changed = True
                 continue
             changed |= self._ingest(item, out, examples)
-        _emit_examples(examples, out)
+        _emit_examples(examples, out, self.labels, skipped)
         if self.state is None:  # only ticks for a key with no profile (any more)
             return out, DISCARD
         if changed:
@@ -545,8 +554,11 @@ class ProfileLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
         if status == pf.APPLIED:
             if learn:
                 if idle:
+                    metrics.SNAPSHOT_IDLE.inc(len(idle))
                     lb.on_idle(labels, ev.ts // lb.DAY_MS, cfg.idle_snapshot_days,
                                idle.__getitem__, cfg.horizons)  # fmt: skip
+                if feats:
+                    metrics.SNAPSHOT_EVENT.inc()
                 examples.extend(
                     lb.on_event(
                         labels, ev.ts, ev.type == "purchase", lambda: feats, self.cfg.horizons

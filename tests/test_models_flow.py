@@ -48,8 +48,26 @@ def checkpoints(records: list[RawRecord], idle_days: int = 7) -> dict[str, Write
     return {op.target: op for op in ops if isinstance(op, WriteCheckpoint)}
 
 
+def snapshot_counts() -> tuple[float, float, float]:
+    from prometheus_client import REGISTRY
+
+    def get(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    return (
+        get("nextbest_training_snapshots_total", kind="event"),
+        get("nextbest_training_snapshots_total", kind="idle"),
+        get("nextbest_training_snapshots_skipped_total"),
+    )
+
+
 def test_labels_mature_in_event_time_even_for_customers_who_never_return() -> None:
+    before = snapshot_counts()
     final = checkpoints(stream())
+    after = snapshot_counts()
+    # event snapshots: "gone" day 0, "buyer" days 0 and 3, "other*" 117 days; idle snapshots
+    # (every 7 days, up to the watermark at day 119.99): "gone" 7..112, "buyer" 10..115
+    assert [a - b for a, b in zip(after, before, strict=True)] == [120, 32, 0]
     churn = checkpoint_meta(final["churn"].data)["metrics"]
     prop = checkpoint_meta(final["propensity"].data)["metrics"]
     # "gone" never came back: its day-0 snapshot matured by the watermark alone, churn = 1.
