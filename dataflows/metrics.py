@@ -70,6 +70,10 @@ MODEL_METRIC = Gauge(
     "Rolling progressive-validation metrics of the online models at their last checkpoint.",
     ["model", "metric"],
 )
+EXAMPLES_OUT_OF_ORDER = Counter(
+    "nextbest_model_examples_out_of_order_total",
+    "Examples that reached their model after later ones were learned (should stay 0).",
+)
 MODEL_DRIFTS = Gauge("nextbest_model_drifts", "Drifts detected (ADWIN on the error).", ["model"])
 SNAPSHOTS = Counter(
     "nextbest_training_snapshots_total",

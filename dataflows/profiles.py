@@ -51,7 +51,7 @@ from dataflows.records import (
 )
 from features import profile as pf
 from features import rfm
-from features.clock import EventClock
+from features.clock import NO_WATERMARK, EventClock
 from features.identity import DeviceState, needs_identity, on_event
 from models import labels as lb
 from models.features import state_features
@@ -178,6 +178,8 @@ ClockRequest = tuple[list[tuple[str, str, int]], int]  # (timers (key, kind, dea
 
 
 IDLE = "idle"
+#: The key of the customer clock's event-time reports to the model owners.
+MODEL_TIME = ""
 
 
 def label_timers(key: str, day: int, horizons: lb.Horizons) -> list[tuple[str, str, int]]:
@@ -236,6 +238,18 @@ class ClockLogic(StatefulBatchLogic[Any, tuple[str, Tick], Any]):
 
     An ``idle`` timer that fires (with ``horizons`` and ``idle_days``) sets the label timers of
     its day and comes back ``idle_days`` later, for as long as the key's retention timer is later.
+    With ``horizons``, the end of the input (a replay) gives every key with a pending timer a last
+    tick at the final watermark: what has matured by then is learned whatever the batching was.
+
+    The clock advances to the newest event time of the *previous* call, not of this one: the
+    events of a batch reach the profile step by other paths than the clock's ticks, and a tick at
+    a watermark computed from a batch could overtake the earlier events of that same batch (which
+    would then be "late for the clock": labels and idle snapshots would depend on the batching).
+    One call later they have been applied.
+
+    With ``horizons`` it also tells the model owners how far event time has come, as
+    ``(MODEL_TIME, Tick(watermark))`` with the watermark of the *previous* call: by then the ticks
+    of that watermark have been through the profile step, so every label due by it was sent.
     """
 
     def __init__(
@@ -245,8 +259,13 @@ class ClockLogic(StatefulBatchLogic[Any, tuple[str, Tick], Any]):
         name: str,
         horizons: lb.Horizons | None = None,
         idle_days: int = 0,
+        pending: int | None = None,
     ) -> None:
         self.clock = clock
+        #: the newest event time seen by the previous call (the next advance)
+        self.pending = pending
+        #: the watermark after the previous call (what the model owners hear next)
+        self.told = clock.watermark
         self.recovery = recovery
         self.gauge = metrics.WATERMARK.labels(name)
         self.horizons = horizons
@@ -270,21 +289,39 @@ class ClockLogic(StatefulBatchLogic[Any, tuple[str, Tick], Any]):
         return clock.due() if rearmed else []
 
     def on_batch(self, values: list[Any]) -> tuple[Iterable[tuple[str, Tick]], bool]:
-        out: list[tuple[str, Tick]] = []
         clock = self.clock
-        for timers, newest in values:
+        newest = self.pending
+        for timers, ts in values:
             for key, kind, deadline in timers:
                 clock.set_timer(key, kind, deadline)
-            keys: set[str] = set()
-            due = clock.advance(newest)
-            while due:
-                due = self._fired(due, keys)
-            out.extend((key, Tick(clock.watermark)) for key in sorted(keys))
+            if newest is None or ts > newest:
+                newest = ts
+        told = self.told
+        out = self._advance(self.pending)
+        self.pending = newest
+        if self.horizons is not None and told > NO_WATERMARK:
+            out.append((MODEL_TIME, Tick(told)))
+        self.told = clock.watermark
+        return out, RETAIN
+
+    def _advance(self, newest: int | None) -> list[tuple[str, Tick]]:
+        clock = self.clock
+        keys: set[str] = set()
+        due = clock.advance(newest) if newest is not None else []
+        while due:
+            due = self._fired(due, keys)
         self.gauge.set(max(clock.watermark, 0) / 1000)
+        return [(key, Tick(clock.watermark)) for key in sorted(keys)]
+
+    def on_eof(self) -> tuple[Iterable[tuple[str, Tick]], bool]:
+        out = self._advance(self.pending)
+        if self.horizons is not None:
+            wm = self.clock.watermark
+            out = [(key, Tick(wm)) for key in sorted(self.clock.keys() | {k for k, _ in out})]
         return out, RETAIN
 
     def snapshot(self) -> Any:
-        return pickle.dumps(self.clock) if self.recovery else None
+        return pickle.dumps((self.clock, self.pending)) if self.recovery else None
 
 
 def newest_ts(batch: list[In]) -> list[ClockRequest]:
@@ -313,8 +350,8 @@ def add_clock(
     inputs = op.merge(f"{step_id}_inputs", requests, observed)
 
     def build(resume: Any) -> ClockLogic:
-        clock = pickle.loads(resume) if resume else EventClock(cfg.lateness_ms)
-        return ClockLogic(clock, cfg.recovery, step_id, horizons, idle_days)
+        clock, pending = pickle.loads(resume) if resume else (EventClock(cfg.lateness_ms), None)
+        return ClockLogic(clock, cfg.recovery, step_id, horizons, idle_days, pending)
 
     ticks = op.stateful_batch(
         step_id, op.key_on(f"{step_id}_key", inputs, lambda _: "clock"), build
@@ -590,33 +627,80 @@ class ProfileLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
         return pickle.dumps(state) if self.cfg.recovery else None
 
 
+#: How far behind the stream's event time the model step learns: every example whose label time
+#: is older has arrived (a label matures at most a day or two after its label time; see
+#: :func:`label_timers` and :func:`models.labels.on_idle`), so they can be learned in one canonical
+#: order, whatever the batching.
+RELEASE_LAG_MS = 3 * lb.DAY_MS
+
+
+def _example_order(e: lb.Example) -> tuple[int, str, int]:
+    return (e.label_ts, e.key, e.snapshot_ts)
+
+
 class ModelLogic(StatefulBatchLogic[Any, Out, Any]):
     """The one owner of a target's online model: learns every matured example (progressive
-    validation: scored before learned) and checkpoints every N examples or T seconds."""
+    validation: scored before learned) and checkpoints every N examples or T seconds.
 
-    def __init__(self, resume: tuple[OnlineModel, int, int, int] | None, cfg: FlowConfig) -> None:
+    Examples are held until the customer clock's watermark (``("time", watermark)`` items, see
+    :class:`ClockLogic`) is :data:`RELEASE_LAG_MS` past their label time, then learned sorted
+    by (label time, customer, snapshot time); the end of the input releases the rest. So the model
+    is the same however the stream was batched: a replay learns what living through it learned.
+    An example that comes after its place was passed (only if the watermark was wrong) is learned
+    with the next release and counted in ``nextbest_model_examples_out_of_order_total``.
+    """
+
+    def __init__(
+        self,
+        resume: tuple[OnlineModel | None, int, int, int, list[lb.Example], int] | None,
+        cfg: FlowConfig,
+    ) -> None:
         # The builder does not learn its key: the model is made for the first example's target.
         self.model: OnlineModel | None
-        self.model, self.version, self.since, self.newest_label_ts = resume or (None, 0, 0, 0)
+        self.held: list[lb.Example]
+        (self.model, self.version, self.since, self.newest_label_ts, self.held,
+         self.released_to) = resume or (None, 0, 0, 0, [], -(2**62))  # fmt: skip
         self.cfg = cfg
         self.last_checkpoint = time.monotonic()
 
-    def on_batch(self, values: list[list[lb.Example]]) -> tuple[Iterable[Out], bool]:
-        batch = [ex for exs in values for ex in exs]
-        batch.sort(key=lambda e: (e.label_ts, e.key, e.snapshot_ts))
-        if self.model is None:
-            self.model = OnlineModel(
-                batch[0].target, self.cfg.model_pipeline, min_examples=self.cfg.model_min_examples
-            )
-        for ex in batch:
-            self.model.learn(ex)
-            self.newest_label_ts = max(self.newest_label_ts, ex.label_ts)
-        self.since += len(batch)
-        metrics.EXAMPLES.labels(self.model.target).inc(len(batch))
+    def on_batch(self, values: list[Any]) -> tuple[Iterable[Out], bool]:
+        newest: int | None = None
+        for kind, v in values:
+            if kind == "time":  # a watermark
+                newest = v if newest is None else max(newest, v)
+            else:
+                late = sum(1 for e in v if e.label_ts < self.released_to)
+                if late:
+                    metrics.EXAMPLES_OUT_OF_ORDER.inc(late)
+                self.held.extend(v)
+        if newest is not None:
+            bound = newest - RELEASE_LAG_MS
+            if bound > self.released_to:
+                self.released_to = bound
+        return self._learn(self.released_to), RETAIN
+
+    def _learn(self, bound: int | None) -> list[Out]:
+        """Learn the held examples with label time before ``bound`` (all with ``None``)."""
+        if bound is None:
+            ready, self.held = self.held, []
+        else:
+            ready = [e for e in self.held if e.label_ts < bound]
+            if ready:
+                self.held = [e for e in self.held if e.label_ts >= bound]
+        if ready:
+            ready.sort(key=_example_order)
+            if self.model is None:
+                self.model = OnlineModel(ready[0].target, self.cfg.model_pipeline,
+                                         min_examples=self.cfg.model_min_examples)  # fmt: skip
+            for ex in ready:
+                self.model.learn(ex)
+                self.newest_label_ts = max(self.newest_label_ts, ex.label_ts)
+            self.since += len(ready)
+            metrics.EXAMPLES.labels(self.model.target).inc(len(ready))
         due = time.monotonic() - self.last_checkpoint >= self.cfg.checkpoint_interval_ms / 1000
-        if self.since >= self.cfg.checkpoint_every or due:
-            return self._checkpoint(), RETAIN
-        return [], RETAIN
+        if self.since and (self.since >= self.cfg.checkpoint_every or due or bound is None):
+            return self._checkpoint()
+        return []
 
     def notify_at(self) -> datetime | None:
         if not self.since:
@@ -628,7 +712,7 @@ class ModelLogic(StatefulBatchLogic[Any, Out, Any]):
         return (self._checkpoint() if self.since else []), RETAIN
 
     def on_eof(self) -> tuple[Iterable[Out], bool]:
-        return (self._checkpoint() if self.since else []), RETAIN
+        return self._learn(None), RETAIN
 
     def _checkpoint(self) -> list[Out]:
         if self.model is None:
@@ -645,7 +729,8 @@ class ModelLogic(StatefulBatchLogic[Any, Out, Any]):
         return [("sink", WriteCheckpoint(self.model.target, self.version, data))]
 
     def snapshot(self) -> Any:
-        state = (self.model, self.version, self.since, self.newest_label_ts)
+        state = (self.model, self.version, self.since, self.newest_label_ts, self.held,
+                 self.released_to)  # fmt: skip
         return pickle.dumps(state) if self.cfg.recovery else None
 
 
@@ -725,9 +810,11 @@ def build_flow(
     )
     customer_in = op.merge("customer_items", by_device.falses, routed)
     # (label and idle timers only when the models learn)
-    customer_ticks = add_clock(
+    clock_out = add_clock(
         "customer_clock", customer_in, observed, cfg, cfg.horizons if cfg.models else None
     )
+    to_models = op.branch("split_model_time", clock_out, lambda kv: kv[0] == MODEL_TIME)
+    customer_ticks: Stream[Keyed] = to_models.falses
 
     def build_profile(resume: Any) -> ProfileLogic:
         return ProfileLogic(pickle.loads(resume) if resume else None, cfg, stats)
@@ -755,10 +842,15 @@ def build_flow(
     def build_model(resume: Any) -> ModelLogic:
         return ModelLogic(pickle.loads(resume) if resume else None, cfg)
 
+    # every model owner hears the clock's event time too (to learn in a canonical order)
+    model_time = op.flat_map(
+        "model_time",
+        to_models.trues,
+        lambda kv: [("model:" + t, ("time", kv[1][1].watermark)) for t in lb.TARGETS],
+    )
+    model_examples = op.map("model_owner", examples, lambda te: ("model:" + te[0], ("ex", te[1])))
     models_out = op.stateful_batch(
-        "models",
-        op.map("model_owner", examples, lambda te: ("model:" + te[0], te[1])),
-        build_model,
+        "models", op.merge("model_inputs", model_examples, model_time), build_model
     )
     models_flat = op.map("models_unwrap", models_out, lambda kv: kv[1])
 

@@ -82,6 +82,14 @@ class EventClock:
         """
         return self._deadlines.get((key, kind))
 
+    def keys(self) -> set[str]:
+        """The keys with a pending timer.
+
+        >>> c = EventClock(0); c.set_timer("k", "x", 5); c.set_timer("k", "y", 6); c.keys()
+        {'k'}
+        """
+        return {key for key, _kind in self._deadlines}
+
     def advance(self, newest_ts: int) -> list[tuple[str, str, int]]:
         """Observe an event time; return the timers that became due, in deadline order."""
         wm = newest_ts - self.lateness_ms
