@@ -19,6 +19,7 @@ keep the event-time watermark (newest event time minus the allowed lateness) and
 
 from __future__ import annotations
 
+import heapq
 import pickle
 import time
 from collections import Counter
@@ -634,8 +635,8 @@ class ProfileLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
 RELEASE_LAG_MS = 3 * lb.DAY_MS
 
 
-def _example_order(e: lb.Example) -> tuple[int, str, int]:
-    return (e.label_ts, e.key, e.snapshot_ts)
+#: A held example in a heap: its learning order (unique per target), then the example.
+Held = tuple[int, str, int, lb.Example]
 
 
 class ModelLogic(StatefulBatchLogic[Any, Out, Any]):
@@ -652,12 +653,12 @@ class ModelLogic(StatefulBatchLogic[Any, Out, Any]):
 
     def __init__(
         self,
-        resume: tuple[OnlineModel | None, int, int, int, list[lb.Example], int] | None,
+        resume: tuple[OnlineModel | None, int, int, int, list[Held], int] | None,
         cfg: FlowConfig,
     ) -> None:
         # The builder does not learn its key: the model is made for the first example's target.
         self.model: OnlineModel | None
-        self.held: list[lb.Example]
+        self.held: list[Held]  # a heap
         (self.model, self.version, self.since, self.newest_label_ts, self.held,
          self.released_to) = resume or (None, 0, 0, 0, [], -(2**62))  # fmt: skip
         self.cfg = cfg
@@ -672,7 +673,8 @@ class ModelLogic(StatefulBatchLogic[Any, Out, Any]):
                 late = sum(1 for e in v if e.label_ts < self.released_to)
                 if late:
                     metrics.EXAMPLES_OUT_OF_ORDER.inc(late)
-                self.held.extend(v)
+                for e in v:
+                    heapq.heappush(self.held, (e.label_ts, e.key, e.snapshot_ts, e))
         if newest is not None:
             bound = newest - RELEASE_LAG_MS
             if bound > self.released_to:
@@ -681,14 +683,11 @@ class ModelLogic(StatefulBatchLogic[Any, Out, Any]):
 
     def _learn(self, bound: int | None) -> list[Out]:
         """Learn the held examples with label time before ``bound`` (all with ``None``)."""
-        if bound is None:
-            ready, self.held = self.held, []
-        else:
-            ready = [e for e in self.held if e.label_ts < bound]
-            if ready:
-                self.held = [e for e in self.held if e.label_ts >= bound]
+        held = self.held
+        ready: list[lb.Example] = []
+        while held and (bound is None or held[0][0] < bound):
+            ready.append(heapq.heappop(held)[3])
         if ready:
-            ready.sort(key=_example_order)
             if self.model is None:
                 self.model = OnlineModel(ready[0].target, self.cfg.model_pipeline,
                                          min_examples=self.cfg.model_min_examples)  # fmt: skip
