@@ -3,8 +3,9 @@
 One :class:`OnlineModel` per target (``churn``, ``propensity``), owned by one dataflow step so
 parallel workers never fork it. Each labelled :class:`models.labels.Example` is first *scored*
 by the current model, then *learned* (progressive validation): the metrics are those of a model
-that never saw the example. Until ``min_examples`` examples are learned, :meth:`OnlineModel.predict`
-answers with the target's prior (:mod:`models.prior`) and says ``"prior"``.
+that never saw the example. Until ``min_examples`` examples are learned, with at least a tenth of
+that of each label (:attr:`OnlineModel.ready`), :meth:`OnlineModel.predict` answers with the
+target's prior (:mod:`models.prior`) and says ``"prior"``.
 
 Pipelines (:func:`make_pipeline`):
 
@@ -383,9 +384,34 @@ class OnlineModel:
         >>> OnlineModel("churn").predict({"never_purchased": 1.0})
         (0.9616577673272618, 'prior')
         """
-        if self.examples_seen >= self.min_examples:
+        if self.ready:
             return self.score(features), "model"
         return PRIORS.get(self.target, constant_prior)(features), "prior"
+
+    @property
+    def ready(self) -> bool:
+        """Whether :meth:`predict` uses the model: ``min_examples`` learned, and of each label
+        at least a tenth of that (at least 1). A model that has seen one label only (a history
+        shorter than the churn horizon has no churned customer yet) would answer ~0 or ~1 for
+        everyone.
+
+        >>> from models.labels import Example
+        >>> m = OnlineModel("churn", min_examples=20)
+        >>> for i in range(30):
+        ...     _ = m.learn(Example("churn", "c:1", i, i, {"x": 1.0}, 0))
+        >>> m.ready, m.predict({"never_purchased": 0.0})[1]
+        (False, 'prior')
+        >>> for i in range(2):
+        ...     _ = m.learn(Example("churn", "c:1", i, i, {"x": 0.0}, 1))
+        >>> m.ready, m.predict({"x": 1.0})[1]
+        (True, 'model')
+        """
+        need = max(1, self.min_examples // 10)
+        return (
+            self.examples_seen >= self.min_examples
+            and self.positives >= need
+            and self.negatives >= need
+        )
 
     # ----------------------------------------------------------------------------------------
     # metrics
@@ -431,7 +457,7 @@ class OnlineModel:
             "target": self.target,
             "pipeline": self.pipeline,
             "version": self.version,
-            "source": "model" if self.examples_seen >= self.min_examples else "prior",
+            "source": "model" if self.ready else "prior",
             "min_examples": self.min_examples,
             **m,
             "drift_events": [list(e) for e in self.drift_events],

@@ -624,7 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="bounded: stream about N events, print the summary and exit",
     )
     d.add_argument(
-        "--customers", type=_positive_int, default=5000, metavar="N", help="population size"
+        "--customers", type=_positive_int, default=3000, metavar="N", help="population size"
     )
     d.add_argument("--port", type=_port, default=None, help="API port (default $NEXTBEST_PORT)")
     d.set_defaults(func=cmd_demo)

@@ -119,7 +119,8 @@ def run_demo(settings: Settings, events: int | None, customers: int, port: int |
     port = port or settings.port
     if events is not None:
         customers = max(50, min(customers, events // 40))
-    cfg = SimConfig(customers=customers, days=60, seed=7, bad_rate=0.005)
+    # longer than the churn horizon (90 days), so that the churn model sees customers churn
+    cfg = SimConfig(customers=customers, days=150, seed=7, bad_rate=0.005)
     dead_letter = home / "dead-letter.jsonl"
     with redis_url(settings) as url, _api_server(url, port, home) as base:
         serve_metrics(settings.metrics_port)

@@ -6,7 +6,7 @@
 2. Every customer of the truth file is scored as of the end of the history, ``as_of`` = the newest
    valid event ``ts`` in the file (the holdout start, to within the last event's gap), with the
    final checkpoints. A customer without a stored profile is scored from an empty profile (the
-   prior does the work; a model scores it too once it is past ``min_examples``).
+   prior does the work; a model scores it too once it is ready, see ``OnlineModel.ready``).
 3. Outcomes from the truth file: ``churn`` is true when ``purchases_in_holdout == 0``,
    ``propensity`` when ``purchases_in_holdout >= 1``.
 

@@ -224,7 +224,8 @@ SPECS: dict[str, Spec] = {
         "NEXTBEST_MODEL_MIN_EXAMPLES",
         "500",
         _int_in(0, 10**9),
-        "Labelled examples a model must have learned before its scores replace the prior.",
+        "Labelled examples a model must have learned (a tenth of them, at least 1, of each label) "
+        "before its scores replace the prior.",
     ),
     "checkpoint_every": Spec(
         "NEXTBEST_CHECKPOINT_EVERY",

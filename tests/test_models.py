@@ -209,6 +209,23 @@ def test_prior_until_min_examples_then_model() -> None:
     assert OnlineModel("ltv").predict({})[0] == 0.5  # a target without a heuristic
 
 
+def test_a_model_that_saw_one_label_only_answers_with_the_prior() -> None:
+    """A history shorter than the churn horizon: only purchase-resolved churn = 0 labels."""
+    m = OnlineModel("churn", min_examples=100)
+    gone = {"log_days_since_last_seen": 5.6, "log_days_since_last_purchase": 5.7,
+            "log_purchases_total": 1.0}  # fmt: skip
+    for ex in synthetic(300, seed=8):
+        m.learn(Example("churn", ex.key, ex.snapshot_ts, ex.label_ts, ex.features, 0))
+    p, source = m.predict(gone)
+    assert source == "prior" and p == prior_churn(gone) and p > 0.5
+    assert m.metrics_snapshot()["source"] == "prior"
+    for ex in synthetic(9, seed=9):  # 9 < 100 // 10 churned: still not enough
+        m.learn(Example("churn", ex.key, ex.snapshot_ts, ex.label_ts, ex.features, 1))
+    assert m.predict(gone)[1] == "prior"
+    m.learn(Example("churn", "c:x", 0, 0, gone, 1))
+    assert m.predict(gone)[1] == "model"
+
+
 def test_learn_rejects_other_targets_and_labels() -> None:
     m = OnlineModel("churn")
     ex = synthetic(1, seed=6)[0]
