@@ -75,7 +75,7 @@ Examples
 []
 >>> [(e.target, e.label, e.label_ts // DAY) for e in on_watermark(p, 200 * DAY)]
 [('churn', 1, 112), ('propensity', 0, 29)]
->>> on_idle(p, 37, 7, lambda ts: {"x": 2.0}, h)   # day 36 is over: idle snapshots of days 29, 36
+>>> on_idle(p, 37, 7, lambda ts: {"x": 2.0}, h)   # day 36 is over: idle snapshots, days 29, 36
 []
 >>> next_deadline(p) == 36 * DAY + 1, p.last_day
 (True, 36)
