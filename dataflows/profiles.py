@@ -325,6 +325,24 @@ class ClockLogic(StatefulBatchLogic[Any, tuple[str, Tick], Any]):
         return pickle.dumps((self.clock, self.pending)) if self.recovery else None
 
 
+def resume_clock(resume: bytes | None, lateness_ms: int) -> tuple[EventClock, int | None]:
+    """A clock step's state from its recovery snapshot (also the older format: a bare clock).
+
+    >>> clock, pending = resume_clock(pickle.dumps(EventClock(5)), 10)
+    >>> clock.lateness_ms, pending
+    (5, None)
+    >>> resume_clock(None, 10)[0].lateness_ms
+    10
+    """
+    if not resume:
+        return EventClock(lateness_ms), None
+    state = pickle.loads(resume)
+    if isinstance(state, EventClock):  # from before the clock ran a call behind
+        return state, None
+    clock, pending = state
+    return clock, pending
+
+
 def newest_ts(batch: list[In]) -> list[ClockRequest]:
     """One clock observation per batch of all events: the watermark follows the whole stream."""
     if not batch:
@@ -351,7 +369,7 @@ def add_clock(
     inputs = op.merge(f"{step_id}_inputs", requests, observed)
 
     def build(resume: Any) -> ClockLogic:
-        clock, pending = pickle.loads(resume) if resume else (EventClock(cfg.lateness_ms), None)
+        clock, pending = resume_clock(resume, cfg.lateness_ms)
         return ClockLogic(clock, cfg.recovery, step_id, horizons, idle_days, pending)
 
     ticks = op.stateful_batch(
@@ -659,6 +677,8 @@ class ModelLogic(StatefulBatchLogic[Any, Out, Any]):
         # The builder does not learn its key: the model is made for the first example's target.
         self.model: OnlineModel | None
         self.held: list[Held]  # a heap
+        if resume is not None and len(resume) == 4:  # a snapshot from before examples were held
+            resume = (*resume, [], -(2**62))
         (self.model, self.version, self.since, self.newest_label_ts, self.held,
          self.released_to) = resume or (None, 0, 0, 0, [], -(2**62))  # fmt: skip
         self.cfg = cfg

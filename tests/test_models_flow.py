@@ -177,3 +177,11 @@ def test_model_state_pickles() -> None:
 
     m = OnlineModel("propensity")
     assert pickle.loads(pickle.dumps(m)).to_checkpoint(1, 0) == m.to_checkpoint(1, 0)
+
+
+def test_model_owner_resumes_from_a_snapshot_of_the_older_format() -> None:
+    from dataflows.profiles import ModelLogic
+
+    m = OnlineModel("churn")
+    logic = ModelLogic((m, 3, 0, 7), FlowConfig())  # before examples were held
+    assert (logic.version, logic.held, logic.model) == (3, [], m)
