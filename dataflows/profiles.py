@@ -265,8 +265,6 @@ class ClockLogic(StatefulBatchLogic[Any, tuple[str, Tick], Any]):
         self.clock = clock
         #: the newest event time seen by the previous call (the next advance)
         self.pending = pending
-        #: the watermark after the previous call (what the model owners hear next)
-        self.told = clock.watermark
         self.recovery = recovery
         self.gauge = metrics.WATERMARK.labels(name)
         self.horizons = horizons
@@ -297,12 +295,11 @@ class ClockLogic(StatefulBatchLogic[Any, tuple[str, Tick], Any]):
                 clock.set_timer(key, kind, deadline)
             if newest is None or ts > newest:
                 newest = ts
-        told = self.told
+        told = clock.watermark  # where the previous call left it: what the model owners hear
         out = self._advance(self.pending)
         self.pending = newest
         if self.horizons is not None and told > NO_WATERMARK:
             out.append((MODEL_TIME, Tick(told)))
-        self.told = clock.watermark
         return out, RETAIN
 
     def _advance(self, newest: int | None) -> list[tuple[str, Tick]]:

@@ -473,22 +473,23 @@ class _Sim:
             f *= yearly_factor(ms)
         return f
 
+    def expected_purchases(self, p: _Person, days: range) -> float:
+        """The latent mean number of purchases of ``p`` over ``days`` (Poisson per day)."""
+        mean = 0.0
+        for d in days:
+            m = decline(d, p.churn_day, p.ramp)
+            mean += p.rate * self.day_factor(d) * m * p.conversion * m
+        return mean
+
     def purchase_propensity(self, p: _Person) -> float:
         """P(>= 1 purchase in the 7 days from the holdout start | latent state)."""
         h0 = self.cfg.days - self.cfg.holdout_days
-        mean = 0.0
-        for d in range(h0, h0 + PROPENSITY_HORIZON_DAYS):
-            m = decline(d, p.churn_day, p.ramp)
-            mean += p.rate * self.day_factor(d) * m * p.conversion * m
-        return 1.0 - math.exp(-mean)
+        return 1.0 - math.exp(-self.expected_purchases(p, range(h0, h0 + PROPENSITY_HORIZON_DAYS)))
 
     def churn_probability(self, p: _Person) -> float:
         """P(no purchase in the holdout | latent state): the Bayes-optimal churn score."""
-        mean = 0.0
-        for d in range(self.cfg.days - self.cfg.holdout_days, self.cfg.days):
-            m = decline(d, p.churn_day, p.ramp)
-            mean += p.rate * self.day_factor(d) * m * p.conversion * m
-        return math.exp(-mean)
+        h0 = self.cfg.days - self.cfg.holdout_days
+        return math.exp(-self.expected_purchases(p, range(h0, self.cfg.days)))
 
     def truth_rows(self) -> Iterator[bytes]:
         days = self.cfg.days
