@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from features import profile as pf
@@ -198,9 +198,10 @@ def check_against_reference(state: pf.ProfileState, events: list[Event], as_of: 
         assert abs(scores[c] - x) <= 6e-5 + 1e-8 * x, (c, scores[c], x)
     top = doc["top_categories"]
     assert len(top) == min(3, len(expected))
+    # the ranking is as precise as the stored scores (9 significant digits: 1e-8 relative)
     for c in top:
         for d in set(expected) - set(top):
-            assert expected[c] >= expected[d] - 1e-9 * max(1.0, expected[d])
+            assert expected[c] >= expected[d] - 1e-8 * max(1.0, expected[d])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -350,8 +351,19 @@ def test_features_match_reference_in_any_order_with_duplicates(
         check_against_reference(s, events, as_of)
 
 
+def _near_ties() -> list[Event]:
+    """Four categories scoring 3.0 or 3.5, 0-2 ms apart: equal to 9 significant digits (found by
+    Hypothesis: the top-3 ranking is only as precise as the stored scores)."""
+    spec = [("add_to_cart", 1, "garden/tools"), ("page_view", 0, None), ("add_to_cart", 2, "shoes"),
+            ("add_to_cart", 0, "home"), ("page_view", 0, "bags"), ("add_to_cart", 0, "bags"),
+            ("page_view", 0, "home")]  # fmt: skip
+    return [Event(event_id=f"e{i:03d}", type=t, ts=T0 + d, customer_id="c1", category=c)
+            for i, (t, d, c) in enumerate(spec)]  # fmt: skip
+
+
 @FAST
 @given(event_lists(), LATENESS, st.integers(1, 10 * DAY))
+@example(_near_ties(), 0, 1)
 def test_events_older_than_the_lateness_are_late_and_change_nothing(
     events: list[Event], lateness: int, extra: int
 ) -> None:
