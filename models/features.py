@@ -25,7 +25,9 @@ feature                             definition (profile fields as of ``as_of``)
                                     (``never_purchased`` carries that information instead of a null)
 ``log_days_since_last_seen``        log1p of ``days_since_last_seen``; 0 when never seen (or when
                                     ``as_of`` is before the last event)
-``log_tenure_days``                 log1p of ``tenure_days`` (days since the first event); 0 if none
+``log_active_days``                 log1p of the days from the first to the last event; 0 if none
+                                    (not ``tenure_days``, which keeps growing while a customer is
+                                    away and so moves with ``days_since_last_seen``)
 ``log_events_total``                log1p of lifetime events
 ``log_cart_items``                  log1p of the items in the cart
 ``log_cart_value``                  log1p of the cart value (currency units)
@@ -71,6 +73,7 @@ from features.profile import (
     window_values,
 )
 from features.windows import DAY
+from schemas.events import parse_ts
 
 __all__ = ["FEATURE_NAMES", "feature_vector", "features_from_document", "state_features"]
 
@@ -88,7 +91,7 @@ FEATURE_NAMES: Final[tuple[str, ...]] = (
     "never_purchased",
     "log_days_since_last_purchase",
     "log_days_since_last_seen",
-    "log_tenure_days",
+    "log_active_days",
     "log_events_total",
     "log_cart_items",
     "log_cart_value",
@@ -140,7 +143,9 @@ def features_from_document(doc: Mapping[str, Any]) -> dict[str, float]:
     f["never_purchased"] = 1.0 if never else 0.0
     f["log_days_since_last_purchase"] = _log(doc.get("days_since_last_purchase"))
     f["log_days_since_last_seen"] = _log(doc.get("days_since_last_seen"))
-    f["log_tenure_days"] = _log(doc.get("tenure_days"))
+    first, last = doc.get("first_seen_ts"), doc.get("last_seen_ts")
+    span = None if first is None or last is None else _span_days(parse_ts(first), parse_ts(last))
+    f["log_active_days"] = _log(span)
     f["log_events_total"] = _log(doc.get("events_total"))
     f["log_cart_items"] = _log(doc.get("cart_items"))
     f["log_cart_value"] = _log(doc.get("cart_value"))
@@ -180,6 +185,10 @@ _COUNT_IDX: Final = tuple((f"log_{n}", s.idx) for n, s in COUNT_FEATURES if n in
 _REVENUE_IDX: Final = tuple((f"log_{n}", p.idx, m.idx) for n, p, m in REVENUE_FEATURES)
 
 
+def _span_days(first: int | None, last: int | None) -> float | None:
+    return None if first is None or last is None else (last - first) / DAY
+
+
 def _log_days(as_of_ms: int, ref: int | None) -> float:
     if ref is None or as_of_ms < ref:
         return 0.0
@@ -217,7 +226,7 @@ def state_features(state: ProfileState, as_of_ms: int) -> dict[str, float]:
     f["never_purchased"] = 1.0 if not n and a.last_purchase is None else 0.0
     f["log_days_since_last_purchase"] = _log_days(as_of_ms, a.last_purchase)
     f["log_days_since_last_seen"] = _log_days(as_of_ms, a.last)
-    f["log_tenure_days"] = _log_days(as_of_ms, a.first)
+    f["log_active_days"] = _log(_span_days(a.first, a.last))
     f["log_events_total"] = _log(a.events)
     f["log_cart_items"] = _log(a.cart_items)
     f["log_cart_value"] = _log(a.cart_cents / 100)

@@ -56,7 +56,7 @@ def synthetic(n: int, seed: int, target: str = "churn") -> list[Example]:
         x["log_days_since_last_seen"] = math.log1p(rng.expovariate(activity / 10 + 0.01))
         x["log_sessions_30d"] = math.log1p(int(activity * 5 * rng.random()))
         x["log_page_views_7d"] = math.log1p(int(activity * 20 * rng.random()))
-        x["log_tenure_days"] = math.log1p(rng.uniform(0, 365))
+        x["log_active_days"] = math.log1p(rng.uniform(0, 365))
         z = (
             -1.5
             + 1.2 * x["log_purchases_total"]
