@@ -88,3 +88,52 @@ SNAPSHOTS_SKIPPED = Counter(
     "Training snapshots not kept: a customer's pending snapshots were at their cap because the "
     "watermark stalled (should stay 0).",
 )
+SINK_WRITE_FAILURES = Counter(
+    "nextbest_sink_write_failures_total",
+    "Failed write attempts of a sink, by sink (redis, dead_letter) and error kind (a finite set: "
+    "connection, timeout, loading, readonly, oom, busy, cluster, queue_full, msg_too_large, "
+    "broker, other); retriable ones are retried, the others go to the fallback file.",
+    ["sink", "error"],
+)
+REDIS_WRITE_FAILURES = Counter(
+    "nextbest_redis_write_failures_total",
+    "Failed Redis write attempts (every retry counts once), by error kind.",
+    ["error"],
+)
+SINK_STALLED = Gauge(
+    "nextbest_sink_stalled",
+    "1 while a sink is retrying a write it cannot complete (the flow holds its input), else 0.",
+    ["sink"],
+)
+SINK_FALLBACK = Counter(
+    "nextbest_sink_fallback_records_total",
+    "Records a sink could not write for a non-retriable reason, written to the local fallback "
+    "file instead (should stay 0).",
+    ["sink"],
+)
+REPROJECTIONS = Counter(
+    "nextbest_redis_reprojections_total",
+    "Times the dataflow found that Redis lost its data and started re-writing every key.",
+)
+REPROJECTED_KEYS = Counter(
+    "nextbest_redis_reprojected_keys_total",
+    "Keys whose state was re-sent to Redis by a re-projection.",
+    ["clock"],
+)
+KAFKA_OFFSET_RESETS = Counter(
+    "nextbest_kafka_offset_resets_total",
+    "Stored positions found outside their partition (topic recreated, retention), by the "
+    "policy applied (earliest, latest, fail).",
+    ["policy"],
+)
+KAFKA_CONSUME_ERRORS = Counter(
+    "nextbest_kafka_consume_errors_total",
+    "Errors reported by the Kafka consumer (not records; logged), by error name.",
+    ["error"],
+)
+TOPIC_CHANGES = Counter(
+    "nextbest_topic_changes_total",
+    "Input topic changes seen while running (partitions added, topic recreated): each restarts "
+    "the flow over every partition.",
+    ["change"],
+)

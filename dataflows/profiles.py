@@ -41,6 +41,7 @@ from dataflows.records import (
     In,
     RawRecord,
     Rejected,
+    Reproject,
     SinkOp,
     Tick,
     WriteBoundaries,
@@ -50,6 +51,8 @@ from dataflows.records import (
     decode_record,
     late,
 )
+from dataflows.reproject import Reprojection
+from dataflows.sinks import RedisSink
 from features import profile as pf
 from features import rfm
 from features.clock import NO_WATERMARK, EventClock
@@ -84,6 +87,8 @@ class FlowConfig:
     models: bool = True
     #: Days between idle snapshots of a customer who stays away (0: none; see models.labels).
     idle_snapshot_days: int = 7
+    #: Keys per second a clock re-projects after Redis lost its data.
+    reproject_rate: int = 10_000
 
 
 @dataclass
@@ -251,6 +256,11 @@ class ClockLogic(StatefulBatchLogic[Any, tuple[str, Tick], Any]):
     With ``horizons`` it also tells the model owners how far event time has come, as
     ``(MODEL_TIME, Tick(watermark))`` with the watermark of the *previous* call: by then the ticks
     of that watermark have been through the profile step, so every label due by it was sent.
+
+    Re-projection (:mod:`dataflows.reproject`): when ``reprojection`` asks for it, the clock
+    sends a :class:`Reproject` to every key it knows (every live key has a retention timer), at
+    most ``rate`` keys per second of wall time, and (with ``owners``) one to ``MODEL_TIME`` for
+    the model and RFM owners. The keys still to do are part of the snapshot.
     """
 
     def __init__(
@@ -261,14 +271,60 @@ class ClockLogic(StatefulBatchLogic[Any, tuple[str, Tick], Any]):
         horizons: lb.Horizons | None = None,
         idle_days: int = 0,
         pending: int | None = None,
+        reprojection: Reprojection | None = None,
+        rate: int = 10_000,
+        owners: bool = False,
+        queue: list[str] | None = None,
     ) -> None:
         self.clock = clock
         #: the newest event time seen by the previous call (the next advance)
         self.pending = pending
         self.recovery = recovery
+        self.name = name
         self.gauge = metrics.WATERMARK.labels(name)
         self.horizons = horizons
         self.idle_ms = idle_days * lb.DAY_MS
+        self.reprojection = reprojection
+        self.answered = 0  # the last re-projection request answered (not in the snapshot)
+        self.rate = rate
+        self.owners = owners
+        #: keys still to re-project, the next one last
+        self.queue: list[str] = queue or []
+        self.budget = 0.0
+        self.budget_at = time.monotonic()
+
+    def _reproject(self, everything: bool = False) -> list[tuple[str, Any]]:
+        """Answer a new re-projection request; send the next keys the rate allows."""
+        out: list[tuple[str, Any]] = []
+        asked = self.reprojection.generation if self.reprojection is not None else 0
+        if asked != self.answered:
+            self.answered = asked
+            self.queue = sorted(self.clock.keys() | set(self.queue), reverse=True)
+            self.budget, self.budget_at = 0.0, time.monotonic()
+            if self.owners:
+                out.append((MODEL_TIME, Reproject()))
+        if not self.queue:
+            return out
+        now = time.monotonic()
+        self.budget = min(self.rate, self.budget + (now - self.budget_at) * self.rate)
+        self.budget_at = now
+        n = len(self.queue) if everything else min(int(self.budget), len(self.queue))
+        self.budget -= n
+        for _ in range(n):
+            out.append((self.queue.pop(), Reproject()))
+        if n:
+            metrics.REPROJECTED_KEYS.labels(self.name).inc(n)
+        return out
+
+    def notify_at(self) -> datetime | None:
+        if self.reprojection is None:
+            return None
+        # the next keys of a re-projection soon, else look for a request once a second
+        wait = 0.05 if self.queue else 1.0
+        return datetime.now(UTC) + timedelta(seconds=wait)
+
+    def on_notify(self) -> tuple[Iterable[tuple[str, Any]], bool]:
+        return self._reproject(), RETAIN
 
     def _fired(self, due: list[tuple[str, str, int]], keys: set[str]) -> list[tuple[str, str, int]]:
         """Collect the keys of fired timers; re-arm idle timers (returns what became due again)."""
@@ -296,10 +352,11 @@ class ClockLogic(StatefulBatchLogic[Any, tuple[str, Tick], Any]):
             if newest is None or ts > newest:
                 newest = ts
         told = clock.watermark  # where the previous call left it: what the model owners hear
-        out = self._advance(self.pending)
+        out: list[tuple[str, Any]] = [*self._advance(self.pending)]
         self.pending = newest
         if self.horizons is not None and told > NO_WATERMARK:
             out.append((MODEL_TIME, Tick(told)))
+        out.extend(self._reproject())
         return out, RETAIN
 
     def _advance(self, newest: int | None) -> list[tuple[str, Tick]]:
@@ -311,33 +368,41 @@ class ClockLogic(StatefulBatchLogic[Any, tuple[str, Tick], Any]):
         self.gauge.set(max(clock.watermark, 0) / 1000)
         return [(key, Tick(clock.watermark)) for key in sorted(keys)]
 
-    def on_eof(self) -> tuple[Iterable[tuple[str, Tick]], bool]:
-        out = self._advance(self.pending)
+    def on_eof(self) -> tuple[Iterable[tuple[str, Any]], bool]:
+        ticks = self._advance(self.pending)
         if self.horizons is not None:
             wm = self.clock.watermark
-            out = [(key, Tick(wm)) for key in sorted(self.clock.keys() | {k for k, _ in out})]
-        return out, RETAIN
+            keys = self.clock.keys() | {k for k, _ in ticks}
+            ticks = [(key, Tick(wm)) for key in sorted(keys)]
+        return [*ticks, *self._reproject(everything=True)], RETAIN
 
     def snapshot(self) -> Any:
-        return pickle.dumps((self.clock, self.pending)) if self.recovery else None
+        return pickle.dumps((self.clock, self.pending, self.queue)) if self.recovery else None
 
 
-def resume_clock(resume: bytes | None, lateness_ms: int) -> tuple[EventClock, int | None]:
-    """A clock step's state from its recovery snapshot (also the older format: a bare clock).
+def resume_clock(
+    resume: bytes | None, lateness_ms: int
+) -> tuple[EventClock, int | None, list[str]]:
+    """A clock step's state from its recovery snapshot (also the older formats: a bare clock,
+    and (clock, pending) from before re-projection).
 
-    >>> clock, pending = resume_clock(pickle.dumps(EventClock(5)), 10)
-    >>> clock.lateness_ms, pending
-    (5, None)
+    >>> clock, pending, queue = resume_clock(pickle.dumps(EventClock(5)), 10)
+    >>> clock.lateness_ms, pending, queue
+    (5, None, [])
+    >>> resume_clock(pickle.dumps((EventClock(5), 7)), 10)[1:]
+    (7, [])
     >>> resume_clock(None, 10)[0].lateness_ms
     10
     """
     if not resume:
-        return EventClock(lateness_ms), None
+        return EventClock(lateness_ms), None, []
     state = pickle.loads(resume)
     if isinstance(state, EventClock):  # from before the clock ran a call behind
-        return state, None
-    clock, pending = state
-    return clock, pending
+        return state, None, []
+    if len(state) == 2:
+        return state[0], state[1], []
+    clock, pending, queue = state
+    return clock, pending, queue
 
 
 def newest_ts(batch: list[In]) -> list[ClockRequest]:
@@ -353,11 +418,15 @@ def add_clock(
     observed: Stream[Any],
     cfg: FlowConfig,
     horizons: lb.Horizons | None = None,
+    reprojection: Reprojection | None = None,
+    owners: bool = False,
 ) -> Stream[Keyed]:
     """Ticks for the keys of ``keyed`` whose timers the event-time watermark passed.
 
     Timers come from ``keyed`` (retention: newest event of the key + retention); the watermark
-    follows ``observed``, the clock observations of every event of the stream.
+    follows ``observed``, the clock observations of every event of the stream. With
+    ``reprojection``, also the :class:`Reproject` of every key when Redis lost its data (and
+    with ``owners`` one for the model and RFM owners, under ``MODEL_TIME``).
     """
     idle_days = cfg.idle_snapshot_days if horizons is not None else 0
     requests = op.flat_map_batch(
@@ -366,8 +435,9 @@ def add_clock(
     inputs = op.merge(f"{step_id}_inputs", requests, observed)
 
     def build(resume: Any) -> ClockLogic:
-        clock, pending = resume_clock(resume, cfg.lateness_ms)
-        return ClockLogic(clock, cfg.recovery, step_id, horizons, idle_days, pending)
+        clock, pending, queue = resume_clock(resume, cfg.lateness_ms)
+        return ClockLogic(clock, cfg.recovery, step_id, horizons, idle_days, pending,
+                          reprojection, cfg.reproject_rate, owners, queue)  # fmt: skip
 
     ticks = op.stateful_batch(
         step_id, op.key_on(f"{step_id}_key", inputs, lambda _: "clock"), build
@@ -439,6 +509,9 @@ class DeviceLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
         out: list[Out] = []
         anon_changed = False
         for _, item in values:
+            if isinstance(item, Reproject):
+                out.extend(self._projection())
+                continue
             if isinstance(item, Tick):
                 st = self.state
                 if st is not None and st.last_ts + self.cfg.retention_ms <= item.watermark:
@@ -470,6 +543,16 @@ class DeviceLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
         out.extend(self.flush(force=False))
         return out, RETAIN
 
+    def _projection(self) -> list[Out]:
+        """What Redis holds for the device: its link, else its anonymous profile."""
+        st = self.state
+        if st is None:
+            return []
+        if st.links:
+            return [("sink", WriteLink(st.anonymous_id, st.links[-1].customer_id))]
+        self.dirty = True
+        return self.flush(force=True)
+
     def snapshot(self) -> Any:
         return pickle.dumps((self.state, self.dirty)) if self.cfg.recovery else None
 
@@ -488,6 +571,8 @@ def arrival_order(item: Any) -> tuple[int, int, str]:
         return (1, item.event.ts, item.event.event_id)
     if isinstance(item, Handover):
         return (1, pf.last_event_ts(item.state), "")
+    if isinstance(item, Reproject):
+        return (2, 0, "")
     return (0, item.watermark, "")
 
 
@@ -557,8 +642,11 @@ class ProfileLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
         skipped = self.labels.skipped if self.labels is not None else 0
         money = _touches_money([item for _, item in values])
         old_point = rfm_point(self.state) if money and self.state is not None else None
-        changed = False
+        changed = reproject = False
         for key, item in values:
+            if isinstance(item, Reproject):
+                reproject = True
+                continue
             if isinstance(item, Tick):
                 # labels mature in event time, returning or not
                 examples.extend(self._tick(item))
@@ -578,6 +666,9 @@ class ProfileLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
         _emit_examples(examples, out, self.labels, skipped)
         if self.state is None:  # only ticks for a key with no profile (any more)
             return out, DISCARD
+        if reproject:
+            self.dirty = True
+            out.extend(self.flush(force=True))
         if changed:
             self.dirty = True
             out.extend(self.flush(force=False))
@@ -683,9 +774,12 @@ class ModelLogic(StatefulBatchLogic[Any, Out, Any]):
 
     def on_batch(self, values: list[Any]) -> tuple[Iterable[Out], bool]:
         newest: int | None = None
+        republish = False
         for kind, v in values:
             if kind == "time":  # a watermark
                 newest = v if newest is None else max(newest, v)
+            elif kind == "reproject":  # Redis lost the checkpoint
+                republish = True
             else:
                 late = sum(1 for e in v if e.label_ts < self.released_to)
                 if late:
@@ -696,7 +790,10 @@ class ModelLogic(StatefulBatchLogic[Any, Out, Any]):
             bound = newest - RELEASE_LAG_MS
             if bound > self.released_to:
                 self.released_to = bound
-        return self._learn(self.released_to), RETAIN
+        out = self._learn(self.released_to)
+        if republish and not out:
+            out = self._checkpoint()
+        return out, RETAIN
 
     def _learn(self, bound: int | None) -> list[Out]:
         """Learn the held examples with label time before ``bound`` (all with ``None``)."""
@@ -758,7 +855,13 @@ class RfmLogic(StatefulBatchLogic[Any, Out, Any]):
         self.cfg = cfg
 
     def on_batch(self, values: list[Any]) -> tuple[Iterable[Out], bool]:
-        for old, new in values:
+        republish = False
+        for value in values:
+            if isinstance(value, Reproject):  # Redis lost the boundaries
+                republish = True
+                continue
+            old, new = value
+            self.pending += 1
             try:
                 self.population.update(old, new)
             except ValueError:  # a removal the population never saw: count it, go on
@@ -766,8 +869,7 @@ class RfmLogic(StatefulBatchLogic[Any, Out, Any]):
                 continue
             if new is not None and new.last_purchase_ts > self.newest:
                 self.newest = new.last_purchase_ts
-        self.pending += len(values)
-        if self.pending >= self.cfg.rfm_publish_every:
+        if self.pending >= self.cfg.rfm_publish_every or republish:
             return self._publish(), RETAIN
         return [], RETAIN
 
@@ -788,6 +890,19 @@ class RfmLogic(StatefulBatchLogic[Any, Out, Any]):
 # the flow
 
 
+def is_reproject(kv: Keyed) -> bool:
+    """A re-projection request of the clock (for the model and RFM owners)."""
+    return isinstance(kv[1][1], Reproject)
+
+
+def to_model_owners(kv: Keyed) -> list[tuple[str, tuple[str, Any]]]:
+    """What the customer clock tells every model owner: the watermark, or a re-projection."""
+    item = kv[1][1]
+    if isinstance(item, Reproject):
+        return [("model:" + t, ("reproject", None)) for t in lb.TARGETS]
+    return [("model:" + t, ("time", item.watermark)) for t in lb.TARGETS]
+
+
 def build_flow(
     source: Source[Any],
     redis_sink: Sink[SinkOp],
@@ -797,9 +912,13 @@ def build_flow(
     source_label: str = "file",
     config: FlowConfig | None = None,
 ) -> Dataflow:
-    """Build the profile dataflow over any source of :class:`RawRecord` (or ``to_record`` input)."""
+    """Build the profile dataflow over any source of :class:`RawRecord` (or ``to_record`` input).
+
+    With a :class:`~dataflows.sinks.RedisSink`, the clocks answer its re-projection requests.
+    """
     stats = FlowStats() if stats is None else stats
     cfg = FlowConfig() if config is None else config
+    reprojection = redis_sink.reprojection if isinstance(redis_sink, RedisSink) else None
     flow = Dataflow("nextbest-profiles")
     raw = op.input("read", flow, source)
     if to_record is not None:
@@ -812,7 +931,7 @@ def build_flow(
     keyed = op.flat_map_batch("key_events", events, key_events)
     by_device = op.branch("split_identity", keyed, is_device_item)
     device_in: Stream[Keyed] = by_device.trues
-    device_ticks = add_clock("device_clock", device_in, observed, cfg)
+    device_ticks = add_clock("device_clock", device_in, observed, cfg, None, reprojection)
 
     def build_device(resume: Any) -> DeviceLogic:
         return DeviceLogic(pickle.loads(resume) if resume else None, cfg, stats)
@@ -826,8 +945,9 @@ def build_flow(
     )
     customer_in = op.merge("customer_items", by_device.falses, routed)
     # (label and idle timers only when the models learn)
+    horizons = cfg.horizons if cfg.models else None
     clock_out = add_clock(
-        "customer_clock", customer_in, observed, cfg, cfg.horizons if cfg.models else None
+        "customer_clock", customer_in, observed, cfg, horizons, reprojection, owners=True
     )
     to_models = op.branch("split_model_time", clock_out, lambda kv: kv[0] == MODEL_TIME)
     customer_ticks: Stream[Keyed] = to_models.falses
@@ -843,6 +963,10 @@ def build_flow(
     rfm_changes = op.filter_map(
         "rfm_changes", profile_flat, lambda o: o[1] if o[0] == "rfm" else None
     )
+    rfm_reproject = op.filter_map(
+        "rfm_reproject", to_models.trues, lambda kv: kv[1][1] if is_reproject(kv) else None
+    )
+    rfm_changes = op.merge("rfm_inputs", rfm_changes, rfm_reproject)
 
     def build_rfm(resume: Any) -> RfmLogic:
         return RfmLogic(pickle.loads(resume) if resume else None, cfg)
@@ -859,11 +983,7 @@ def build_flow(
         return ModelLogic(pickle.loads(resume) if resume else None, cfg)
 
     # every model owner hears the clock's event time too (to learn in a canonical order)
-    model_time = op.flat_map(
-        "model_time",
-        to_models.trues,
-        lambda kv: [("model:" + t, ("time", kv[1][1].watermark)) for t in lb.TARGETS],
-    )
+    model_time = op.flat_map("model_time", to_models.trues, to_model_owners)
     model_examples = op.map("model_owner", examples, lambda te: ("model:" + te[0], ("ex", te[1])))
     models_out = op.stateful_batch(
         "models", op.merge("model_inputs", model_examples, model_time), build_model

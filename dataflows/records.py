@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import time
 from typing import Any
 
@@ -40,6 +41,10 @@ class Tick(msgspec.Struct, frozen=True, array_like=True):
     """The event-time clock passed a timer of this key: the watermark is now ``watermark``."""
 
     watermark: int
+
+
+class Reproject(msgspec.Struct, frozen=True, array_like=True):
+    """Redis lost its data: write this key's whole state again (see :mod:`dataflows.reproject`)."""
 
 
 class Handover(msgspec.Struct, frozen=True, array_like=True):
@@ -104,8 +109,16 @@ def late(item: In) -> Rejected:
     return Rejected(item.record, DecodeError("late", detail))
 
 
-def dead_letter_document(rej: Rejected, now_ms: int | None = None) -> dict[str, Any]:
+#: Default bound of one dead-letter record (``NEXTBEST_DEAD_LETTER_MAX_BYTES``).
+DEAD_LETTER_MAX_BYTES = 65_536
+
+
+def dead_letter_document(
+    rej: Rejected, now_ms: int | None = None, data: bytes | None = None
+) -> dict[str, Any]:
     """The dead-letter record: original bytes (as text, or base64 if not UTF-8), reason, position.
+
+    ``data`` replaces the record's bytes (a prefix of them, see :func:`encode_dead_letter`).
 
     >>> rej = Rejected(RawRecord(b"{", "file:x:1"), DecodeError("invalid_json"))
     >>> d = dead_letter_document(rej, 0)
@@ -118,13 +131,70 @@ def dead_letter_document(rej: Rejected, now_ms: int | None = None) -> dict[str, 
         "position": rej.record.position,
         "rejected_at_ms": int(time.time() * 1000) if now_ms is None else now_ms,
     }
+    raw = rej.record.data if data is None else data
     try:
-        doc["data"] = rej.record.data.decode("utf-8")
+        doc["data"] = raw.decode("utf-8")
     except UnicodeDecodeError:
-        doc["data_base64"] = base64.b64encode(rej.record.data).decode("ascii")
+        doc["data_base64"] = base64.b64encode(raw).decode("ascii")
     return doc
 
 
-def encode_dead_letter(rej: Rejected) -> bytes:
-    """One dead-letter record as a JSON line (without the newline)."""
-    return orjson.dumps(dead_letter_document(rej))
+def _utf8_prefix(data: bytes, n: int) -> bytes:
+    """The first ``n`` bytes, without a UTF-8 sequence cut in half at the end (when the whole
+    is UTF-8, so that the prefix still reads as text).
+
+    >>> _utf8_prefix("aé".encode(), 2)
+    b'a'
+    """
+    head = data[:n]
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return head
+    return head.decode("utf-8", "ignore").encode("utf-8")
+
+
+def encode_dead_letter(
+    rej: Rejected, max_bytes: int = DEAD_LETTER_MAX_BYTES, now_ms: int | None = None
+) -> bytes:
+    """One dead-letter record as a JSON line (without the newline), at most ``max_bytes``.
+
+    A record over the bound keeps the longest prefix of the original bytes that fits, and says
+    so: ``truncated: true``, ``original_size`` (bytes) and ``sha256`` (hex, of the whole), so a
+    poison message can still be identified and never makes a record the broker refuses.
+
+    >>> big = Rejected(RawRecord(b"\x01" * 200_000, "kafka:t:0:7"), DecodeError("too_large"))
+    >>> out = encode_dead_letter(big, max_bytes=4096, now_ms=0)
+    >>> len(out) <= 4096, orjson.loads(out)["truncated"], orjson.loads(out)["original_size"]
+    (True, True, 200000)
+    >>> len(encode_dead_letter(Rejected(RawRecord(b"{", "f:1"), DecodeError("x")), 4096, 0))
+    73
+    """
+    if now_ms is None:
+        now_ms = int(time.time() * 1000)
+    whole = orjson.dumps(dead_letter_document(rej, now_ms))
+    if len(whole) <= max_bytes:
+        return whole
+    data = rej.record.data
+    extra = {
+        "truncated": True,
+        "original_size": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
+
+    def encoded(n: int) -> bytes:
+        doc = dead_letter_document(rej, now_ms, _utf8_prefix(data, n))
+        doc.update(extra)
+        return orjson.dumps(doc)
+
+    # The longest prefix that fits (escaping can grow a byte up to 6 times): binary search.
+    lo, hi = 0, min(len(data), max_bytes)
+    best = encoded(0)
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        out = encoded(mid)
+        if len(out) <= max_bytes:
+            best, lo = out, mid + 1
+        else:
+            hi = mid - 1
+    return best

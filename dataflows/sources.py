@@ -1,15 +1,24 @@
-"""Sources: JSONL files (resumable by byte offset) and the Kafka topics, as :class:`RawRecord`."""
+"""Sources: JSONL files (resumable by byte offset) and the Kafka topics, as :class:`RawRecord`.
+
+Bytewax fixes a source's partitions when a flow starts. :class:`TopicWatch` sees partitions added
+(or a topic recreated) while ``nextbest run`` runs and stops the flow cleanly; ``run`` then
+starts it again over every partition, resuming from the recovery snapshot when there is one.
+"""
 
 from __future__ import annotations
 
+import logging
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bytewax.connectors.kafka import KafkaError, KafkaSource, KafkaSourceMessage
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
+from dataflows import metrics
 from dataflows.records import RawRecord
+
+log = logging.getLogger(__name__)
 
 
 class _FileLinesPartition(StatefulSourcePartition[RawRecord, tuple[int, int]]):
@@ -59,30 +68,221 @@ class JsonlFilesSource(FixedPartitionedSource[RawRecord, tuple[int, int]]):
         return _FileLinesPartition(self._paths[for_part], resume_state, self._batch)
 
 
-def kafka_source(
-    brokers: str, topics: list[str], batch_size: int = 1000, tail: bool = True
-) -> KafkaSource:
-    """Bytewax's Kafka source over ``topics``; errors are emitted as items, not raised."""
-    return KafkaSource(
-        brokers.split(","),
-        topics,
-        tail=tail,
-        batch_size=batch_size,
-        raise_on_errors=False,
-        # Do not let the broker hold a fetch for up to 500 ms (librdkafka's default) when there
-        # is little new data: that alone would be most of the event-to-profile latency.
-        add_config={"client.id": "nextbest", "fetch.wait.max.ms": "10"},
-    )
+#: A topic's layout: partition count and topic id (``None`` when the broker does not say).
+Layout = dict[str, tuple[int, str | None]]
+
+_log_once: set[str] = set()
 
 
-def kafka_to_record(msg: Any) -> RawRecord:
-    """A Kafka message (or a consume error) as a :class:`RawRecord` with its position."""
-    if isinstance(msg, KafkaError):
-        m: KafkaSourceMessage[Any, Any] = msg.msg
-        return RawRecord(
-            m.value or b"", f"kafka:{m.topic}:{m.partition}:{m.offset}:error:{msg.err}"
+def _warn_once(key: str, msg: str, *args: Any) -> None:
+    if key not in _log_once:
+        _log_once.add(key)
+        log.warning(msg, *args)
+
+
+def topic_layout(brokers: str, topics: list[str], timeout: float = 10) -> Layout:
+    """Partition count and topic id of each topic (a topic that does not exist is left out)."""
+    from confluent_kafka import TopicCollection
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": brokers})
+    meta = admin.list_topics(timeout=timeout).topics
+    layout: Layout = {}
+    present = [t for t in topics if t in meta and meta[t].error is None]
+    ids: dict[str, str | None] = dict.fromkeys(present)
+    if present:
+        try:
+            futures = admin.describe_topics(TopicCollection(present), request_timeout=timeout)
+            for name, fut in futures.items():
+                ids[name] = str(fut.result().topic_id)
+        except Exception as exc:  # an older broker: no topic ids, recreation goes unseen
+            _warn_once("topic_ids", "topic ids not available (%s): a recreated topic with "
+                       "the same partitions is not detected", exc)  # fmt: skip
+    for t in present:
+        layout[t] = (len(meta[t].partitions), ids[t])
+    return layout
+
+
+@dataclass
+class StopRequest:
+    """Ends every partition of a :class:`StoppableSource` cleanly, and says why: a signal, a
+    changed topic (``restart``: run the flow again over every partition) or a policy that
+    stops with an error (``failed``)."""
+
+    event: threading.Event = field(default_factory=threading.Event)
+    why: str = ""
+    restart: bool = False
+    failed: bool = False
+
+    def set(self, why: str, restart: bool = False, failed: bool = False) -> None:
+        """Ask the flow to stop (the first reason wins)."""
+        if not self.event.is_set():
+            self.why, self.restart, self.failed = why, restart, failed
+            self.event.set()
+
+
+class KafkaTopicsSource(FixedPartitionedSource[RawRecord, Any]):
+    """The Kafka topics, one partition of the flow per topic partition, resumable by offset.
+
+    Unlike Bytewax's ``KafkaSource`` it knows each topic's id and what to do with a stored
+    position outside its partition (``offset_reset``: ``earliest``, ``latest`` or ``fail``): a
+    topic deleted and recreated, or retention that passed the position. Consumer errors are
+    logged and counted, never turned into records. The resume state is ``(next offset, topic
+    id)`` (a bare offset, Bytewax's format, is read too).
+    """
+
+    def __init__(
+        self,
+        brokers: str,
+        layout: Layout,
+        batch_size: int = 1000,
+        offset_reset: str = "earliest",
+        stop: StopRequest | None = None,
+    ) -> None:
+        self._brokers = brokers
+        self.layout = layout
+        self._batch = batch_size
+        self._reset = offset_reset
+        self._stop = stop
+
+    def list_parts(self) -> list[str]:
+        return [f"{i}-{t}" for t, (n, _) in self.layout.items() for i in range(n)]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _KafkaPartition:
+        idx, topic = for_part.split("-", 1)
+        return _KafkaPartition(self, topic, int(idx), resume_state)
+
+
+class _KafkaPartition(StatefulSourcePartition[RawRecord, Any]):
+    def __init__(self, src: KafkaTopicsSource, topic: str, part: int, resume: Any) -> None:
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+        self._src = src
+        self._topic, self._part = topic, part
+        self._prefix = f"kafka:{topic}:{part}:"
+        self._topic_id = src.layout[topic][1] if topic in src.layout else None
+        offset, stored_id = (resume, None) if not isinstance(resume, tuple) else resume
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": src._brokers,
+                "group.id": "nextbest-unused",  # positions live in the recovery snapshots
+                "enable.auto.commit": "false",
+                "client.id": "nextbest",
+                # an out-of-range position is reported to us (the policy), never skipped silently
+                "auto.offset.reset": "error",
+                # do not let the broker hold a fetch for up to 500 ms (librdkafka's default) when
+                # there is little new data: that alone would be most of the event-to-profile lag
+                "fetch.wait.max.ms": "10",
+            }
         )
-    return RawRecord(msg.value or b"", f"kafka:{msg.topic}:{msg.partition}:{msg.offset}")
+        self._tp = TopicPartition
+        self._offset: int | None = offset
+        start = OFFSET_BEGINNING if offset is None else offset
+        if offset is not None:
+            low, high = self._consumer.get_watermark_offsets(TopicPartition(topic, part), 10)
+            if stored_id is not None and self._topic_id is not None and stored_id != self._topic_id:
+                start = self._apply_policy(f"the topic was recreated (id {stored_id} -> "
+                                           f"{self._topic_id})", low, high)  # fmt: skip
+            elif not low <= offset <= high:
+                start = self._apply_policy(f"offsets are {low}..{high}", low, high)
+        self._consumer.assign([TopicPartition(topic, part, start)])
+
+    def _apply_policy(self, why: str, low: int, high: int) -> int:
+        """Where to read from when the stored position is outside the partition."""
+        from confluent_kafka import OFFSET_BEGINNING, OFFSET_END
+
+        policy = self._src._reset
+        metrics.KAFKA_OFFSET_RESETS.labels(policy).inc()
+        where = {"earliest": "its start", "latest": "its end", "fail": "nowhere: stopping"}
+        log.warning(
+            "kafka %s[%d]: stored position %s is outside the partition (%s); "
+            "NEXTBEST_KAFKA_OFFSET_RESET=%s: reading from %s",
+            self._topic, self._part, self._offset, why, policy, where[policy],
+        )  # fmt: skip
+        if policy == "fail":
+            msg = (f"kafka {self._topic}[{self._part}]: stored position {self._offset} is "
+                   f"outside the partition ({why}); NEXTBEST_KAFKA_OFFSET_RESET=fail")  # fmt: skip
+            if self._src._stop is None:
+                raise RuntimeError(msg)
+            self._src._stop.set(msg, failed=True)
+            return self._offset if self._offset is not None else OFFSET_END
+        self._offset = None
+        return OFFSET_BEGINNING if policy == "earliest" else OFFSET_END
+
+    def next_batch(self) -> list[RawRecord]:
+        from confluent_kafka import KafkaError
+
+        out: list[RawRecord] = []
+        prefix = self._prefix
+        for msg in self._consumer.consume(self._src._batch, 0.001):
+            err = msg.error()
+            if err is None:
+                offset: int = msg.offset() or 0
+                out.append(RawRecord(msg.value() or b"", prefix + str(offset)))
+                self._offset = offset + 1
+            elif err.code() == KafkaError._PARTITION_EOF:
+                continue
+            elif err.code() == KafkaError._AUTO_OFFSET_RESET:  # out of range while running
+                start = self._apply_policy(str(err), -1, -1)
+                self._consumer.assign([self._tp(self._topic, self._part, start)])
+                break
+            else:
+                name = str(err.name()).strip("_").lower()
+                metrics.KAFKA_CONSUME_ERRORS.labels(name).inc()
+                _warn_once(f"consume:{name}", "kafka consumer error on %s[%d] (logged once per "
+                           "kind): %s", self._topic, self._part, err)  # fmt: skip
+        return out
+
+    def snapshot(self) -> Any:
+        return (self._offset, self._topic_id)
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+class TopicWatch:
+    """Checks the input topics every ``interval`` seconds; when partitions were added or a topic
+    was recreated, it stops the flow cleanly so that it starts again over every partition
+    (Bytewax fixes a source's partitions when the flow starts)."""
+
+    def __init__(self, brokers: str, layout: Layout, stop: StopRequest, interval_s: float) -> None:
+        self._brokers = brokers
+        self._layout = layout
+        self._stop = stop
+        self._interval = interval_s
+        self._thread = threading.Thread(target=self._loop, name="nextbest-topic-watch",
+                                        daemon=True)  # fmt: skip
+
+    def start(self) -> None:
+        if self._interval > 0:
+            self._thread.start()
+
+    def change(self) -> tuple[str, str] | None:
+        """(kind, description) of a change of the layout, or None."""
+        now = topic_layout(self._brokers, list(self._layout))
+        for topic, (n, tid) in self._layout.items():
+            if topic not in now:
+                continue  # deleted: wait until it exists again
+            n2, tid2 = now[topic]
+            if tid is not None and tid2 is not None and tid2 != tid:
+                return "recreated", f"topic {topic} was recreated ({n} -> {n2} partitions)"
+            if n2 > n:
+                return "partitions_added", f"topic {topic} grew from {n} to {n2} partitions"
+        return None
+
+    def _loop(self) -> None:
+        while not self._stop.event.wait(self._interval):
+            try:
+                found = self.change()
+            except Exception as exc:  # the broker is away: look again later
+                log.debug("topic check failed: %s", exc)
+                continue
+            if found is not None:
+                kind, why = found
+                metrics.TOPIC_CHANGES.labels(kind).inc()
+                log.warning("%s: restarting the flow to read every partition", why)
+                self._stop.set(why, restart=True)
+                return
 
 
 class _StoppablePartition(StatefulSourcePartition[Any, Any]):

@@ -145,14 +145,14 @@ class ProfileWriter:
         """Publish RFM boundaries."""
         batch.append(("SET", BOUNDARIES_KEY, data))
 
-    def execute(self, batch: list[Command]) -> None:
-        """Send the batch in one round trip; load scripts Redis does not know, retry on
-        connection errors."""
+    def send(self, batch: list[Command]) -> list[tuple[Command, redis.ResponseError]]:
+        """Send the batch in one round trip (loading the scripts Redis does not know) and
+        return the commands answered with an error reply, with the error. Connection errors,
+        timeouts and a loading server raise; every command is absolute, so the caller may
+        simply send the batch again."""
         pending = batch
-        delay = 0.05
-        for _ in range(self.retries + 1):
-            if not pending:
-                return
+        failed: list[tuple[Command, redis.ResponseError]] = []
+        while pending:
             pool = self.client.connection_pool
             conn = pool.get_connection()
             missing: list[Command] = []
@@ -164,17 +164,34 @@ class ProfileWriter:
                         conn.read_response()
                     except redis.exceptions.NoScriptError:
                         missing.append(cmd)
+                    except redis.ResponseError as exc:
+                        failed.append((cmd, exc))
             except (redis.ConnectionError, redis.TimeoutError):
                 conn.disconnect()  # type: ignore[no-untyped-call]
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
-                continue
+                raise
             finally:
                 pool.release(conn)
             for sha in {c[1] for c in missing}:
                 self.client.script_load(self._scripts[str(sha)])
             pending = missing
-        raise redis.ConnectionError(f"Redis write failed after {self.retries} retries")
+        return failed
+
+    def execute(self, batch: list[Command]) -> None:
+        """:meth:`send` with a few retries on connection errors; an error reply raises (tools
+        and tests; the dataflow's sink has its own retry policy)."""
+        delay = 0.05
+        for attempt in range(self.retries + 1):
+            try:
+                failed = self.send(batch)
+            except (redis.ConnectionError, redis.TimeoutError):
+                if attempt == self.retries:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            if failed:
+                raise failed[0][1]
+            return
 
 
 def write_states(client: redis.Redis, states: Iterable[Any]) -> int:

@@ -56,11 +56,12 @@ def _now_ms() -> int:
 
 
 @contextlib.contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """SIGTERM and SIGINT set ``stop``: the source ends and the flow finishes cleanly."""
+def _stop_on_signals(stop: Any) -> Iterator[None]:
+    """SIGTERM and SIGINT set ``stop`` (a :class:`~dataflows.sources.StopRequest`): the source
+    ends and the flow finishes cleanly."""
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        stop.set()
+        stop.set(signal.Signals(signum).name)
 
     prev_term = signal.signal(signal.SIGTERM, handler)
     prev_int = signal.signal(signal.SIGINT, handler)
@@ -154,12 +155,25 @@ def _flow_config(
         checkpoint_every=settings.checkpoint_every,
         checkpoint_interval_ms=settings.checkpoint_interval_ms,
         models=models,
+        reproject_rate=settings.reproject_rate,
         lateness_ms=settings.allowed_lateness_ms,
         retention_ms=settings.retention_ms,
         recovery=settings.recovery_dir is not None,
         write_interval_ms=(
             settings.write_interval_ms if write_interval_ms is None else write_interval_ms
         ),
+    )
+
+
+def _sink_options(settings: Settings, stop: threading.Event | None = None) -> Any:
+    """The sinks' failure policy from the settings."""
+    from dataflows.sinks import SinkOptions
+
+    return SinkOptions(
+        retry_limit_ms=settings.sink_retry_limit_ms,
+        fallback_dir=settings.home_path / "fallback",
+        dead_letter_max_bytes=settings.dead_letter_max_bytes,
+        stop=stop,
     )
 
 
@@ -206,10 +220,11 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     with redis_url(settings) as url:
         serve_metrics(settings.metrics_port)
         stats = FlowStats()
+        options = _sink_options(settings)
         flow = build_flow(
             JsonlFilesSource(paths, settings.batch_size),
-            RedisSink(url),
-            DeadLetterFileSink(dead_letter),
+            RedisSink(url, options),
+            DeadLetterFileSink(dead_letter, options),
             stats,
             config=_flow_config(settings, args.write_interval, models=not args.no_models),
         )
@@ -224,11 +239,21 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    """Consume the Kafka topics until stopped (SIGTERM or Ctrl-C stop it cleanly)."""
+    """Consume the Kafka topics until stopped (SIGTERM or Ctrl-C stop it cleanly).
+
+    When partitions are added to a topic (or a topic is recreated) the flow stops cleanly and
+    starts again over every partition, resuming from the recovery snapshot if there is one.
+    """
     from dataflows.metrics import serve_metrics
     from dataflows.profiles import FlowStats, build_flow
     from dataflows.sinks import DeadLetterKafkaSink, RedisSink
-    from dataflows.sources import StoppableSource, kafka_source, kafka_to_record
+    from dataflows.sources import (
+        KafkaTopicsSource,
+        StoppableSource,
+        StopRequest,
+        TopicWatch,
+        topic_layout,
+    )
     from nextbest.runtime import ensure_topics, kafka_brokers, redis_url
 
     with redis_url(settings) as url, kafka_brokers(settings) as brokers:
@@ -237,28 +262,42 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         )
         serve_metrics(settings.metrics_port)
         stats = FlowStats()
-        stop = threading.Event()
-        flow = build_flow(
-            StoppableSource(kafka_source(brokers, settings.topics, settings.batch_size), stop),
-            RedisSink(url),
-            DeadLetterKafkaSink(brokers, settings.topic_dead_letter),
-            stats,
-            to_record=kafka_to_record,
-            source_label="kafka",
-            config=_flow_config(settings),
-        )
-        print(
-            f"nextbest run: consuming {', '.join(settings.topics)} from {brokers}; "
-            f"profiles -> {url}; dead letters -> {settings.topic_dead_letter}",
-            file=sys.stderr,
-            flush=True,
-        )
         t0 = time.perf_counter()
-        with (
-            _stop_on_signals(stop),
-            _Progress(lambda: _progress_line(stats, t0), interval=5, enabled=not args.quiet),
-        ):
-            _run_flow(flow, settings)
+        while True:
+            stop = StopRequest()
+            layout = topic_layout(brokers, settings.topics)
+            options = _sink_options(settings, stop.event)
+            source = KafkaTopicsSource(
+                brokers, layout, settings.batch_size, settings.kafka_offset_reset, stop
+            )
+            flow = build_flow(
+                StoppableSource(source, stop.event),
+                RedisSink(url, options),
+                DeadLetterKafkaSink(brokers, settings.topic_dead_letter, options),
+                stats,
+                source_label="kafka",
+                config=_flow_config(settings),
+            )
+            parts = ", ".join(f"{t} ({n} partitions)" for t, (n, _) in layout.items())
+            print(
+                f"nextbest run: consuming {parts} from {brokers}; profiles -> {url}; "
+                f"dead letters -> {settings.topic_dead_letter}",
+                file=sys.stderr,
+                flush=True,
+            )
+            watch = TopicWatch(brokers, layout, stop, settings.topic_check_interval_ms / 1000)
+            watch.start()
+            with (
+                _stop_on_signals(stop),
+                _Progress(lambda: _progress_line(stats, t0), interval=5, enabled=not args.quiet),
+            ):
+                _run_flow(flow, settings)
+            if stop.failed:
+                _die(f"run: {stop.why}", 3)
+            if not stop.restart:
+                break
+            print(f"nextbest run: {stop.why}: starting again over every partition",
+                  file=sys.stderr, flush=True)  # fmt: skip
         summary = stats.as_dict(time.perf_counter() - t0)
     _print_summary(summary, args.json, None)
     return 0

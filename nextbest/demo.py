@@ -111,7 +111,14 @@ def run_demo(settings: Settings, events: int | None, customers: int, port: int |
     from dataflows.metrics import serve_metrics
     from dataflows.profiles import FlowStats, build_flow
     from dataflows.sinks import DeadLetterFileSink, RedisSink
-    from nextbest.cli import _flow_config, _print_summary, _Progress, _progress_line, _run_flow
+    from nextbest.cli import (
+        _flow_config,
+        _print_summary,
+        _Progress,
+        _progress_line,
+        _run_flow,
+        _sink_options,
+    )
     from nextbest.runtime import redis_url
 
     home = settings.home_path
@@ -133,8 +140,8 @@ def run_demo(settings: Settings, events: int | None, customers: int, port: int |
         stats = FlowStats()
         flow = build_flow(
             SimulatorSource(cfg, limit=events, batch_size=settings.batch_size),
-            RedisSink(url),
-            DeadLetterFileSink(dead_letter),
+            RedisSink(url, _sink_options(settings)),
+            DeadLetterFileSink(dead_letter, _sink_options(settings)),
             stats,
             source_label="simulator",
             config=_flow_config(settings),

@@ -104,8 +104,23 @@ class Started:
     address: str
 
 
-def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """Start ``redis-server`` persisting into ``workdir``; return it and its ``unix://`` URL."""
+#: Persistence of the embedded Redis: an append-only file synced every second, plus snapshots.
+#: (Each value is its own argument: ``--save "60 1000"`` as one argument disables snapshots.)
+REDIS_PERSISTENCE = (
+    "--appendonly", "yes",
+    "--appendfsync", "everysec",
+    "--save", "3600", "1",
+    "--save", "300", "100",
+    "--save", "60", "1000",
+)  # fmt: skip
+
+
+def start_redis(workdir: Path, persist: bool = True) -> tuple[subprocess.Popen[bytes], str]:
+    """Start ``redis-server`` persisting into ``workdir``; return it and its ``unix://`` URL.
+
+    With ``persist`` the data survives a crash of the server: an append-only file (fsync every
+    second, so at most about a second of writes is lost) and RDB snapshots, both in ``workdir``.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     sock = workdir / "redis.sock"
     if len(str(sock)) > 100:  # unix socket paths are limited to ~107 bytes
@@ -120,10 +135,7 @@ def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
         str(workdir),
         "--dbfilename",
         "dump.rdb",
-        "--save",
-        "60 1000",
-        "--appendonly",
-        "no",
+        *(REDIS_PERSISTENCE if persist else ("--save", "", "--appendonly", "no")),
         "--daemonize",
         "no",
         "--logfile",
@@ -146,6 +158,9 @@ def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
             client.close()
 
     _wait(ready, proc, "redis-server", 20)
+    if persist:
+        log.info("embedded Redis (%s): data in %s (append-only file, fsync every second, and "
+                 "dump.rdb snapshots); log %s", url, workdir, workdir / "redis.log")  # fmt: skip
     return proc, url
 
 

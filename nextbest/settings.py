@@ -86,6 +86,13 @@ def _model_name(raw: str) -> str:
     return v
 
 
+def _offset_reset(raw: str) -> str:
+    v = raw.strip().lower()
+    if v not in {"earliest", "latest", "fail"}:
+        raise ValueError(f"expected earliest, latest or fail, got {raw!r}")
+    return v
+
+
 def _log_level(raw: str) -> str:
     v = raw.upper()
     if v not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -241,6 +248,44 @@ SPECS: dict[str, Spec] = {
         "of a replay). Publishing pauses the worker for a moment (the model is serialised on "
         "it): frequent checkpoints show in the freshness tail.",
     ),
+    "dead_letter_max_bytes": Spec(
+        "NEXTBEST_DEAD_LETTER_MAX_BYTES",
+        "65536",
+        _int_in(4096, 900_000),
+        "Largest dead-letter record (bytes of JSON). A record over it keeps a prefix of the "
+        "original bytes with `truncated`, `original_size` and the `sha256` of the whole; "
+        "keep it well under the broker's message limit (1 MB by default).",
+    ),
+    "sink_retry_limit_ms": Spec(
+        "NEXTBEST_SINK_RETRY_LIMIT",
+        "0",
+        duration_ms,
+        "How long a sink keeps retrying a write that fails for a retriable reason (Redis or "
+        "the broker unreachable, loading, read-only, out of memory) before the flow stops "
+        "with an error; 0: retry until it succeeds (the flow stalls, input is held).",
+    ),
+    "reproject_rate": Spec(
+        "NEXTBEST_REPROJECT_RATE",
+        "10000",
+        _int_in(1, 10**7),
+        "Keys per second re-written to Redis when the dataflow finds that Redis lost its data "
+        "(a restart without persistence, a failover to an empty replica, a FLUSHALL).",
+    ),
+    "kafka_offset_reset": Spec(
+        "NEXTBEST_KAFKA_OFFSET_RESET",
+        "earliest",
+        _offset_reset,
+        "What `run` does with a stored position outside its partition (topic deleted and "
+        "recreated, retention passed it): `earliest` reads the partition from its start, "
+        "`latest` from its end, `fail` stops with an error. Always logged and counted.",
+    ),
+    "topic_check_interval_ms": Spec(
+        "NEXTBEST_TOPIC_CHECK_INTERVAL",
+        "10s",
+        duration_ms,
+        "How often `run` checks its topics for added partitions or a recreated topic; on a "
+        "change it stops the flow cleanly and starts it again over every partition.",
+    ),
     "log_level": Spec("NEXTBEST_LOG_LEVEL", "INFO", _log_level, "Log level."),
 }
 
@@ -272,6 +317,11 @@ class Settings:
     model_min_examples: int
     checkpoint_every: int
     checkpoint_interval_ms: int
+    dead_letter_max_bytes: int
+    sink_retry_limit_ms: int
+    reproject_rate: int
+    kafka_offset_reset: str
+    topic_check_interval_ms: int
     log_level: str
 
     @classmethod
