@@ -165,6 +165,22 @@ def _flow_config(
     )
 
 
+@contextlib.contextmanager
+def _sink_gave_up() -> Iterator[None]:
+    """A sink that stopped retrying ends the command with its reason (exit 1), no traceback."""
+    from dataflows.sinks import SinkGaveUp
+
+    try:
+        yield
+    except Exception as exc:
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, SinkGaveUp):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        _die(str(cause), 1)
+
+
 def _sink_options(settings: Settings, stop: threading.Event | None = None) -> Any:
     """The sinks' failure policy from the settings."""
     from dataflows.sinks import SinkOptions
@@ -230,7 +246,11 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
         )
         t0 = time.perf_counter()
         show = not args.json and sys.stderr.isatty()
-        with _sigterm_as_interrupt(), _Progress(lambda: _progress_line(stats, t0), enabled=show):
+        with (
+            _sigterm_as_interrupt(),
+            _Progress(lambda: _progress_line(stats, t0), enabled=show),
+            _sink_gave_up(),
+        ):
             _run_flow(flow, settings)
         summary = stats.as_dict(time.perf_counter() - t0)
     summary["dead_letter_file"] = str(dead_letter)
@@ -290,6 +310,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             with (
                 _stop_on_signals(stop),
                 _Progress(lambda: _progress_line(stats, t0), interval=5, enabled=not args.quiet),
+                _sink_gave_up(),
             ):
                 _run_flow(flow, settings)
             if stop.failed:
