@@ -16,6 +16,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -394,7 +395,9 @@ def kafka_error_kind(err: Any) -> str:
 
 
 class _KafkaPartition(StatelessSinkPartition[Rejected]):
-    def __init__(self, brokers: str, topic: str, options: SinkOptions) -> None:
+    def __init__(
+        self, brokers: str, topic: str, options: SinkOptions, config: Mapping[str, str]
+    ) -> None:
         from confluent_kafka import Producer
 
         self._producer = Producer(
@@ -403,6 +406,7 @@ class _KafkaPartition(StatelessSinkPartition[Rejected]):
                 "linger.ms": 20,
                 # report an undeliverable record within 30 s (then it is produced again)
                 "message.timeout.ms": 30_000,
+                **config,
             }
         )
         self._topic = topic
@@ -459,12 +463,22 @@ class _KafkaPartition(StatelessSinkPartition[Rejected]):
 
 
 class DeadLetterKafkaSink(DynamicSink[Rejected]):
-    """Produces dead-letter records to a Kafka topic: bounded records, every error handled."""
+    """Produces dead-letter records to a Kafka topic: bounded records, every error handled.
 
-    def __init__(self, brokers: str, topic: str, options: SinkOptions | None = None) -> None:
+    ``config`` adds librdkafka producer properties (security settings, limits).
+    """
+
+    def __init__(
+        self,
+        brokers: str,
+        topic: str,
+        options: SinkOptions | None = None,
+        config: Mapping[str, str] | None = None,
+    ) -> None:
         self._brokers = brokers
         self._topic = topic
         self._options = SinkOptions() if options is None else options
+        self._config = dict(config or {})
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _KafkaPartition:
-        return _KafkaPartition(self._brokers, self._topic, self._options)
+        return _KafkaPartition(self._brokers, self._topic, self._options, self._config)

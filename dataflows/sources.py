@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -183,9 +184,34 @@ class _KafkaPartition(StatefulSourcePartition[RawRecord, Any]):
             if stored_id is not None and self._topic_id is not None and stored_id != self._topic_id:
                 start = self._apply_policy(f"the topic was recreated (id {stored_id} -> "
                                            f"{self._topic_id})", low, high)  # fmt: skip
-            elif not low <= offset <= high:
-                start = self._apply_policy(f"offsets are {low}..{high}", low, high)
+            elif offset < low:  # retention deleted what was not read yet
+                start = self._apply_policy(f"offsets start at {low}", low, high)
+            elif offset > high and not self._exists(offset - 1):
+                start = self._apply_policy(f"offsets end at {high}", low, high)
         self._consumer.assign([TopicPartition(topic, part, start)])
+
+    def _exists(self, offset: int, timeout: float = 3.0) -> bool:
+        """Whether the partition holds a record at ``offset`` (the last one read: a position
+        beyond the high watermark is checked this way, as some brokers' high watermarks lag a
+        record batch behind)."""
+        from confluent_kafka import KafkaError, TopicPartition
+
+        probe = self._consumer
+        probe.assign([TopicPartition(self._topic, self._part, offset)])
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                msg = probe.poll(0.1)
+                if msg is None:
+                    continue
+                err = msg.error()
+                if err is None:
+                    return bool(msg.offset() == offset)
+                if err.code() == KafkaError._AUTO_OFFSET_RESET:
+                    return False
+            return False
+        finally:
+            probe.unassign()
 
     def _apply_policy(self, why: str, low: int, high: int) -> int:
         """Where to read from when the stored position is outside the partition."""
