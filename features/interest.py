@@ -93,7 +93,7 @@ def rescale(scores: dict[str, float], old_ref: int, new_ref: int) -> None:
 
 def decay(score: float, ref: int, as_of: int) -> float:
     """A score stored relative to ``ref``, as of ``as_of``."""
-    return score * float(2.0 ** ((ref - as_of) / HALF_LIFE_MS))
+    return score * float(2.0 ** min((ref - as_of) / HALF_LIFE_MS, 64.0))
 
 
 def ranked(scores: dict[str, float]) -> list[tuple[str, float]]:

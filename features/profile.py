@@ -1100,7 +1100,8 @@ def render(v: ProfileView, as_of: int) -> dict[str, Any]:
     )
     ranking = _interest.ranked(v.interests)
     ref = v.last_seen_ts if v.last_seen_ts is not None else as_of
-    factor = 2.0 ** ((ref - as_of) / _interest.HALF_LIFE_MS)
+    # (a read far before the newest event would overflow: scale by at most 2**64)
+    factor = 2.0 ** min((ref - as_of) / _interest.HALF_LIFE_MS, 64.0)
     doc["top_categories"] = [c for c, _ in ranking[:3]]
     doc["category_scores"] = {c: round(x * factor, 4) for c, x in ranking}
     doc["counts"] = dict(sorted(v.counts.items()))

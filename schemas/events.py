@@ -235,6 +235,29 @@ def decode_event(data: bytes | bytearray | memoryview | str) -> Event | DecodeEr
         return DecodeError("invalid_json", f"{type(exc).__name__}: {exc}")
 
 
+#: Deepest nesting accepted inside ``properties`` (deeper values cannot be pickled into the
+#: dataflow's snapshots: Python's recursion limit).
+MAX_PROPERTIES_DEPTH: Final = 32
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests lists/objects deeper than ``limit`` (iterative: no recursion).
+
+    >>> _too_deep({"a": [[1]]}, 3), _too_deep({"a": [[1]]}, 2)
+    (False, True)
+    """
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(v, dict):
+            stack.extend((x, depth + 1) for x in v.values() if isinstance(x, dict | list))
+        elif isinstance(v, list):
+            stack.extend((x, depth + 1) for x in v if isinstance(x, dict | list))
+    return False
+
+
 def _validate(w: _WireEvent) -> Event | DecodeError:
     for name in ("event_id", "type", "ts"):
         if getattr(w, name) is None:
@@ -253,6 +276,10 @@ def _validate(w: _WireEvent) -> Event | DecodeError:
         return DecodeError("no_identity", "neither customer_id nor anonymous_id")
     if w.properties is not None and len(w.properties) > MAX_PROPERTIES:
         return DecodeError("too_large", f"properties has more than {MAX_PROPERTIES} keys")
+    if w.properties is not None and _too_deep(w.properties, MAX_PROPERTIES_DEPTH):
+        return DecodeError(
+            "bad_value:properties", f"properties nested deeper than {MAX_PROPERTIES_DEPTH}"
+        )
     for name in ("price", "total"):
         v = getattr(w, name)
         if v is not None and not (0.0 <= v < 1e9):

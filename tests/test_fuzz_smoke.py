@@ -1,10 +1,9 @@
 """A tiny run of the fuzz (``bench/fuzz.py``): no exception, and failures are really counted.
 
 The full run (a million decoder inputs, 150,000 requests) is ``python -m bench.fuzz``; here a few
-thousand inputs check that the harness works and that nothing new breaks. Bugs the fuzz found
-and that are not fixed yet are listed in :data:`KNOWN_EXCEPTIONS` / :data:`KNOWN_VIOLATIONS`, each
-pinned by a strict ``xfail`` test: once the bug is fixed that test passes, which fails the suite
-until the bug's entry is removed here.
+thousand inputs check that the harness works and that nothing new breaks. A bug the fuzz finds
+and that is not fixed yet goes into :data:`KNOWN_EXCEPTIONS` / :data:`KNOWN_VIOLATIONS`, pinned by
+a strict ``xfail`` test (none today: the two it found are fixed and tested at the end).
 """
 
 from __future__ import annotations
@@ -34,7 +33,6 @@ from bench.fuzz import (
     Route,
     ServerError,
     Surface,
-    Violation,
     build_corpus,
     call_asgi,
     check_decoded,
@@ -47,14 +45,14 @@ from bench.fuzz import (
 from features.profile import ingest, new_state
 from features.store import write_states
 from nextbest.settings import Settings
-from schemas.events import Event
+from schemas.events import Event, decode_event
 from serving.app import create_app
 from tests.conftest import REPO
 
 #: Signatures of exceptions of known, unfixed bugs (see the xfail tests at the end).
-KNOWN_EXCEPTIONS = frozenset({"OverflowError in profile.py:render"})
+KNOWN_EXCEPTIONS: frozenset[str] = frozenset()
 #: Violation kinds of known, unfixed bugs.
-KNOWN_VIOLATIONS = frozenset({"unpicklable_event"})
+KNOWN_VIOLATIONS: frozenset[str] = frozenset()
 
 
 @pytest.fixture(scope="module")
@@ -204,7 +202,7 @@ def test_command_line_json() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# known bugs found by the fuzz (outside bench/): strict xfails, so a fix is noticed
+# bugs the fuzz found (fixed): deep properties are rejected, far reads do not overflow
 
 
 def _deep_properties(depth: int) -> bytes:
@@ -215,24 +213,12 @@ def _deep_properties(depth: int) -> bytes:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=Violation,
-    reason="bug: decode_event accepts properties nested 500..~990 deep (1 KB); the event then "
-    "cannot be pickled (RecursionError): Bytewax pickles it between workers and in the profile "
-    "state's lateness buffer snapshot",
-)
-def test_known_bug_deeply_nested_properties() -> None:
+def test_fuzz_found_deeply_nested_properties_rejected() -> None:
     assert check_decoded(_deep_properties(600))
+    assert decode_event(_deep_properties(600)).reason == "bad_value:properties"  # type: ignore[union-attr]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: features.profile.render overflows (2.0 ** ...) when as_of is more than 1024 "
-    "interest half-lives (~19.6 years) before the profile's last event: 500 internal_error, "
-    "for an old as_of or for a profile with an accepted far-future ts (<= 2099) read now",
-)
-def test_known_bug_profile_far_from_as_of(
+def test_fuzz_found_profile_far_from_as_of(
     redis_url: str, redis_client: redis.Redis, corpus: Corpus
 ) -> None:
     customers, _ = seed_profiles(redis_url, corpus, keys=5)
