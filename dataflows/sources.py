@@ -81,6 +81,28 @@ def _warn_once(key: str, msg: str, *args: Any) -> None:
         log.warning(msg, *args)
 
 
+def wait_for_topics(
+    brokers: str, topics: list[str], stop: threading.Event, interval_s: float = 1.0
+) -> Layout | None:
+    """The layout once every topic exists (a deleted one may be on its way back); ``None`` if
+    ``stop`` is set first. Logs once what it waits for."""
+    told = False
+    while True:
+        try:
+            layout = topic_layout(brokers, topics)
+        except Exception as exc:  # the broker is away
+            layout = {}
+            log.debug("topic check failed: %s", exc)
+        missing = [t for t in topics if t not in layout]
+        if not missing:
+            return layout
+        if not told:
+            log.warning("waiting for topic(s) %s to exist", ", ".join(missing))
+            told = True
+        if stop.wait(interval_s):
+            return None
+
+
 def topic_layout(brokers: str, topics: list[str], timeout: float = 10) -> Layout:
     """Partition count and topic id of each topic (a topic that does not exist is left out)."""
     from confluent_kafka import TopicCollection
@@ -268,8 +290,9 @@ class _KafkaPartition(StatefulSourcePartition[RawRecord, Any]):
 
 class TopicWatch:
     """Checks the input topics every ``interval`` seconds; when partitions were added or a topic
-    was recreated, it stops the flow cleanly so that it starts again over every partition
-    (Bytewax fixes a source's partitions when the flow starts)."""
+    was deleted or recreated, it stops the flow cleanly so that it starts again over every
+    partition (Bytewax fixes a source's partitions when the flow starts; ``run`` waits for a
+    deleted topic to exist again)."""
 
     def __init__(self, brokers: str, layout: Layout, stop: StopRequest, interval_s: float) -> None:
         self._brokers = brokers
@@ -288,7 +311,10 @@ class TopicWatch:
         now = topic_layout(self._brokers, list(self._layout))
         for topic, (n, tid) in self._layout.items():
             if topic not in now:
-                continue  # deleted: wait until it exists again
+                # stop reading before it comes back: a consumer still assigned to a partition
+                # of a recreated topic crashed librdkafka here (segfault, with the embedded
+                # broker); a new consumer after the restart sees the new topic cleanly
+                return "deleted", f"topic {topic} was deleted"
             n2, tid2 = now[topic]
             if tid is not None and tid2 is not None and tid2 != tid:
                 return "recreated", f"topic {topic} was recreated ({n} -> {n2} partitions)"
@@ -306,7 +332,7 @@ class TopicWatch:
             if found is not None:
                 kind, why = found
                 metrics.TOPIC_CHANGES.labels(kind).inc()
-                log.warning("%s: restarting the flow to read every partition", why)
+                log.warning("%s: stopping the flow to start it again over every partition", why)
                 self._stop.set(why, restart=True)
                 return
 

@@ -1,9 +1,9 @@
 """Chaos on the broker side: poison messages among valid events.
 
-(Partitions added mid-stream are not run end to end here: the embedded broker, tansu 0.6, cannot
-add partitions, and a topic deleted and recreated under a live consumer leaves it with stale
-metadata. The detection and the offset policy are tested against the real broker in
-``test_reliability.py``.)"""
+Partitions added mid-stream cannot be run end to end against the embedded broker (tansu 0.6): it
+has no CreatePartitions, and deleting a topic that a consumer is fetching wedges it (metadata
+requests of that process hang). The topic watch and the offset policy are tested against the
+real broker in ``test_reliability.py``."""
 
 from __future__ import annotations
 

@@ -7,6 +7,7 @@ import hashlib
 import logging
 import os
 import signal
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -20,12 +21,17 @@ from hypothesis import strategies as st
 
 from dataflows.records import RawRecord, Rejected, WriteProfile, encode_dead_letter
 from dataflows.sinks import DeadLetterKafkaSink, RedisSink, SinkGaveUp, SinkOptions
-from dataflows.sources import KafkaTopicsSource, StopRequest, TopicWatch, topic_layout
+from dataflows.sources import (
+    KafkaTopicsSource,
+    StopRequest,
+    TopicWatch,
+    topic_layout,
+    wait_for_topics,
+)
 from features import profile as pf
 from nextbest.runtime import embedded_redis, ensure_topics, free_port
 from schemas.events import DecodeError, Event
 from tests.chaos import produce
-from tests.conftest import metric_sum
 
 # ---------------------------------------------------------------------------------------------
 # dead letters are bounded
@@ -246,7 +252,15 @@ def test_topic_watch_sees_partitions_added_and_a_recreated_topic(kafka_brokers: 
     assert grown is not None and grown[0] == "partitions_added"
     other = TopicWatch(kafka_brokers, {topic: (2, "old-id")}, stop, 1).change()
     assert other is not None and other[0] == "recreated"
+    gone = TopicWatch(kafka_brokers, {topic: (2, tid), "never-made": (1, None)}, stop, 1).change()
+    assert gone is not None and gone[0] == "deleted"
 
 
-def test_unused_port_helper() -> None:
-    assert metric_sum(1, "x") == 0.0  # a closed port reads as 0 (the chaos tests rely on it)
+def test_run_waits_for_a_missing_topic(kafka_brokers: str) -> None:
+    stop = threading.Event()
+    ensure_topics(kafka_brokers, ["here"], 1)
+    assert wait_for_topics(kafka_brokers, ["here"], stop) == topic_layout(kafka_brokers, ["here"])
+    threading.Timer(1.0, stop.set).start()
+    t0 = time.monotonic()
+    assert wait_for_topics(kafka_brokers, ["not-yet"], stop, interval_s=0.2) is None
+    assert time.monotonic() - t0 >= 0.9
