@@ -29,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import bytewax.operators as op
+import msgspec
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
@@ -89,6 +90,8 @@ class FlowConfig:
     idle_snapshot_days: int = 7
     #: Keys per second a clock re-projects after Redis lost its data.
     reproject_rate: int = 10_000
+    #: Events more than this ahead of their record's own timestamp are rejected (0: no check).
+    max_future_ms: int = 86_400_000
 
 
 @dataclass
@@ -133,12 +136,14 @@ class FlowStats:
 # decode
 
 
-def make_decoder(stats: FlowStats, source_label: str) -> Callable[[list[RawRecord]], list[Any]]:
+def make_decoder(
+    stats: FlowStats, source_label: str, max_future_ms: int = 0
+) -> Callable[[list[RawRecord]], list[Any]]:
     """Batch decoder that counts what it sees (one call per source batch)."""
     read_counter = metrics.EVENTS_READ.labels(source_label)
 
     def decode_batch(batch: list[RawRecord]) -> list[In | Rejected]:
-        out = [decode_record(r) for r in batch]
+        out = [decode_record(r, max_future_ms) for r in batch]
         stats.read += len(batch)
         read_counter.inc(len(batch))
         for item in out:
@@ -742,7 +747,36 @@ RELEASE_LAG_MS = 3 * lb.DAY_MS
 
 
 #: A held example in a heap: its learning order (unique per target), then the example.
-Held = tuple[int, str, int, lb.Example]
+Held = tuple[int, str, int, "Tied"]
+
+
+class Tied:
+    """An example in the held heap. Two examples with the same (label time, customer, snapshot
+    time) — a far-future event can make them — are ordered by label, then by their encoded
+    features: an order of their own, not of their arrival (and never a TypeError).
+
+    >>> a = lb.Example("churn", "c:1", 0, 5, {"x": 1.0}, 1)
+    >>> b = lb.Example("churn", "c:1", 0, 5, {"x": 0.5}, 1)
+    >>> sorted([Tied(a), Tied(b)])[0].example is b
+    True
+    """
+
+    __slots__ = ("example",)
+
+    def __init__(self, example: lb.Example) -> None:
+        self.example = example
+
+    def __getstate__(self) -> lb.Example:
+        return self.example
+
+    def __setstate__(self, example: lb.Example) -> None:
+        self.example = example
+
+    def _order(self) -> tuple[int, bytes]:
+        return self.example.label, msgspec.json.encode(sorted(self.example.features.items()))
+
+    def __lt__(self, other: Tied) -> bool:
+        return self._order() < other._order()
 
 
 class ModelLogic(StatefulBatchLogic[Any, Out, Any]):
@@ -769,6 +803,9 @@ class ModelLogic(StatefulBatchLogic[Any, Out, Any]):
             resume = (*resume, [], -(2**62))
         (self.model, self.version, self.since, self.newest_label_ts, self.held,
          self.released_to) = resume or (None, 0, 0, 0, [], -(2**62))  # fmt: skip
+        if self.held and isinstance(self.held[0][3], lb.Example):  # a snapshot of before Tied
+            self.held = [(a, b, c, Tied(e)) for a, b, c, e in self.held]  # type: ignore[arg-type]
+            heapq.heapify(self.held)
         self.cfg = cfg
         self.last_checkpoint = time.monotonic()
 
@@ -785,7 +822,7 @@ class ModelLogic(StatefulBatchLogic[Any, Out, Any]):
                 if late:
                     metrics.EXAMPLES_OUT_OF_ORDER.inc(late)
                 for e in v:
-                    heapq.heappush(self.held, (e.label_ts, e.key, e.snapshot_ts, e))
+                    heapq.heappush(self.held, (e.label_ts, e.key, e.snapshot_ts, Tied(e)))
         if newest is not None:
             bound = newest - RELEASE_LAG_MS
             if bound > self.released_to:
@@ -800,7 +837,7 @@ class ModelLogic(StatefulBatchLogic[Any, Out, Any]):
         held = self.held
         ready: list[lb.Example] = []
         while held and (bound is None or held[0][0] < bound):
-            ready.append(heapq.heappop(held)[3])
+            ready.append(heapq.heappop(held)[3].example)
         if ready:
             if self.model is None:
                 self.model = OnlineModel(ready[0].target, self.cfg.model_pipeline,
@@ -923,7 +960,7 @@ def build_flow(
     raw = op.input("read", flow, source)
     if to_record is not None:
         raw = op.map("to_record", raw, to_record)
-    decoded = op.flat_map_batch("decode", raw, make_decoder(stats, source_label))
+    decoded = op.flat_map_batch("decode", raw, make_decoder(stats, source_label, cfg.max_future_ms))
     split = op.branch("split_rejected", decoded, is_event)
     events: Stream[In] = split.trues  # type: ignore[assignment]
 

@@ -16,11 +16,14 @@ from schemas.events import DecodeError, Event, decode_event
 class RawRecord(msgspec.Struct, frozen=True, array_like=True):
     """Bytes as read, and where from.
 
-    ``position`` is ``file:<path>:<line>``, ``kafka:<topic>:<partition>:<offset>`` or ``sim:<n>``.
+    ``position`` is ``file:<path>:<line>``, ``kafka:<topic>:<partition>:<offset>`` or ``sim:<n>``;
+    ``timestamp`` the source's own time of the record in epoch ms (a Kafka message's timestamp),
+    when it has one.
     """
 
     data: bytes
     position: str
+    timestamp: int | None = None
 
 
 class Rejected(msgspec.Struct, frozen=True, array_like=True):
@@ -91,15 +94,28 @@ class WriteCheckpoint(msgspec.Struct, frozen=True, array_like=True):
 SinkOp = WriteProfile | DropProfile | WriteLink | WriteBoundaries | WriteCheckpoint
 
 
-def decode_record(rec: RawRecord) -> In | Rejected:
+def decode_record(rec: RawRecord, max_future_ms: int = 0) -> In | Rejected:
     """Decode a raw record; failures become :class:`Rejected` (never raises).
+
+    With ``max_future_ms``, an event whose ``ts`` is more than that ahead of the record's own
+    timestamp (when it was produced) is rejected as ``future_timestamp``: one such event would
+    carry the event-time watermark years ahead and expire every profile.
 
     >>> decode_record(RawRecord(b"{", "file:x.jsonl:1")).error.reason
     'invalid_json'
+    >>> ev = b'{"event_id":"e","type":"page_view","ts":"2066-01-01T00:00:00Z","customer_id":"c"}'
+    >>> decode_record(RawRecord(ev, "kafka:t:0:1", 1_767_225_600_000), 86_400_000).error.reason
+    'future_timestamp'
+    >>> type(decode_record(RawRecord(ev, "file:x:1"), 86_400_000)).__name__  # no record time
+    'In'
     """
     out = decode_event(rec.data)
     if isinstance(out, DecodeError):
         return Rejected(rec, out)
+    if max_future_ms and rec.timestamp is not None and out.ts > rec.timestamp + max_future_ms:
+        ahead = (out.ts - rec.timestamp) / 3_600_000
+        detail = f"ts is {ahead:.1f} h after the record was produced"
+        return Rejected(rec, DecodeError("future_timestamp", detail))
     return In(out, rec)
 
 

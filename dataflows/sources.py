@@ -266,7 +266,10 @@ class _KafkaPartition(StatefulSourcePartition[RawRecord, Any]):
             err = msg.error()
             if err is None:
                 offset: int = msg.offset() or 0
-                out.append(RawRecord(msg.value() or b"", prefix + str(offset)))
+                kind, ts = msg.timestamp()
+                out.append(
+                    RawRecord(msg.value() or b"", prefix + str(offset), ts if kind else None)
+                )
                 self._offset = offset + 1
             elif err.code() == KafkaError._PARTITION_EOF:
                 continue

@@ -156,6 +156,7 @@ def _flow_config(
         checkpoint_interval_ms=settings.checkpoint_interval_ms,
         models=models,
         reproject_rate=settings.reproject_rate,
+        max_future_ms=settings.max_future_ms,
         lateness_ms=settings.allowed_lateness_ms,
         retention_ms=settings.retention_ms,
         recovery=settings.recovery_dir is not None,
@@ -272,7 +273,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         StoppableSource,
         StopRequest,
         TopicWatch,
-        topic_layout,
+        wait_for_topics,
     )
     from nextbest.runtime import ensure_topics, kafka_brokers, redis_url
 
@@ -285,7 +286,11 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         t0 = time.perf_counter()
         while True:
             stop = StopRequest()
-            layout = topic_layout(brokers, settings.topics)
+            with _stop_on_signals(stop):
+                found = wait_for_topics(brokers, settings.topics, stop.event)
+            if found is None:  # stopped while waiting
+                break
+            layout = found
             options = _sink_options(settings, stop.event)
             source = KafkaTopicsSource(
                 brokers, layout, settings.batch_size, settings.kafka_offset_reset, stop

@@ -271,6 +271,15 @@ SPECS: dict[str, Spec] = {
         "Keys per second re-written to Redis when the dataflow finds that Redis lost its data "
         "(a restart without persistence, a failover to an empty replica, a FLUSHALL).",
     ),
+    "max_future_ms": Spec(
+        "NEXTBEST_MAX_FUTURE",
+        "1d",
+        duration_ms,
+        "An event from Kafka whose `ts` is more than this ahead of its message's timestamp (when "
+        "it was produced) is dead-lettered as `future_timestamp` (one such event would move the "
+        "event-time watermark years ahead and expire every profile); 0 disables the check. "
+        "Files carry no record time: `replay` trusts its history.",
+    ),
     "kafka_offset_reset": Spec(
         "NEXTBEST_KAFKA_OFFSET_RESET",
         "earliest",
@@ -320,6 +329,7 @@ class Settings:
     dead_letter_max_bytes: int
     sink_retry_limit_ms: int
     reproject_rate: int
+    max_future_ms: int
     kafka_offset_reset: str
     topic_check_interval_ms: int
     log_level: str

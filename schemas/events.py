@@ -339,6 +339,8 @@ def encode_event(event: Event) -> bytes:
 #: Every reason :func:`decode_event` can return (the set is finite: safe as a metric label).
 REASONS: Final = frozenset(
     {"invalid_json", "not_an_object", "too_large", "unknown_type", "bad_timestamp", "no_identity"}
+    # (decided by the dataflow against the record's own time, see dataflows.records)
+    | {"future_timestamp", "late"}
     | {f"missing_field:{n}" for n in WIRE_FIELDS}
     | {f"bad_type:{n}" for n in WIRE_FIELDS}
     | {f"bad_value:{n}" for n in WIRE_FIELDS}

@@ -112,3 +112,33 @@ def test_poison_messages_are_dead_lettered_once_and_the_flow_goes_on(
                  "NEXTBEST_METRICS_PORT": "0"}, timeout=300)  # fmt: skip
     a, b = dump(ref), dump(client)
     assert a == b, differences(a, b)
+
+
+def test_an_event_from_the_far_future_is_dead_lettered_not_applied(
+    kafka_brokers: str, redis_url: str, tmp_path: Path
+) -> None:
+    """One event dated 2066 (a bit flip in the year) would carry the watermark 40 years ahead
+    and expire every profile: it is dead-lettered as `future_timestamp` instead."""
+    t0 = 1_767_225_600_000
+    events = [orjson.dumps({"event_id": f"f{i}", "type": "page_view", "ts": t0 + i * 60_000,
+                            "customer_id": f"f{i % 30}"}) for i in range(300)]  # fmt: skip
+    bogus = b'{"event_id":"x","type":"page_view","ts":"2066-01-01T00:00:00Z","customer_id":"f1"}'
+    lines = [*events[:150], bogus, *events[150:], *sentinel_lines(t0 + 10**6, 1)]
+    ensure_topics(kafka_brokers, ["future-in", "future-dead"], 1)
+    produce(kafka_brokers, "future-in", lines)
+    url = f"{redis_url}?db=9"
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    log = tmp_path / "run.log"
+    env = {"NEXTBEST_KAFKA_BROKERS": kafka_brokers, "NEXTBEST_TOPIC_CLICKSTREAM": "future-in",
+           "NEXTBEST_TOPIC_TRANSACTIONS": "future-in", "NEXTBEST_TOPIC_DEAD_LETTER": "future-dead",
+           "NEXTBEST_REDIS_URL": url, "NEXTBEST_HOME": str(tmp_path / "home"),
+           "NEXTBEST_METRICS_PORT": "0"}  # fmt: skip
+    proc = start_run(env, log)
+    wait_sentinels(client, 1, log)
+    summary = stop_run(proc, log)
+    assert summary["dead_lettered_by_reason"] == {"future_timestamp": 1}
+    assert summary["dropped_by_retention"] == 0
+    assert all(int(client.hget(f"nb:{{c:f{c}}}:profile", "ne") or 0) == 10 for c in range(30))
+    [dead] = _dead_letters(kafka_brokers, "future-dead", 1)
+    assert orjson.loads(dead)["reason"] == "future_timestamp"

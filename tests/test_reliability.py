@@ -264,3 +264,22 @@ def test_run_waits_for_a_missing_topic(kafka_brokers: str) -> None:
     t0 = time.monotonic()
     assert wait_for_topics(kafka_brokers, ["not-yet"], stop, interval_s=0.2) is None
     assert time.monotonic() - t0 >= 0.9
+
+
+def test_a_far_future_event_in_a_replayed_file_does_not_stop_the_flow(tmp_path: Path) -> None:
+    """Files carry no record time, so `replay` applies an event dated 2066: the watermark jumps
+    and every label matures at once; the model owners must order the resulting examples (they
+    crashed on a tie with a TypeError before) and the replay must finish."""
+    from nextbest.simulator import SimConfig, generate
+    from tests.conftest import nextbest_cli
+
+    lines = list(generate(SimConfig(customers=300, days=10, seed=2)))
+    bogus = b'{"event_id":"bogus","type":"page_view","ts":"2066-01-05T00:00:00Z",' + (
+        b'"customer_id":"c-0000001"}'
+    )
+    lines.insert(len(lines) // 2, bogus)
+    src = tmp_path / "f.jsonl"
+    src.write_bytes(b"\n".join(lines) + b"\n")
+    env = {"NEXTBEST_HOME": str(tmp_path / "home"), "NEXTBEST_METRICS_PORT": "0"}
+    out = nextbest_cli("replay", str(src), "--json", env=env, timeout=300)
+    assert orjson.loads(out.stdout)["read"] == len(lines)
