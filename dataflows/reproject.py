@@ -52,7 +52,7 @@ class Reprojection:
             metrics.REPROJECTIONS.inc()
             log.warning("Redis lost data (%s): re-projecting every key the flow holds", why)
         else:
-            log.info("%s: projecting every key the flow holds", why)
+            log.info("%s: writing every key the flow holds (none on a fresh start)", why)
 
 
 class ProjectionGuard:
@@ -77,7 +77,10 @@ class ProjectionGuard:
                 client.set(MARKER_KEY, uuid.uuid4().hex.encode(), nx=True)
                 self.token = client.get(MARKER_KEY)
                 if first:  # a new Redis, or one that lost data while the flow was down
-                    self.reprojection.request("no projection marker in Redis at start", False)
+                    self.reprojection.request(
+                        "Redis has no projection marker (new, or emptied while the flow was down)",
+                        loss=False,
+                    )
                 else:
                     self.reprojection.request("the marker key nb:projection is gone")
                 return True
