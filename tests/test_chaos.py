@@ -171,6 +171,8 @@ def test_redis_restarted_empty_is_healed(
         wait_for(lambda: metric_sum(port, "nextbest_redis_reprojections_total") >= 1,
                  "a re-projection", log)  # fmt: skip
         wait_for(lambda: dump(client) == reference.keys, "the healed keys", log, 60)
+        # the RFM owner re-published its boundaries (before the end of the run would)
+        wait_for(lambda: bool(client.exists("nb:rfm:boundaries")), "the RFM boundaries", log, 10)
         assert metric_sum(port, "nextbest_sink_write_failures_total") > 0
         stop_run(proc, log)
         _assert_same(reference, client)

@@ -283,3 +283,22 @@ def test_a_far_future_event_in_a_replayed_file_does_not_stop_the_flow(tmp_path: 
     env = {"NEXTBEST_HOME": str(tmp_path / "home"), "NEXTBEST_METRICS_PORT": "0"}
     out = nextbest_cli("replay", str(src), "--json", env=env, timeout=300)
     assert orjson.loads(out.stdout)["read"] == len(lines)
+
+
+def test_owners_publish_again_on_a_reprojection() -> None:
+    """After Redis lost its data the RFM owner re-publishes its boundaries at once (not only
+    after the next 1,000 changes), and a model owner without a model publishes nothing."""
+    from dataflows.profiles import FlowConfig, ModelLogic, RfmLogic
+    from dataflows.records import Reproject, WriteBoundaries
+    from features.rfm import rfm_point
+
+    cfg = FlowConfig()
+    owner = RfmLogic(None, cfg)
+    points = [(None, rfm_point(i + 1, 10.0 * i, 1_767_225_600_000 + i)) for i in range(20)]
+    out, _ = owner.on_batch(points)
+    assert list(out) == []  # fewer changes than rfm_publish_every
+    out, _ = owner.on_batch([Reproject()])
+    assert [type(o[1]) for o in out] == [WriteBoundaries]
+    model_owner = ModelLogic(None, cfg)
+    out, _ = model_owner.on_batch([("reproject", None)])
+    assert list(out) == []
