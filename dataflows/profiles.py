@@ -546,7 +546,8 @@ class DeviceLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
         if anon_changed:
             self.dirty = True
         out.extend(self.flush(force=False))
-        return out, RETAIN
+        # (only ticks or a re-projection for a device with no state: nothing to keep)
+        return out, RETAIN if self.state is not None else DISCARD
 
     def _projection(self) -> list[Out]:
         """What Redis holds for the device: its link, else its anonymous profile."""
