@@ -185,6 +185,8 @@ class _KafkaPartition(StatefulSourcePartition[RawRecord, Any]):
         self._prefix = f"kafka:{topic}:{part}:"
         self._topic_id = src.layout[topic][1] if topic in src.layout else None
         offset, stored_id = (resume, None) if not isinstance(resume, tuple) else resume
+        if offset is not None and offset < 0:  # Bytewax's "from the beginning" before any read
+            offset = None
         self._consumer = Consumer(
             {
                 "bootstrap.servers": src._brokers,
