@@ -1,18 +1,20 @@
-"""Partitions added while `nextbest run` runs, against a real Apache Kafka broker.
+"""Partitions added while `nextbest run` runs, against a second Kafka-protocol broker.
 
-The session's embedded broker (tansu) has no CreatePartitions, so these tests start a real
-one-node Kafka (``tests/realkafka.py``). ``REAL_KAFKA_BROKERS=host:port`` runs them against a
-broker already running instead. Where Maven's repository is out of reach (no network to it) they
-are skipped, saying so; any other failure to fetch or start Kafka fails them.
+The session's embedded broker (tansu 0.6) has no CreatePartitions, so this module starts
+``noida-db`` (a pip-installed single binary that speaks the Kafka protocol and can add
+partitions; a dev dependency) with only its Kafka service. ``REAL_KAFKA_BROKERS=host:port`` runs
+the same tests against a broker already running instead (e.g. a real Apache Kafka).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from importlib.resources import files
 from pathlib import Path
 
 import orjson
@@ -21,9 +23,8 @@ import redis
 
 from dataflows.records import RawRecord
 from dataflows.sources import KafkaTopicsSource, topic_layout
-from nextbest.runtime import ensure_topics, free_port
+from nextbest.runtime import ensure_topics, free_port, stop_process
 from tests.chaos import produce, sentinel_lines, start_run, stop_run, wait_read, wait_sentinels
-from tests.realkafka import KafkaUnavailable, kafka_broker, missing_tools, resolve_jars
 
 pytestmark = pytest.mark.slow
 
@@ -31,25 +32,45 @@ T0 = 1_767_225_600_000  # 2026-01-01
 CUSTOMERS = 40
 
 
+def _start_noida(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """noida-db with only its Kafka service on a free port; its log in ``workdir``."""
+    from confluent_kafka.admin import AdminClient
+
+    binary = Path(str(files("noida_db").joinpath("noida-db")))
+    binary.chmod(0o755)
+    port = free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    with (workdir / "noida.log").open("ab") as log:
+        proc = subprocess.Popen(
+            [str(binary), "start", "--data-dir", str(workdir / "data"), "--only", "kafka",
+             "--kafka-port", str(port)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+        )  # fmt: skip
+    address = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, (workdir / "noida.log").read_text()
+        try:
+            AdminClient({"bootstrap.servers": address}).list_topics(timeout=1)
+            return proc, address
+        except Exception:
+            time.sleep(0.2)
+    stop_process(proc.pid)
+    raise AssertionError(f"noida-db did not answer:\n{(workdir / 'noida.log').read_text()}")
+
+
 @pytest.fixture(scope="module")
 def real_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """host:port of a real Apache Kafka broker for this module."""
+    """host:port of a broker that can add partitions, for this module."""
     external = os.environ.get("REAL_KAFKA_BROKERS")
     if external:
         yield external
         return
-    missing = missing_tools()
-    if missing:
-        pytest.skip(f"a real Kafka broker needs {' and '.join(missing)} on PATH")
-    t0 = time.perf_counter()
+    proc, address = _start_noida(tmp_path_factory.mktemp("noida"))
     try:
-        jars = resolve_jars()
-    except KafkaUnavailable as exc:
-        pytest.skip(str(exc).splitlines()[0])
-    t1 = time.perf_counter()
-    with kafka_broker(jars, tmp_path_factory.mktemp("kafka")) as address:
-        print(f"real kafka: jars in {t1 - t0:.1f} s, broker up in {time.perf_counter() - t1:.1f} s")
         yield address
+    finally:
+        stop_process(proc.pid)
 
 
 def _events(start: int, n: int) -> list[bytes]:
