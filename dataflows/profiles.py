@@ -29,7 +29,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import bytewax.operators as op
-import msgspec
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
@@ -748,36 +747,7 @@ RELEASE_LAG_MS = 3 * lb.DAY_MS
 
 
 #: A held example in a heap: its learning order (unique per target), then the example.
-Held = tuple[int, str, int, "Tied"]
-
-
-class Tied:
-    """An example in the held heap. Two examples with the same (label time, customer, snapshot
-    time) — a far-future event can make them — are ordered by label, then by their encoded
-    features: an order of their own, not of their arrival (and never a TypeError).
-
-    >>> a = lb.Example("churn", "c:1", 0, 5, {"x": 1.0}, 1)
-    >>> b = lb.Example("churn", "c:1", 0, 5, {"x": 0.5}, 1)
-    >>> sorted([Tied(a), Tied(b)])[0].example is b
-    True
-    """
-
-    __slots__ = ("example",)
-
-    def __init__(self, example: lb.Example) -> None:
-        self.example = example
-
-    def __getstate__(self) -> lb.Example:
-        return self.example
-
-    def __setstate__(self, example: lb.Example) -> None:
-        self.example = example
-
-    def _order(self) -> tuple[int, bytes]:
-        return self.example.label, msgspec.json.encode(sorted(self.example.features.items()))
-
-    def __lt__(self, other: Tied) -> bool:
-        return self._order() < other._order()
+Held = tuple[int, str, int, lb.Tied]
 
 
 class ModelLogic(StatefulBatchLogic[Any, Out, Any]):
@@ -804,8 +774,8 @@ class ModelLogic(StatefulBatchLogic[Any, Out, Any]):
             resume = (*resume, [], -(2**62))
         (self.model, self.version, self.since, self.newest_label_ts, self.held,
          self.released_to) = resume or (None, 0, 0, 0, [], -(2**62))  # fmt: skip
-        if self.held and isinstance(self.held[0][3], lb.Example):  # a snapshot of before Tied
-            self.held = [(a, b, c, Tied(e)) for a, b, c, e in self.held]  # type: ignore[arg-type]
+        if self.held and isinstance(self.held[0][3], lb.Example):  # a snapshot from before Tied
+            self.held = [(a, b, c, lb.Tied(e)) for a, b, c, e in self.held]  # type: ignore[arg-type]
             heapq.heapify(self.held)
         self.cfg = cfg
         self.last_checkpoint = time.monotonic()
@@ -823,7 +793,7 @@ class ModelLogic(StatefulBatchLogic[Any, Out, Any]):
                 if late:
                     metrics.EXAMPLES_OUT_OF_ORDER.inc(late)
                 for e in v:
-                    heapq.heappush(self.held, (e.label_ts, e.key, e.snapshot_ts, Tied(e)))
+                    heapq.heappush(self.held, (e.label_ts, e.key, e.snapshot_ts, lb.Tied(e)))
         if newest is not None:
             bound = newest - RELEASE_LAG_MS
             if bound > self.released_to:

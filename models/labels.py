@@ -156,6 +156,35 @@ class Example(msgspec.Struct, frozen=True):
     label: int
 
 
+class Tied:
+    """An example in the held heap. Two examples with the same (label time, customer, snapshot
+    time) — a far-future event can make them — are ordered by label, then by their encoded
+    features: an order of their own, not of their arrival (and never a TypeError).
+
+    >>> a = Example("churn", "c:1", 0, 5, {"x": 1.0}, 1)
+    >>> b = Example("churn", "c:1", 0, 5, {"x": 0.5}, 1)
+    >>> sorted([Tied(a), Tied(b)])[0].example is b
+    True
+    """
+
+    __slots__ = ("example",)
+
+    def __init__(self, example: Example) -> None:
+        self.example = example
+
+    def __getstate__(self) -> Example:
+        return self.example
+
+    def __setstate__(self, example: Example) -> None:
+        self.example = example
+
+    def _order(self) -> tuple[int, bytes]:
+        return self.example.label, msgspec.json.encode(sorted(self.example.features.items()))
+
+    def __lt__(self, other: Tied) -> bool:
+        return self._order() < other._order()
+
+
 _INTERNED: dict[tuple[str, ...], tuple[str, ...]] = {}
 
 
