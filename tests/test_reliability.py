@@ -302,3 +302,20 @@ def test_owners_publish_again_on_a_reprojection() -> None:
     model_owner = ModelLogic(None, cfg)
     out, _ = model_owner.on_batch([("reproject", None)])
     assert list(out) == []
+
+
+def test_dead_letter_sink_stalls_while_the_broker_is_away(tmp_path: Path) -> None:
+    """Undelivered dead letters are not dropped: the sink waits for the broker (stalled gauge
+    1) and only gives up at its ceiling, saying why."""
+    sink = DeadLetterKafkaSink(
+        f"127.0.0.1:{free_port()}", "nowhere",  # nobody listens
+        SinkOptions(fallback_dir=tmp_path, retry_limit_ms=1000),
+    )  # fmt: skip
+    part = sink.build("dead_letter", 0, 1)
+    rej = Rejected(RawRecord(b"{", "kafka:in:0:9"), DecodeError("invalid_json"))
+    t0 = time.monotonic()
+    with pytest.raises(SinkGaveUp, match="dead_letter sink: gave up"):
+        part.write_batch([rej])
+    assert time.monotonic() - t0 >= 1.0
+    assert metric_sum_local('nextbest_sink_stalled{sink="dead_letter"}') == 1
+    assert not (tmp_path / "dead-letter.jsonl").exists()  # not given up on as undeliverable
