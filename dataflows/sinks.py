@@ -326,7 +326,7 @@ class RedisSink(DynamicSink[SinkOp]):
     """Applies each batch's sink operations in one pipeline: one command per changed key.
 
     It also watches for Redis losing its data and then asks the flow (through
-    :attr:`reprojection`, which :func:`~dataflows.profiles.build_flow` hands to the clocks) to
+    :attr:`reprojection`, which :func:`~dataflows.flow.build_flow` hands to the clocks) to
     write everything again (see :mod:`dataflows.reproject`); ``watch=False`` turns that off.
     """
 

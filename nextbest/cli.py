@@ -139,7 +139,7 @@ def _print_summary(summary: dict[str, Any], as_json: bool, dead_letter: str | No
 def _flow_config(
     settings: Settings, write_interval_ms: int | None = None, models: bool = True
 ) -> Any:
-    from dataflows.profiles import FlowConfig
+    from dataflows.flow import FlowConfig
     from models.labels import DAY_MS, Horizons
 
     return FlowConfig(
@@ -221,8 +221,8 @@ def _run_flow(flow: Any, settings: Settings | None = None) -> None:
 
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     """Run the profile flow over JSONL files to their end and print a summary."""
+    from dataflows.flow import FlowStats, build_flow
     from dataflows.metrics import serve_metrics
-    from dataflows.profiles import FlowStats, build_flow
     from dataflows.sinks import DeadLetterFileSink, RedisSink
     from dataflows.sources import JsonlFilesSource
     from nextbest.runtime import redis_url
@@ -265,8 +265,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     When partitions are added to a topic (or a topic is recreated) the flow stops cleanly and
     starts again over every partition, resuming from the recovery snapshot if there is one.
     """
+    from dataflows.flow import FlowStats, build_flow
     from dataflows.metrics import serve_metrics
-    from dataflows.profiles import FlowStats, build_flow
     from dataflows.sinks import DeadLetterKafkaSink, RedisSink
     from dataflows.sources import (
         KafkaTopicsSource,

@@ -108,8 +108,8 @@ def _sample_customer(url: str) -> str | None:
 
 def run_demo(settings: Settings, events: int | None, customers: int, port: int | None) -> int:
     """Run the demo; bounded when ``events`` is given (prints the summary and exits)."""
+    from dataflows.flow import FlowStats, build_flow
     from dataflows.metrics import serve_metrics
-    from dataflows.profiles import FlowStats, build_flow
     from dataflows.sinks import DeadLetterFileSink, RedisSink
     from nextbest.cli import (
         _flow_config,

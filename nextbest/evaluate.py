@@ -209,10 +209,10 @@ def evaluate(
 ) -> dict[str, Any]:
     """Replay ``events`` into a fresh temporary Redis, score the truth customers, report.
 
-    ``flow_config`` is the :class:`~dataflows.profiles.FlowConfig` to run (recovery is turned
+    ``flow_config`` is the :class:`~dataflows.flow.FlowConfig` to run (recovery is turned
     off), ``run_flow`` the function that runs a flow in this process.
     """
-    from dataflows.profiles import FlowStats, build_flow
+    from dataflows.flow import FlowStats, build_flow
     from dataflows.sinks import DeadLetterFileSink, RedisSink
     from dataflows.sources import JsonlFilesSource
     from nextbest.runtime import start_redis, stop_process

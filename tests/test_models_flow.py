@@ -12,7 +12,7 @@ from bytewax.testing import TestingSink, TestingSource, run_main
 from fastapi.testclient import TestClient
 
 import serving.app as app_module
-from dataflows.profiles import FlowConfig, build_flow
+from dataflows.flow import FlowConfig, build_flow
 from dataflows.records import RawRecord, SinkOp, WriteCheckpoint
 from features.store import ProfileWriter, model_keys
 from models.online import OnlineModel, checkpoint_meta
@@ -180,7 +180,7 @@ def test_model_state_pickles() -> None:
 
 
 def test_model_owner_resumes_from_a_snapshot_of_the_older_format() -> None:
-    from dataflows.profiles import ModelLogic
+    from dataflows.steps.models import ModelLogic
 
     m = OnlineModel("churn")
     logic = ModelLogic((m, 3, 0, 7), FlowConfig())  # before examples were held

@@ -11,7 +11,7 @@ import pytest
 import redis
 from bytewax.testing import TestingSink, TestingSource, run_main
 
-from dataflows.profiles import FlowConfig, FlowStats, build_flow
+from dataflows.flow import FlowConfig, FlowStats, build_flow
 from dataflows.records import RawRecord, Rejected, SinkOp
 from dataflows.sinks import DeadLetterFileSink, RedisSink
 from dataflows.sources import JsonlFilesSource

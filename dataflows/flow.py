@@ -1,0 +1,168 @@
+"""The profile dataflow: wiring only; each step's Logic is in ``dataflows/steps/``, the logic
+in ``features/`` and ``models/``.
+
+Step ids are stable names: Bytewax recovery state is keyed by them.
+
+    read -> decode -> split_rejected -(rejects)-------------------------------> dead_letter
+                        |
+                        +-> split_identity -(anonymous-only events, login/signup links)
+                        |     -> key_by_device -> identity (per a:<anonymous_id>, + device_clock)
+                        |          anonymous profiles, links, hand-overs, routing to customers
+                        +-> key_by_customer ----+
+                                    (+ routed) -+-> profile (per c:<customer_id>, + customer_clock)
+                                                       -> rfm (one owner)
+    identity, profile, rfm -> write_redis (one command per changed key, pipelined per batch)
+
+The two clocks are :class:`features.clock.EventClock` instances fed by the events themselves: they
+keep the event-time watermark (newest event time minus the allowed lateness) and send a
+:class:`~dataflows.records.Tick` to a key whose timer the watermark passed (today: retention).
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Callable
+from typing import Any
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow, Stream
+from bytewax.inputs import Source
+from bytewax.outputs import Sink
+
+from dataflows.config import FlowConfig
+from dataflows.records import (
+    In,
+    RawRecord,
+    Rejected,
+    Reproject,
+    SinkOp,
+)
+from dataflows.sinks import RedisSink
+from dataflows.stats import FlowStats
+from dataflows.steps import Keyed
+from dataflows.steps.clock import MODEL_TIME, add_clock, newest_ts
+from dataflows.steps.decode import is_device_item, is_event, key_events, make_decoder
+from dataflows.steps.identity import DeviceLogic
+from dataflows.steps.models import ModelLogic
+from dataflows.steps.profile import ProfileLogic
+from dataflows.steps.rfm import RfmLogic
+from models import labels as lb
+
+__all__ = ["FlowConfig", "FlowStats", "build_flow"]
+
+
+def is_reproject(kv: Keyed) -> bool:
+    """A re-projection request of the clock (for the model and RFM owners)."""
+    return isinstance(kv[1][1], Reproject)
+
+
+def to_model_owners(kv: Keyed) -> list[tuple[str, tuple[str, Any]]]:
+    """What the customer clock tells every model owner: the watermark, or a re-projection."""
+    item = kv[1][1]
+    if isinstance(item, Reproject):
+        return [("model:" + t, ("reproject", None)) for t in lb.TARGETS]
+    return [("model:" + t, ("time", item.watermark)) for t in lb.TARGETS]
+
+
+def build_flow(
+    source: Source[Any],
+    redis_sink: Sink[SinkOp],
+    dead_letter_sink: Sink[Rejected],
+    stats: FlowStats | None = None,
+    to_record: Callable[[Any], RawRecord] | None = None,
+    source_label: str = "file",
+    config: FlowConfig | None = None,
+) -> Dataflow:
+    """Build the profile dataflow over any source of :class:`RawRecord` (or ``to_record`` input).
+
+    With a :class:`~dataflows.sinks.RedisSink`, the clocks answer its re-projection requests.
+    """
+    stats = FlowStats() if stats is None else stats
+    cfg = FlowConfig() if config is None else config
+    reprojection = redis_sink.reprojection if isinstance(redis_sink, RedisSink) else None
+    flow = Dataflow("nextbest-profiles")
+    raw = op.input("read", flow, source)
+    if to_record is not None:
+        raw = op.map("to_record", raw, to_record)
+    decoded = op.flat_map_batch("decode", raw, make_decoder(stats, source_label, cfg.max_future_ms))
+    split = op.branch("split_rejected", decoded, is_event)
+    events: Stream[In] = split.trues  # type: ignore[assignment]
+
+    observed = op.flat_map_batch("observe_time", events, newest_ts)
+    keyed = op.flat_map_batch("key_events", events, key_events)
+    by_device = op.branch("split_identity", keyed, is_device_item)
+    device_in: Stream[Keyed] = by_device.trues
+    device_ticks = add_clock("device_clock", device_in, observed, cfg, None, reprojection)
+
+    def build_device(resume: Any) -> DeviceLogic:
+        return DeviceLogic(pickle.loads(resume) if resume else None, cfg, stats)
+
+    device_out = op.stateful_batch(
+        "identity", op.merge("device_items", device_in, device_ticks), build_device
+    )
+    device_flat = op.map("identity_unwrap", device_out, lambda kv: kv[1])
+    routed = op.filter_map(
+        "routed_to_customer", device_flat, lambda o: (o[1][0], o[1]) if o[0] == "route" else None
+    )
+    customer_in = op.merge("customer_items", by_device.falses, routed)
+    # (label and idle timers only when the models learn)
+    horizons = cfg.horizons if cfg.models else None
+    clock_out = add_clock(
+        "customer_clock", customer_in, observed, cfg, horizons, reprojection, owners=True
+    )
+    to_models = op.branch("split_model_time", clock_out, lambda kv: kv[0] == MODEL_TIME)
+    customer_ticks: Stream[Keyed] = to_models.falses
+
+    def build_profile(resume: Any) -> ProfileLogic:
+        return ProfileLogic(pickle.loads(resume) if resume else None, cfg, stats)
+
+    profile_out = op.stateful_batch(
+        "profile", op.merge("profile_items", customer_in, customer_ticks), build_profile
+    )
+    profile_flat = op.map("profile_unwrap", profile_out, lambda kv: kv[1])
+
+    rfm_changes = op.filter_map(
+        "rfm_changes", profile_flat, lambda o: o[1] if o[0] == "rfm" else None
+    )
+    rfm_reproject = op.filter_map(
+        "rfm_reproject", to_models.trues, lambda kv: kv[1][1] if is_reproject(kv) else None
+    )
+    rfm_changes = op.merge("rfm_inputs", rfm_changes, rfm_reproject)
+
+    def build_rfm(resume: Any) -> RfmLogic:
+        return RfmLogic(pickle.loads(resume) if resume else None, cfg)
+
+    rfm_out = op.stateful_batch("rfm", op.key_on("rfm_owner", rfm_changes, lambda _: "rfm"),
+                                build_rfm)  # fmt: skip
+    rfm_flat = op.map("rfm_unwrap", rfm_out, lambda kv: kv[1])
+
+    examples = op.filter_map(
+        "examples", profile_flat, lambda o: o[1] if o[0] == "examples" else None
+    )
+
+    def build_model(resume: Any) -> ModelLogic:
+        return ModelLogic(pickle.loads(resume) if resume else None, cfg)
+
+    # every model owner hears the clock's event time too (to learn in a canonical order)
+    model_time = op.flat_map("model_time", to_models.trues, to_model_owners)
+    model_examples = op.map("model_owner", examples, lambda te: ("model:" + te[0], ("ex", te[1])))
+    models_out = op.stateful_batch(
+        "models", op.merge("model_inputs", model_examples, model_time), build_model
+    )
+    models_flat = op.map("models_unwrap", models_out, lambda kv: kv[1])
+
+    outputs = op.merge("outputs", device_flat, profile_flat, rfm_flat, models_flat)
+    sink_ops = op.filter_map("sink_ops", outputs, lambda o: o[1] if o[0] == "sink" else None)
+    late_events = op.filter_map("late_events", outputs, lambda o: o[1] if o[0] == "dead" else None)
+
+    def count_late(rej: Rejected) -> Rejected:
+        stats.reject(rej.error.reason)
+        return rej
+
+    op.output(
+        "dead_letter",
+        op.merge("dead_letters", split.falses, op.map("count_late", late_events, count_late)),
+        dead_letter_sink,
+    )
+    op.output("write_redis", sink_ops, redis_sink)
+    return flow

@@ -1,0 +1,59 @@
+"""Decode and key: the stateless steps at the head of the flow."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from dataflows import metrics
+from dataflows.records import (
+    In,
+    RawRecord,
+    Rejected,
+    decode_record,
+)
+from dataflows.stats import FlowStats
+from dataflows.steps import Keyed
+from features.identity import needs_identity
+
+
+def make_decoder(
+    stats: FlowStats, source_label: str, max_future_ms: int = 0
+) -> Callable[[list[RawRecord]], list[Any]]:
+    """Batch decoder that counts what it sees (one call per source batch)."""
+    read_counter = metrics.EVENTS_READ.labels(source_label)
+
+    def decode_batch(batch: list[RawRecord]) -> list[In | Rejected]:
+        out = [decode_record(r, max_future_ms) for r in batch]
+        stats.read += len(batch)
+        read_counter.inc(len(batch))
+        for item in out:
+            if isinstance(item, Rejected):
+                stats.reject(item.error.reason)
+            else:
+                stats.decoded += 1
+                metrics.EVENTS_ACCEPTED.labels(item.event.type).inc()
+        return out
+
+    return decode_batch
+
+
+def is_event(item: In | Rejected) -> bool:
+    """Branch predicate: decoded events go on, rejects go to the dead-letter output."""
+    return isinstance(item, In)
+
+
+def key_events(batch: list[In]) -> list[Keyed]:
+    """Key each event: ``a:<anonymous_id>`` for the identity step (anonymous-only events and
+    login/signup links), else ``c:<customer_id>``. The key also travels in the value."""
+    out: list[Keyed] = []
+    for item in batch:
+        ev = item.event
+        key = "a:" + ev.anonymous_id if needs_identity(ev) else "c:" + (ev.customer_id or "")  # type: ignore[operator]
+        out.append((key, (key, item)))
+    return out
+
+
+def is_device_item(kv: Keyed) -> bool:
+    """Branch predicate: items keyed by device go to the identity step."""
+    return kv[0].startswith("a:")

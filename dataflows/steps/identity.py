@@ -1,0 +1,97 @@
+"""The identity step: one device, its links, its anonymous profile, routing."""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Iterable
+from typing import Any
+
+from bytewax.operators import StatefulBatchLogic
+
+from dataflows import metrics
+from dataflows.config import FlowConfig
+from dataflows.records import (
+    DropProfile,
+    Handover,
+    Reproject,
+    SinkOp,
+    Tick,
+    WriteLink,
+    WriteProfile,
+    late,
+)
+from dataflows.stats import FlowStats
+from dataflows.steps import DISCARD, RETAIN, Out
+from dataflows.steps.debounce import Debounced
+from dataflows.steps.profile import arrival_order
+from features.identity import DeviceState, on_event
+
+
+class DeviceLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
+    """Identity step for one device: links, the anonymous profile, routing to customers."""
+
+    def __init__(
+        self, resume: tuple[DeviceState, bool] | None, cfg: FlowConfig, stats: FlowStats
+    ) -> None:
+        self.state: DeviceState | None
+        self.state, self.dirty = resume if resume is not None else (None, False)
+        self.cfg = cfg
+        self.stats = stats
+        self.interval = cfg.write_interval_ms / 1000
+
+    def pending_write(self) -> SinkOp | None:
+        anon = self.state.anon if self.state is not None else None
+        return None if anon is None else WriteProfile(anon.key, anon)
+
+    def on_batch(self, values: list[tuple[str, Any]]) -> tuple[Iterable[Out], bool]:
+        values.sort(key=lambda kv: arrival_order(kv[1]))
+        out: list[Out] = []
+        anon_changed = False
+        for _, item in values:
+            if isinstance(item, Reproject):
+                out.extend(self._projection())
+                continue
+            if isinstance(item, Tick):
+                st = self.state
+                if st is not None and st.last_ts + self.cfg.retention_ms <= item.watermark:
+                    self.stats.dropped += 1
+                    metrics.PROFILES_DROPPED.inc()
+                    return [*out, ("sink", DropProfile("a:" + st.anonymous_id))], DISCARD
+                continue
+            ev = item.event
+            if self.state is None:
+                self.state = DeviceState(ev.anonymous_id or "")
+                self.stats.visitors += 1
+            for action in on_event(self.state, ev, self.cfg.lateness_ms):
+                kind = action[0]
+                if kind == "customer":
+                    out.append(("route", ("c:" + action[1], item)))
+                elif kind == "merge":
+                    out.append(("route", ("c:" + action[1], Handover(action[2]))))
+                elif kind == "link":
+                    out.append(("sink", WriteLink(self.state.anonymous_id, action[1])))
+                elif kind == "anon_changed":
+                    anon_changed = True
+                elif kind == "late":
+                    out.append(("dead", late(item)))
+                elif kind == "duplicate":
+                    self.stats.duplicates += 1
+                    metrics.DUPLICATES.inc()
+        if anon_changed:
+            self.dirty = True
+        out.extend(self.flush(force=False))
+        # (only ticks or a re-projection for a device with no state: nothing to keep)
+        return out, RETAIN if self.state is not None else DISCARD
+
+    def _projection(self) -> list[Out]:
+        """What Redis holds for the device: its link, else its anonymous profile."""
+        st = self.state
+        if st is None:
+            return []
+        if st.links:
+            return [("sink", WriteLink(st.anonymous_id, st.links[-1].customer_id))]
+        self.dirty = True
+        return self.flush(force=True)
+
+    def snapshot(self) -> Any:
+        return pickle.dumps((self.state, self.dirty)) if self.cfg.recovery else None

@@ -1,0 +1,136 @@
+"""The model owners: one per target, learning in a canonical order."""
+
+from __future__ import annotations
+
+import heapq
+import pickle
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from bytewax.operators import StatefulBatchLogic
+
+from dataflows import metrics
+from dataflows.config import FlowConfig
+from dataflows.records import (
+    WriteCheckpoint,
+)
+from dataflows.steps import RETAIN, Out
+from models import labels as lb
+from models.online import OnlineModel
+
+#: How far behind the stream's event time the model step learns: every example whose label time
+#: is older has arrived (a label matures at most a day or two after its label time; see
+#: :func:`label_timers` and :func:`models.labels.on_idle`), so they can be learned in one canonical
+#: order, whatever the batching.
+RELEASE_LAG_MS = 3 * lb.DAY_MS
+
+
+#: A held example in a heap: its learning order (unique per target), then the example.
+Held = tuple[int, str, int, lb.Tied]
+
+
+class ModelLogic(StatefulBatchLogic[Any, Out, Any]):
+    """The one owner of a target's online model: learns every matured example (progressive
+    validation: scored before learned) and checkpoints every N examples or T seconds.
+
+    Examples are held until the customer clock's watermark (``("time", watermark)`` items, see
+    :class:`ClockLogic`) is :data:`RELEASE_LAG_MS` past their label time, then learned sorted
+    by (label time, customer, snapshot time); the end of the input releases the rest. So the model
+    is the same however the stream was batched: a replay learns what living through it learned.
+    An example that comes after its place was passed (only if the watermark was wrong) is learned
+    with the next release and counted in ``nextbest_model_examples_out_of_order_total``.
+    """
+
+    def __init__(
+        self,
+        resume: tuple[OnlineModel | None, int, int, int, list[Held], int] | None,
+        cfg: FlowConfig,
+    ) -> None:
+        # The builder does not learn its key: the model is made for the first example's target.
+        self.model: OnlineModel | None
+        self.held: list[Held]  # a heap
+        if resume is not None and len(resume) == 4:  # a snapshot from before examples were held
+            resume = (*resume, [], -(2**62))
+        (self.model, self.version, self.since, self.newest_label_ts, self.held,
+         self.released_to) = resume or (None, 0, 0, 0, [], -(2**62))  # fmt: skip
+        if self.held and isinstance(self.held[0][3], lb.Example):  # a snapshot from before Tied
+            self.held = [(a, b, c, lb.Tied(e)) for a, b, c, e in self.held]  # type: ignore[arg-type]
+            heapq.heapify(self.held)
+        self.cfg = cfg
+        self.last_checkpoint = time.monotonic()
+
+    def on_batch(self, values: list[Any]) -> tuple[Iterable[Out], bool]:
+        newest: int | None = None
+        republish = False
+        for kind, v in values:
+            if kind == "time":  # a watermark
+                newest = v if newest is None else max(newest, v)
+            elif kind == "reproject":  # Redis lost the checkpoint
+                republish = True
+            else:
+                late = sum(1 for e in v if e.label_ts < self.released_to)
+                if late:
+                    metrics.EXAMPLES_OUT_OF_ORDER.inc(late)
+                for e in v:
+                    heapq.heappush(self.held, (e.label_ts, e.key, e.snapshot_ts, lb.Tied(e)))
+        if newest is not None:
+            bound = newest - RELEASE_LAG_MS
+            if bound > self.released_to:
+                self.released_to = bound
+        out = self._learn(self.released_to)
+        if republish and not out:
+            out = self._checkpoint()
+        return out, RETAIN
+
+    def _learn(self, bound: int | None) -> list[Out]:
+        """Learn the held examples with label time before ``bound`` (all with ``None``)."""
+        held = self.held
+        ready: list[lb.Example] = []
+        while held and (bound is None or held[0][0] < bound):
+            ready.append(heapq.heappop(held)[3].example)
+        if ready:
+            if self.model is None:
+                self.model = OnlineModel(ready[0].target, self.cfg.model_pipeline,
+                                         min_examples=self.cfg.model_min_examples)  # fmt: skip
+            for ex in ready:
+                self.model.learn(ex)
+                self.newest_label_ts = max(self.newest_label_ts, ex.label_ts)
+            self.since += len(ready)
+            metrics.EXAMPLES.labels(self.model.target).inc(len(ready))
+        due = time.monotonic() - self.last_checkpoint >= self.cfg.checkpoint_interval_ms / 1000
+        if self.since and (self.since >= self.cfg.checkpoint_every or due or bound is None):
+            return self._checkpoint()
+        return []
+
+    def notify_at(self) -> datetime | None:
+        if not self.since:
+            return None
+        wait = self.last_checkpoint + self.cfg.checkpoint_interval_ms / 1000 - time.monotonic()
+        return datetime.now(UTC) + timedelta(seconds=max(wait, 0.0))
+
+    def on_notify(self) -> tuple[Iterable[Out], bool]:
+        return (self._checkpoint() if self.since else []), RETAIN
+
+    def on_eof(self) -> tuple[Iterable[Out], bool]:
+        return self._learn(None), RETAIN
+
+    def _checkpoint(self) -> list[Out]:
+        if self.model is None:
+            return []
+        self.version += 1
+        self.since = 0
+        self.last_checkpoint = time.monotonic()
+        data = self.model.to_checkpoint(self.version, self.newest_label_ts)
+        snap = self.model.metrics_snapshot()
+        for name in ("roc_auc", "log_loss", "brier"):
+            if snap.get(name) is not None:
+                metrics.MODEL_METRIC.labels(self.model.target, name).set(snap[name])
+        metrics.MODEL_DRIFTS.labels(self.model.target).set(snap.get("drifts", 0))
+        return [("sink", WriteCheckpoint(self.model.target, self.version, data))]
+
+    def snapshot(self) -> Any:
+        state = (self.model, self.version, self.since, self.newest_label_ts, self.held,
+                 self.released_to)  # fmt: skip
+        return pickle.dumps(state) if self.cfg.recovery else None

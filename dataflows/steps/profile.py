@@ -1,0 +1,206 @@
+"""The profile step: one customer: ingest events, absorb hand-overs, expire, snapshot."""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Iterable
+from typing import Any
+
+from bytewax.operators import StatefulBatchLogic
+
+from dataflows import metrics
+from dataflows.config import FlowConfig
+from dataflows.records import (
+    DropProfile,
+    Handover,
+    In,
+    Reproject,
+    SinkOp,
+    Tick,
+    WriteProfile,
+    late,
+)
+from dataflows.stats import FlowStats
+from dataflows.steps import DISCARD, RETAIN, Out
+from dataflows.steps.debounce import Debounced
+from features import profile as pf
+from features import rfm
+from models import labels as lb
+from models.features import state_features
+
+
+def rfm_point(state: pf.ProfileState) -> rfm.RfmPoint | None:
+    """The customer's RFM point (None before the first purchase)."""
+    return rfm.rfm_point(state.purchases_total, state.revenue_total, state.last_purchase_ts)
+
+
+def arrival_order(item: Any) -> tuple[int, int, str]:
+    """Sort key inside one batch of a key: ticks first (time passed before these events were
+    seen), then events by (ts, event_id), hand-overs by their newest event. Items of one key can
+    reach a step through different paths (direct and routed by identity) in any order within a
+    batch; sorting undoes that reordering."""
+    if isinstance(item, In):
+        return (1, item.event.ts, item.event.event_id)
+    if isinstance(item, Handover):
+        return (1, pf.last_event_ts(item.state), "")
+    if isinstance(item, Reproject):
+        return (2, 0, "")
+    return (0, item.watermark, "")
+
+
+def _emit_examples(
+    examples: list[lb.Example], out: list[Out], labels: lb.PendingLabels | None, skipped: int
+) -> None:
+    """One ``("examples", (target, [example, ...]))`` per target: fewer items between steps.
+    (Also counts the snapshots the batch could not keep: ``skipped`` is the count before it.)"""
+    if labels is not None and labels.skipped != skipped:
+        metrics.SNAPSHOTS_SKIPPED.inc(labels.skipped - skipped)
+    if not examples:
+        return
+    for target in lb.TARGETS:
+        batch = [ex for ex in examples if ex.target == target]
+        if batch:
+            out.append(("examples", (target, batch)))
+
+
+def _touches_money(values: list[Any]) -> bool:
+    return any(
+        isinstance(v, Handover) or (isinstance(v, In) and v.event.type in ("purchase", "refund"))
+        for v in values
+    )
+
+
+class ProfileLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
+    """Profile step for one customer: ingest events, absorb hand-overs, expire on ticks."""
+
+    def __init__(
+        self,
+        resume: tuple[pf.ProfileState, lb.PendingLabels, bool] | None,
+        cfg: FlowConfig,
+        stats: FlowStats,
+    ) -> None:
+        self.state: pf.ProfileState | None
+        self.labels: lb.PendingLabels | None
+        self.state, self.labels, self.dirty = resume if resume is not None else (None, None, False)
+        self.cfg = cfg
+        self.stats = stats
+        self.interval = cfg.write_interval_ms / 1000
+
+    def pending_write(self) -> SinkOp | None:
+        return None if self.state is None else WriteProfile(self.state.key, self.state)
+
+    def _tick(self, tick: Tick) -> list[lb.Example]:
+        """Idle snapshots due at the tick's watermark, then the labels that matured."""
+        labels, state = self.labels, self.state
+        if labels is None or state is None:
+            return []
+        cfg, wm = self.cfg, tick.watermark
+        if not cfg.models:
+            return lb.on_watermark(labels, wm)
+        n = len(lb.idle_days(labels, wm // lb.DAY_MS, cfg.idle_snapshot_days))
+        if n:
+            metrics.SNAPSHOT_IDLE.inc(n)
+        return lb.on_idle(labels, wm // lb.DAY_MS, cfg.idle_snapshot_days,
+                          lambda ts: state_features(state, ts), cfg.horizons, wm)  # fmt: skip
+
+    def _expired(self, tick: Tick) -> bool:
+        st = self.state
+        return st is not None and pf.last_event_ts(st) + self.cfg.retention_ms <= tick.watermark
+
+    def on_batch(self, values: list[tuple[str, Any]]) -> tuple[Iterable[Out], bool]:
+        values.sort(key=lambda kv: arrival_order(kv[1]))
+        out: list[Out] = []
+        examples: list[lb.Example] = []
+        skipped = self.labels.skipped if self.labels is not None else 0
+        money = _touches_money([item for _, item in values])
+        old_point = rfm_point(self.state) if money and self.state is not None else None
+        changed = reproject = False
+        for key, item in values:
+            if isinstance(item, Reproject):
+                reproject = True
+                continue
+            if isinstance(item, Tick):
+                # labels mature in event time, returning or not
+                examples.extend(self._tick(item))
+                if self._expired(item):
+                    _emit_examples(examples, out, self.labels, skipped)
+                    return self._drop(out, old_point if money else None), DISCARD
+                continue
+            if self.state is None:
+                self.state = pf.new_state(key)
+                self.labels = lb.PendingLabels(key)
+                self.stats.customers += 1
+            if isinstance(item, Handover):
+                pf.merge_into(self.state, item.state)
+                changed = True
+                continue
+            changed |= self._ingest(item, out, examples)
+        _emit_examples(examples, out, self.labels, skipped)
+        if self.state is None:  # only ticks for a key with no profile (any more)
+            return out, DISCARD
+        if reproject:
+            self.dirty = True
+            out.extend(self.flush(force=True))
+        if changed:
+            self.dirty = True
+            out.extend(self.flush(force=False))
+            if money:
+                new_point = rfm_point(self.state)
+                if new_point != old_point:
+                    out.append(("rfm", (old_point, new_point)))
+        return out, RETAIN
+
+    def _ingest(self, item: In, out: list[Out], examples: list[lb.Example]) -> bool:
+        assert self.state is not None and self.labels is not None
+        ev = item.event
+        labels = self.labels
+        # A training snapshot (first event of the day) describes the customer just before it.
+        # Idle snapshots of the days the customer stayed away come first, from the same state.
+        cfg = self.cfg
+        learn = cfg.models
+        feats: dict[str, float] = {}
+        idle: dict[int, dict[str, float]] = {}
+        if learn and lb.needs_snapshot(labels, ev.ts):
+            state = self.state
+            feats = state_features(state, ev.ts)
+            day = ev.ts // lb.DAY_MS
+            for d in lb.idle_days(labels, day, cfg.idle_snapshot_days):
+                idle[d * lb.DAY_MS] = state_features(state, d * lb.DAY_MS)
+        status = pf.ingest(self.state, ev, cfg.lateness_ms)
+        if status == pf.APPLIED:
+            if learn:
+                if idle:
+                    metrics.SNAPSHOT_IDLE.inc(len(idle))
+                    lb.on_idle(labels, ev.ts // lb.DAY_MS, cfg.idle_snapshot_days,
+                               idle.__getitem__, cfg.horizons)  # fmt: skip
+                if feats:
+                    metrics.SNAPSHOT_EVENT.inc()
+                examples.extend(
+                    lb.on_event(
+                        labels, ev.ts, ev.type == "purchase", lambda: feats, self.cfg.horizons
+                    )
+                )
+            if ev.anonymous_id is not None and ev.type in ("login", "signup"):
+                pf.record_link(self.state, ev.anonymous_id, ev.customer_id or "", ev.ts,
+                               ev.event_id)  # fmt: skip
+            return True
+        if status == pf.DUPLICATE:
+            self.stats.duplicates += 1
+            metrics.DUPLICATES.inc()
+        else:
+            out.append(("dead", late(item)))
+        return False
+
+    def _drop(self, out: list[Out], known_point: rfm.RfmPoint | None) -> list[Out]:
+        assert self.state is not None
+        self.stats.dropped += 1
+        metrics.PROFILES_DROPPED.inc()
+        point = known_point if known_point is not None else rfm_point(self.state)
+        out.append(("sink", DropProfile(self.state.key)))
+        if point is not None:
+            out.append(("rfm", (point, None)))
+        return out
+
+    def snapshot(self) -> Any:
+        state = (self.state, self.labels, self.dirty)
+        return pickle.dumps(state) if self.cfg.recovery else None
