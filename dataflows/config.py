@@ -9,26 +9,30 @@ from models import labels as lb
 
 @dataclass(frozen=True)
 class FlowConfig:
-    """The knobs of the flow (from settings)."""
+    """The knobs of the flow. Built from the settings only, by
+    :meth:`nextbest.settings.Settings.flow_config` (tests too, with explicit overrides), so that
+    no run uses values production never uses; hence no defaults here but for what has no
+    setting."""
 
-    lateness_ms: int = 600_000
-    retention_ms: int = 400 * 86_400_000
-    recovery: bool = False
-    rfm_publish_every: int = 1000
+    lateness_ms: int
+    retention_ms: int
+    recovery: bool
     #: A changed profile is written at most once per this many wall-clock ms (the rest of the
     #: changes in between are coalesced into the next write); 0 writes after every batch.
-    write_interval_ms: int = 0
+    write_interval_ms: int
     #: Label horizons (churn, propensity) and the model settings.
-    horizons: lb.Horizons = lb.DEFAULT_HORIZONS
-    model_pipeline: str = "logreg"
-    model_min_examples: int = 500
-    checkpoint_every: int = 1000
-    checkpoint_interval_ms: int = 30_000
+    horizons: lb.Horizons
+    model_pipeline: str
+    model_min_examples: int
+    checkpoint_every: int
+    checkpoint_interval_ms: int
+    #: Days between idle snapshots of a customer who stays away (0: none; see models.labels).
+    idle_snapshot_days: int
+    #: Keys per second a clock re-projects after Redis lost its data.
+    reproject_rate: int
+    #: Events more than this ahead of their record's own timestamp are rejected (0: no check).
+    max_future_ms: int
     #: Take training snapshots and learn the online models (off: profiles only).
     models: bool = True
-    #: Days between idle snapshots of a customer who stays away (0: none; see models.labels).
-    idle_snapshot_days: int = 7
-    #: Keys per second a clock re-projects after Redis lost its data.
-    reproject_rate: int = 10_000
-    #: Events more than this ahead of their record's own timestamp are rejected (0: no check).
-    max_future_ms: int = 86_400_000
+    #: RFM boundaries are published every this many changes of the population.
+    rfm_publish_every: int = 1000

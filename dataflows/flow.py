@@ -71,14 +71,15 @@ def build_flow(
     stats: FlowStats | None = None,
     to_record: Callable[[Any], RawRecord] | None = None,
     source_label: str = "file",
-    config: FlowConfig | None = None,
+    *,
+    config: FlowConfig,
 ) -> Dataflow:
     """Build the profile dataflow over any source of :class:`RawRecord` (or ``to_record`` input).
 
     With a :class:`~dataflows.sinks.RedisSink`, the clocks answer its re-projection requests.
     """
     stats = FlowStats() if stats is None else stats
-    cfg = FlowConfig() if config is None else config
+    cfg = config
     reprojection = redis_sink.reprojection if isinstance(redis_sink, RedisSink) else None
     flow = Dataflow("nextbest-profiles")
     raw = op.input("read", flow, source)

@@ -139,31 +139,10 @@ def _print_summary(summary: dict[str, Any], as_json: bool, dead_letter: str | No
 def _flow_config(
     settings: Settings, write_interval_ms: int | None = None, models: bool = True
 ) -> Any:
-    from dataflows.flow import FlowConfig
-    from models.labels import DAY_MS, Horizons
-
-    return FlowConfig(
-        horizons=Horizons(
-            churn_ms=settings.churn_horizon_days * DAY_MS,
-            propensity_ms=settings.propensity_horizon_days * DAY_MS,
-            # label ticks come at day granularity, behind the watermark's lateness
-            watermark_lag_ms=settings.allowed_lateness_ms + 2 * DAY_MS,
-        ),
-        idle_snapshot_days=settings.idle_snapshot_days,
-        model_pipeline=settings.model_pipeline,
-        model_min_examples=settings.model_min_examples,
-        checkpoint_every=settings.checkpoint_every,
-        checkpoint_interval_ms=settings.checkpoint_interval_ms,
-        models=models,
-        reproject_rate=settings.reproject_rate,
-        max_future_ms=settings.max_future_ms,
-        lateness_ms=settings.allowed_lateness_ms,
-        retention_ms=settings.retention_ms,
-        recovery=settings.recovery_dir is not None,
-        write_interval_ms=(
-            settings.write_interval_ms if write_interval_ms is None else write_interval_ms
-        ),
-    )
+    """The flow's configuration: the settings, with the command's flags."""
+    if write_interval_ms is None:
+        return settings.flow_config(models=models)
+    return settings.flow_config(models=models, write_interval_ms=write_interval_ms)
 
 
 @contextlib.contextmanager

@@ -19,7 +19,10 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dataflows.config import FlowConfig
 
 
 class ConfigError(ValueError):
@@ -367,6 +370,40 @@ class Settings:
     def topics(self) -> list[str]:
         """The input topics (once each: both kinds of events may share one topic)."""
         return list(dict.fromkeys([self.topic_clickstream, self.topic_transactions]))
+
+    def flow_config(self, **overrides: Any) -> FlowConfig:
+        """The dataflow's configuration, derived from these settings; ``overrides`` replace
+        fields (the CLI's flags, tests). The label horizons' lag follows the lateness: label
+        ticks come at day granularity, behind the watermark's lateness.
+
+        >>> cfg = Settings.from_env({}).flow_config(lateness_ms=1000)
+        >>> cfg.lateness_ms, cfg.horizons.watermark_lag_ms, cfg.checkpoint_every
+        (1000, 172801000, 20000)
+        """
+        from dataflows.config import FlowConfig
+        from models.labels import DAY_MS, Horizons
+
+        lateness = overrides.get("lateness_ms", self.allowed_lateness_ms)
+        values: dict[str, Any] = {
+            "lateness_ms": self.allowed_lateness_ms,
+            "retention_ms": self.retention_ms,
+            "recovery": self.recovery_dir is not None,
+            "write_interval_ms": self.write_interval_ms,
+            "horizons": Horizons(
+                churn_ms=self.churn_horizon_days * DAY_MS,
+                propensity_ms=self.propensity_horizon_days * DAY_MS,
+                watermark_lag_ms=lateness + 2 * DAY_MS,
+            ),
+            "model_pipeline": self.model_pipeline,
+            "model_min_examples": self.model_min_examples,
+            "checkpoint_every": self.checkpoint_every,
+            "checkpoint_interval_ms": self.checkpoint_interval_ms,
+            "idle_snapshot_days": self.idle_snapshot_days,
+            "reproject_rate": self.reproject_rate,
+            "max_future_ms": self.max_future_ms,
+        }
+        values.update(overrides)
+        return FlowConfig(**values)
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with some values changed (for the CLI's flags and for tests)."""

@@ -16,7 +16,9 @@ import httpx
 import pytest
 import redis
 
+from dataflows.config import FlowConfig
 from nextbest.runtime import start_broker, start_redis, stop_process, stop_redis
+from nextbest.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -87,3 +89,8 @@ def metric_sum(port: int, name: str) -> float:
         for line in text.splitlines()
         if line.startswith(name + "{") or line.startswith(name + " ")
     )
+
+
+def flow_config(**overrides: object) -> FlowConfig:
+    """The flow's configuration as production derives it (default settings), with overrides."""
+    return Settings.from_env({}).flow_config(**overrides)

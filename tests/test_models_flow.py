@@ -12,12 +12,13 @@ from bytewax.testing import TestingSink, TestingSource, run_main
 from fastapi.testclient import TestClient
 
 import serving.app as app_module
-from dataflows.flow import FlowConfig, build_flow
+from dataflows.flow import build_flow
 from dataflows.records import RawRecord, SinkOp, WriteCheckpoint
 from features.store import ProfileWriter, model_keys
 from models.online import OnlineModel, checkpoint_meta
 from nextbest.settings import Settings
 from serving.app import create_app
+from tests.conftest import flow_config
 
 DAY = 86_400_000
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -43,7 +44,7 @@ def checkpoints(
     records: list[RawRecord], idle_days: int = 7, batch_size: int = 1
 ) -> dict[str, WriteCheckpoint]:
     ops: list[SinkOp] = []
-    cfg = FlowConfig(
+    cfg = flow_config(
         checkpoint_every=1_000_000, checkpoint_interval_ms=3_600_000, idle_snapshot_days=idle_days
     )
     source = TestingSource(records, batch_size=batch_size)
@@ -158,7 +159,8 @@ def test_serving_reloads_checkpoints_and_falls_back(
 def test_profile_scores_come_from_the_prior_until_a_model_exists(
     redis_url: str, redis_client: redis.Redis
 ) -> None:
-    run_main(build_flow(TestingSource(stream()[:2]), app_module_sink(redis_url), TestingSink([])))
+    run_main(build_flow(TestingSource(stream()[:2]), app_module_sink(redis_url), TestingSink([]),
+                        config=flow_config()))  # fmt: skip
     with TestClient(create_app(Settings.from_env({}), redis_url)) as api:
         body = api.get("/v1/customers/gone/profile").json()
     scores = body["scores"]
@@ -183,5 +185,5 @@ def test_model_owner_resumes_from_a_snapshot_of_the_older_format() -> None:
     from dataflows.steps.models import ModelLogic
 
     m = OnlineModel("churn")
-    logic = ModelLogic((m, 3, 0, 7), FlowConfig())  # before examples were held
+    logic = ModelLogic((m, 3, 0, 7), flow_config())  # before examples were held
     assert (logic.version, logic.held, logic.model) == (3, [], m)

@@ -11,7 +11,8 @@ import pytest
 import redis
 from bytewax.testing import TestingSink, TestingSource, run_main
 
-from dataflows.flow import FlowConfig, FlowStats, build_flow
+from dataflows.config import FlowConfig
+from dataflows.flow import FlowStats, build_flow
 from dataflows.records import RawRecord, Rejected, SinkOp
 from dataflows.sinks import DeadLetterFileSink, RedisSink
 from dataflows.sources import JsonlFilesSource
@@ -20,6 +21,7 @@ from features.document import profile_document
 from features.identity import DeviceState, on_event
 from features.store import BOUNDARIES_KEY, customer_key, device_key, read_link, read_profile
 from schemas import Event
+from tests.conftest import flow_config
 
 T0 = 1_772_359_200_000  # 2026-03-01T10:00:00Z
 MIN = 60_000
@@ -37,7 +39,7 @@ def run(
     dead: list[Rejected] = []
     stats = FlowStats()
     flow = build_flow(TestingSource(records), RedisSink(redis_url), TestingSink(dead), stats,
-                      config=cfg or FlowConfig())  # fmt: skip
+                      config=cfg or flow_config())  # fmt: skip
     run_main(flow)
     return stats, dead
 
@@ -106,7 +108,7 @@ def test_never_linked_visitor_keeps_an_anonymous_profile(
 
 
 def test_late_and_duplicate_events(redis_url: str, redis_client: redis.Redis) -> None:
-    cfg = FlowConfig(lateness_ms=10 * MIN)
+    cfg = flow_config(lateness_ms=10 * MIN)
     records = [
         ev(1, "page_view", T0 + 60 * MIN, customer_id="c"),
         ev(2, "page_view", T0 + 55 * MIN, customer_id="c"),  # 5 min behind: applied
@@ -129,7 +131,7 @@ def test_late_and_duplicate_events(redis_url: str, redis_client: redis.Redis) ->
 def test_retention_drops_quiet_profiles_in_event_time(
     redis_url: str, redis_client: redis.Redis
 ) -> None:
-    cfg = FlowConfig(lateness_ms=10 * MIN, retention_ms=2 * DAY)
+    cfg = flow_config(lateness_ms=10 * MIN, retention_ms=2 * DAY)
     records = [
         ev(1, "page_view", T0, customer_id="quiet"),
         ev(2, "page_view", T0, anonymous_id="quiet-device"),
@@ -151,7 +153,7 @@ def test_rfm_boundaries_published_and_scored(redis_url: str, redis_client: redis
             n += 1
             records.append(ev(n, "purchase", T0 + c * MIN + k, customer_id=f"c{c}",
                               total=float(10 + c), order_id=f"o{n}"))  # fmt: skip
-    run(records, redis_url, FlowConfig(rfm_publish_every=50))
+    run(records, redis_url, flow_config(rfm_publish_every=50))
     assert redis_client.get(BOUNDARIES_KEY)
     best = doc(redis_client, customer_key("c59"), T0 + DAY)
     worst = doc(redis_client, customer_key("c0"), T0 + DAY)
@@ -169,7 +171,7 @@ def test_file_replay_to_redis_and_dead_letter_file(
     dead_path = tmp_path / "dl.jsonl"
     stats = FlowStats()
     run_main(build_flow(JsonlFilesSource([src], batch_size=7), RedisSink(redis_url),
-                        DeadLetterFileSink(dead_path), stats))  # fmt: skip
+                        DeadLetterFileSink(dead_path), stats, config=flow_config()))  # fmt: skip
     assert stats.read == 32 and stats.accepted == 30
     dead = [orjson.loads(x) for x in dead_path.read_bytes().splitlines()]
     assert [(d["reason"], d["data"], d["position"]) for d in dead] == [
@@ -181,7 +183,8 @@ def test_file_replay_to_redis_and_dead_letter_file(
     # Writes are absolute: replaying the same file again leaves identical bytes.
     before = redis_client.hgetall("nb:{c:c0}:profile")
     run_main(build_flow(JsonlFilesSource([src]), RedisSink(redis_url),
-                        DeadLetterFileSink(tmp_path / "dl2.jsonl"), FlowStats()))  # fmt: skip
+                        DeadLetterFileSink(tmp_path / "dl2.jsonl"), FlowStats(),
+                        config=flow_config()))  # fmt: skip
     assert redis_client.hgetall("nb:{c:c0}:profile") == before
     assert redis_client.object("encoding", "nb:{c:c0}:profile") in (b"listpack", b"ziplist")
 
@@ -190,7 +193,8 @@ def test_flow_outputs_with_testing_sinks() -> None:
     ops: list[SinkOp] = []
     dead: list[Rejected] = []
     records = [ev(1, "page_view", T0, customer_id="c"), RawRecord(b"{", "t:2")]
-    run_main(build_flow(TestingSource(records), TestingSink(ops), TestingSink(dead)))
+    run_main(build_flow(TestingSource(records), TestingSink(ops), TestingSink(dead),
+                        config=flow_config()))  # fmt: skip
     assert [r.error.reason for r in dead] == ["invalid_json"]
     assert [type(o).__name__ for o in ops] == ["WriteProfile"]
 

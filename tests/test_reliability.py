@@ -288,13 +288,13 @@ def test_a_far_future_event_in_a_replayed_file_does_not_stop_the_flow(tmp_path: 
 def test_owners_publish_again_on_a_reprojection() -> None:
     """After Redis lost its data the RFM owner re-publishes its boundaries at once (not only
     after the next 1,000 changes), and a model owner without a model publishes nothing."""
-    from dataflows.config import FlowConfig
     from dataflows.records import Reproject, WriteBoundaries
     from dataflows.steps.models import ModelLogic
     from dataflows.steps.rfm import RfmLogic
     from features.rfm import rfm_point
+    from tests.conftest import flow_config
 
-    cfg = FlowConfig()
+    cfg = flow_config()
     owner = RfmLogic(None, cfg)
     points = [(None, rfm_point(i + 1, 10.0 * i, 1_767_225_600_000 + i)) for i in range(20)]
     out, _ = owner.on_batch(points)
