@@ -12,9 +12,8 @@ import logging
 import os
 import signal
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
@@ -22,6 +21,15 @@ from typing import Any, NoReturn
 import orjson
 
 from nextbest import __version__
+from nextbest.running import (
+    Progress,
+    flow_config,
+    print_summary,
+    progress_line,
+    run_flow,
+    sink_gave_up,
+    sink_options,
+)
 from nextbest.settings import ConfigError, Settings
 
 log = logging.getLogger("nextbest")
@@ -86,114 +94,6 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-class _Progress:
-    """Prints a live progress line every ``interval`` seconds while a flow runs."""
-
-    def __init__(self, render: Callable[[], str], interval: float = 1.0, enabled: bool = True):
-        self._render = render
-        self._interval = interval
-        self._enabled = enabled
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self._interval):
-            print(self._render(), file=sys.stderr, flush=True)
-
-    def __enter__(self) -> _Progress:
-        if self._enabled:
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._enabled:
-            self._thread.join()
-
-
-def _progress_line(stats: Any, t0: float) -> str:
-    dt = max(time.perf_counter() - t0, 1e-9)
-    dead = sum(stats.dead_lettered.values())
-    return (
-        f"  {stats.read:>10,} events  {stats.read / dt:>9,.0f} ev/s  "
-        f"customers {stats.customers:,}  visitors {stats.visitors:,}  dead letters {dead:,}"
-    )
-
-
-def _print_summary(summary: dict[str, Any], as_json: bool, dead_letter: str | None) -> None:
-    if as_json:
-        sys.stdout.write(orjson.dumps(summary).decode() + "\n")
-        return
-    print(
-        f"read {summary['read']:,} events in {summary['seconds']:.1f} s "
-        f"({summary['events_per_s']:,.0f} events/s)"
-    )
-    print(f"accepted {summary['accepted']:,}")
-    where = f" -> {dead_letter}" if dead_letter and summary["dead_lettered"] else ""
-    print(f"dead-lettered {summary['dead_lettered']:,}{where}")
-    for reason, n in summary["dead_lettered_by_reason"].items():
-        print(f"  {reason:<28} {n:,}")
-    print(f"customers {summary['customers']:,} (anonymous visitors {summary['visitors']:,})")
-
-
-def _flow_config(
-    settings: Settings, write_interval_ms: int | None = None, models: bool = True
-) -> Any:
-    """The flow's configuration: the settings, with the command's flags."""
-    if write_interval_ms is None:
-        return settings.flow_config(models=models)
-    return settings.flow_config(models=models, write_interval_ms=write_interval_ms)
-
-
-@contextlib.contextmanager
-def _sink_gave_up() -> Iterator[None]:
-    """A sink that stopped retrying ends the command with its reason (exit 1), no traceback."""
-    from dataflows.sinks import SinkGaveUp
-
-    try:
-        yield
-    except Exception as exc:
-        cause: BaseException | None = exc
-        while cause is not None and not isinstance(cause, SinkGaveUp):
-            cause = cause.__cause__ or cause.__context__
-        if cause is None:
-            raise
-        _die(str(cause), 1)
-
-
-def _sink_options(settings: Settings, stop: threading.Event | None = None) -> Any:
-    """The sinks' failure policy from the settings."""
-    from dataflows.sinks import SinkOptions
-
-    return SinkOptions(
-        retry_limit_ms=settings.sink_retry_limit_ms,
-        fallback_dir=settings.home_path / "fallback",
-        dead_letter_max_bytes=settings.dead_letter_max_bytes,
-        stop=stop,
-    )
-
-
-def _run_flow(flow: Any, settings: Settings | None = None) -> None:
-    """Run a flow in this process; with a recovery directory, snapshot and resume from it."""
-    from datetime import timedelta
-
-    from bytewax.recovery import RecoveryConfig, init_db_dir
-    from bytewax.testing import run_main
-
-    if settings is None or settings.recovery_dir is None:
-        run_main(flow)  # type: ignore[no-untyped-call]
-        return
-    db_dir = Path(settings.recovery_dir)
-    if not any(db_dir.glob("part-*.sqlite3")):
-        db_dir.mkdir(parents=True, exist_ok=True)
-        init_db_dir(db_dir, 1)  # type: ignore[no-untyped-call]
-    run_main(  # type: ignore[no-untyped-call]
-        flow,
-        epoch_interval=timedelta(seconds=settings.snapshot_interval_s),
-        recovery_config=RecoveryConfig(db_dir),  # type: ignore[no-untyped-call]
-    )
-
-
 # ---------------------------------------------------------------------------------------------
 # commands
 
@@ -216,25 +116,25 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     with redis_url(settings) as url:
         serve_metrics(settings.metrics_port)
         stats = FlowStats()
-        options = _sink_options(settings)
+        options = sink_options(settings)
         flow = build_flow(
             JsonlFilesSource(paths, settings.batch_size),
             RedisSink(url, options),
             DeadLetterFileSink(dead_letter, options),
             stats,
-            config=_flow_config(settings, args.write_interval, models=not args.no_models),
+            config=flow_config(settings, args.write_interval, models=not args.no_models),
         )
         t0 = time.perf_counter()
         show = not args.json and sys.stderr.isatty()
         with (
             _sigterm_as_interrupt(),
-            _Progress(lambda: _progress_line(stats, t0), enabled=show),
-            _sink_gave_up(),
+            Progress(lambda: progress_line(stats, t0), enabled=show),
+            sink_gave_up(),
         ):
-            _run_flow(flow, settings)
+            run_flow(flow, settings)
         summary = stats.as_dict(time.perf_counter() - t0)
     summary["dead_letter_file"] = str(dead_letter)
-    _print_summary(summary, args.json, str(dead_letter))
+    print_summary(summary, args.json, str(dead_letter))
     return 0
 
 
@@ -270,7 +170,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             if found is None:  # stopped while waiting
                 break
             layout = found
-            options = _sink_options(settings, stop.event)
+            options = sink_options(settings, stop.event)
             source = KafkaTopicsSource(
                 brokers, layout, settings.batch_size, settings.kafka_offset_reset, stop
             )
@@ -280,7 +180,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
                 DeadLetterKafkaSink(brokers, settings.topic_dead_letter, options),
                 stats,
                 source_label="kafka",
-                config=_flow_config(settings),
+                config=flow_config(settings),
             )
             parts = ", ".join(f"{t} ({n} partitions)" for t, (n, _) in layout.items())
             print(
@@ -293,10 +193,10 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             watch.start()
             with (
                 _stop_on_signals(stop),
-                _Progress(lambda: _progress_line(stats, t0), interval=5, enabled=not args.quiet),
-                _sink_gave_up(),
+                Progress(lambda: progress_line(stats, t0), interval=5, enabled=not args.quiet),
+                sink_gave_up(),
             ):
-                _run_flow(flow, settings)
+                run_flow(flow, settings)
             if stop.failed:
                 _die(f"run: {stop.why}", 3)
             if not stop.restart:
@@ -304,7 +204,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             print(f"nextbest run: {stop.why}: starting again over every partition",
                   file=sys.stderr, flush=True)  # fmt: skip
         summary = stats.as_dict(time.perf_counter() - t0)
-    _print_summary(summary, args.json, None)
+    print_summary(summary, args.json, None)
     return 0
 
 
@@ -330,20 +230,11 @@ def cmd_profile(args: argparse.Namespace, settings: Settings) -> int:
 
     from features.store import customer_key, device_key, read_link, read_profile
     from nextbest.runtime import redis_url
-    from schemas.events import parse_ts
     from serving.scoring import ModelSet
 
     if (args.id is None) == (args.anonymous_id is None):
         raise UsageError("profile: give a customer ID or --anonymous-id X (one of them)")
-    as_of = _now_ms()
-    if args.as_of is not None:
-        raw: int | str = int(args.as_of) if args.as_of.isdigit() else args.as_of
-        parsed = parse_ts(raw)
-        if parsed is None:
-            raise UsageError(
-                f"profile: bad --as-of {args.as_of!r} (RFC 3339 with zone or epoch ms)"
-            )
-        as_of = parsed
+    as_of = _as_of_ms("profile", args.as_of)
     with redis_url(settings) as url:
         client: redis.Redis = redis.Redis.from_url(url)
         try:
@@ -419,11 +310,11 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
 
 def _as_of_ms(command: str, raw: str | None) -> int:
     """``--as-of`` (RFC 3339 with zone or epoch ms) as epoch ms; now when absent."""
-    from schemas.events import parse_ts
+    from schemas.events import parse_as_of
 
     if raw is None:
         return _now_ms()
-    parsed = parse_ts(int(raw) if raw.isdigit() else raw)
+    parsed = parse_as_of(raw)
     if parsed is None:
         raise UsageError(f"{command}: bad --as-of {raw!r} (RFC 3339 with zone or epoch ms)")
     return parsed
@@ -483,8 +374,8 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
                 events,
                 truth,
                 settings,
-                _flow_config(settings, REPLAY_WRITE_INTERVAL_MS),
-                _run_flow,
+                flow_config(settings, REPLAY_WRITE_INTERVAL_MS),
+                run_flow,
                 holdout_days=args.holdout_days,
             )
     except TruthError as exc:

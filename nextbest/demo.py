@@ -111,13 +111,13 @@ def run_demo(settings: Settings, events: int | None, customers: int, port: int |
     from dataflows.flow import FlowStats, build_flow
     from dataflows.metrics import serve_metrics
     from dataflows.sinks import DeadLetterFileSink, RedisSink
-    from nextbest.cli import (
-        _flow_config,
-        _print_summary,
-        _Progress,
-        _progress_line,
-        _run_flow,
-        _sink_options,
+    from nextbest.running import (
+        Progress,
+        flow_config,
+        print_summary,
+        progress_line,
+        run_flow,
+        sink_options,
     )
     from nextbest.runtime import redis_url
 
@@ -140,17 +140,17 @@ def run_demo(settings: Settings, events: int | None, customers: int, port: int |
         stats = FlowStats()
         flow = build_flow(
             SimulatorSource(cfg, limit=events, batch_size=settings.batch_size),
-            RedisSink(url, _sink_options(settings)),
-            DeadLetterFileSink(dead_letter, _sink_options(settings)),
+            RedisSink(url, sink_options(settings)),
+            DeadLetterFileSink(dead_letter, sink_options(settings)),
             stats,
             source_label="simulator",
-            config=_flow_config(settings),
+            config=flow_config(settings),
         )
         t0 = time.perf_counter()
-        with _Progress(lambda: _progress_line(stats, t0), interval=2.0):
-            _run_flow(flow)
+        with Progress(lambda: progress_line(stats, t0), interval=2.0):
+            run_flow(flow)
         summary = stats.as_dict(time.perf_counter() - t0)
-        _print_summary(summary, False, str(dead_letter))
+        print_summary(summary, False, str(dead_letter))
         cid = _sample_customer(url) or "c-1"
         print("\nTry:")
         print(f"  curl -s {base}/v1/customers/{cid}/profile")

@@ -198,6 +198,27 @@ def format_ts(ms: int) -> str:
     return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+_EPOCH_MS_RE: Final = re.compile(r"-?\d{1,16}")
+# A "+hh:mm" zone whose "+" a query string decoded to a space.
+_SPACE_ZONE_RE: Final = re.compile(r"(\d) (\d\d:?\d\d)$")
+
+
+def parse_as_of(raw: str) -> int | None:
+    """An ``as_of`` (HTTP query, CLI ``--as-of``): RFC 3339 with a zone, or epoch milliseconds,
+    as epoch ms; ``None`` when it is neither. A ``+hh:mm`` zone whose ``+`` arrived as a space
+    (an unencoded query string) is accepted. The one parser of every read's time.
+
+    >>> parse_as_of("2026-01-02T03:04:05Z"), parse_as_of("1767323045000")
+    (1767323045000, 1767323045000)
+    >>> parse_as_of("2026-01-02T04:04:05 01:00"), parse_as_of("yesterday")
+    (1767323045000, None)
+    """
+    value: int | str = (
+        int(raw) if _EPOCH_MS_RE.fullmatch(raw) else _SPACE_ZONE_RE.sub(r"\1+\2", raw)
+    )
+    return parse_ts(value)
+
+
 def _field_from_message(msg: str) -> str | None:
     m = _AT_RE.search(msg)
     if m and m.group(1) in WIRE_FIELDS:

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from importlib.metadata import PackageNotFoundError, version
-from typing import Annotated, Any, Final, cast
+from typing import Annotated, Any, Final, Protocol, cast
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
@@ -29,8 +28,8 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
 from features.store import aread_link, aread_profile, customer_key, device_key
-from nextbest.settings import Settings
-from schemas.events import MAX_ID_LEN, parse_ts
+from schemas.events import MAX_ID_LEN
+from schemas.events import parse_as_of as parse_as_of_text
 from serving.bodies import HealthBody, ProfileBody, ReadyBody, VisitorBody
 from serving.errors import ApiError, error_responses, install_error_handlers
 from serving.metrics import CONTENT_TYPE, HttpMetrics, MetricsMiddleware
@@ -46,10 +45,6 @@ REDIS_RETRIES: Final = 2
 READY_TIMEOUT: Final = 0.9
 #: Most Redis connections per app; a request waits up to :data:`REDIS_TIMEOUT` for a free one.
 REDIS_MAX_CONNECTIONS: Final = 64
-
-_EPOCH_MS_RE: Final = re.compile(r"-?\d{1,16}")
-# A "+hh:mm" zone whose "+" a query string decoded to a space.
-_SPACE_ZONE_RE: Final = re.compile(r"(\d) (\d\d:?\d\d)$")
 
 
 def _api_version() -> str:
@@ -119,10 +114,7 @@ def parse_as_of(raw: str) -> int:
     ...
     serving.errors.ApiError: as_of 'yesterday': expected RFC 3339 with a zone ...
     """
-    value: int | str = (
-        int(raw) if _EPOCH_MS_RE.fullmatch(raw) else _SPACE_ZONE_RE.sub(r"\1+\2", raw)
-    )
-    ms = parse_ts(value)
+    ms = parse_as_of_text(raw)
     if ms is None:
         raise ApiError(
             422,
@@ -267,7 +259,17 @@ async def _reload_models(app: FastAPI, client: aioredis.Redis) -> None:
         await asyncio.sleep(MODEL_RELOAD_SECONDS)
 
 
-def create_app(settings: Settings, redis_url: str | None = None) -> FastAPI:
+class ServingSettings(Protocol):
+    """What the API needs of the settings (:class:`nextbest.settings.Settings` has it): serving
+    does not reach up into the application shell."""
+
+    @property
+    def redis_url(self) -> str | None: ...
+    @property
+    def log_level(self) -> str: ...
+
+
+def create_app(settings: ServingSettings, redis_url: str | None = None) -> FastAPI:
     """Build the app; its lifespan opens (and closes) the Redis pool on ``redis_url``.
 
     ``redis_url`` defaults to ``settings.redis_url``; the caller resolves an embedded Redis.
@@ -307,7 +309,7 @@ def create_app(settings: Settings, redis_url: str | None = None) -> FastAPI:
     return app
 
 
-def run_server(settings: Settings, redis_url: str, host: str, port: int) -> None:
+def run_server(settings: ServingSettings, redis_url: str, host: str, port: int) -> None:
     """Serve the API with uvicorn until SIGTERM or SIGINT (blocking).
 
     Uvicorn handles the signals: it stops accepting, finishes in-flight requests, runs the

@@ -1,0 +1,130 @@
+"""Running a flow in this process: its configuration and sinks' policy from the settings, the
+recovery set-up, a live progress line, the summary, and a clean end when a sink gives up.
+Shared by the commands (``nextbest.cli``) and the demo (``nextbest.demo``)."""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, NoReturn
+
+import orjson
+
+from nextbest.settings import Settings
+
+
+def _die(msg: str, code: int) -> NoReturn:
+    print(f"nextbest: {msg}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+class Progress:
+    """Prints a live progress line every ``interval`` seconds while a flow runs."""
+
+    def __init__(self, render: Callable[[], str], interval: float = 1.0, enabled: bool = True):
+        self._render = render
+        self._interval = interval
+        self._enabled = enabled
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            print(self._render(), file=sys.stderr, flush=True)
+
+    def __enter__(self) -> Progress:
+        if self._enabled:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._enabled:
+            self._thread.join()
+
+
+def progress_line(stats: Any, t0: float) -> str:
+    dt = max(time.perf_counter() - t0, 1e-9)
+    dead = sum(stats.dead_lettered.values())
+    return (
+        f"  {stats.read:>10,} events  {stats.read / dt:>9,.0f} ev/s  "
+        f"customers {stats.customers:,}  visitors {stats.visitors:,}  dead letters {dead:,}"
+    )
+
+
+def print_summary(summary: dict[str, Any], as_json: bool, dead_letter: str | None) -> None:
+    if as_json:
+        sys.stdout.write(orjson.dumps(summary).decode() + "\n")
+        return
+    print(
+        f"read {summary['read']:,} events in {summary['seconds']:.1f} s "
+        f"({summary['events_per_s']:,.0f} events/s)"
+    )
+    print(f"accepted {summary['accepted']:,}")
+    where = f" -> {dead_letter}" if dead_letter and summary["dead_lettered"] else ""
+    print(f"dead-lettered {summary['dead_lettered']:,}{where}")
+    for reason, n in summary["dead_lettered_by_reason"].items():
+        print(f"  {reason:<28} {n:,}")
+    print(f"customers {summary['customers']:,} (anonymous visitors {summary['visitors']:,})")
+
+
+def flow_config(
+    settings: Settings, write_interval_ms: int | None = None, models: bool = True
+) -> Any:
+    """The flow's configuration: the settings, with the command's flags."""
+    if write_interval_ms is None:
+        return settings.flow_config(models=models)
+    return settings.flow_config(models=models, write_interval_ms=write_interval_ms)
+
+
+@contextlib.contextmanager
+def sink_gave_up() -> Iterator[None]:
+    """A sink that stopped retrying ends the command with its reason (exit 1), no traceback."""
+    from dataflows.sinks import SinkGaveUp
+
+    try:
+        yield
+    except Exception as exc:
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, SinkGaveUp):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        _die(str(cause), 1)
+
+
+def sink_options(settings: Settings, stop: threading.Event | None = None) -> Any:
+    """The sinks' failure policy from the settings."""
+    from dataflows.sinks import SinkOptions
+
+    return SinkOptions(
+        retry_limit_ms=settings.sink_retry_limit_ms,
+        fallback_dir=settings.home_path / "fallback",
+        dead_letter_max_bytes=settings.dead_letter_max_bytes,
+        stop=stop,
+    )
+
+
+def run_flow(flow: Any, settings: Settings | None = None) -> None:
+    """Run a flow in this process; with a recovery directory, snapshot and resume from it."""
+    from datetime import timedelta
+
+    from bytewax.recovery import RecoveryConfig, init_db_dir
+    from bytewax.testing import run_main
+
+    if settings is None or settings.recovery_dir is None:
+        run_main(flow)  # type: ignore[no-untyped-call]
+        return
+    db_dir = Path(settings.recovery_dir)
+    if not any(db_dir.glob("part-*.sqlite3")):
+        db_dir.mkdir(parents=True, exist_ok=True)
+        init_db_dir(db_dir, 1)  # type: ignore[no-untyped-call]
+    run_main(  # type: ignore[no-untyped-call]
+        flow,
+        epoch_interval=timedelta(seconds=settings.snapshot_interval_s),
+        recovery_config=RecoveryConfig(db_dir),  # type: ignore[no-untyped-call]
+    )
