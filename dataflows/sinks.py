@@ -40,6 +40,7 @@ from dataflows.records import (
 from dataflows.reproject import ProjectionGuard, Reprojection
 from features.profile import to_fields
 from features.store import Command, ProfileWriter
+from schemas.keys import device_key
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +204,7 @@ def redis_client(url: str) -> redis.Redis:
 def _target(op: SinkOp) -> str:
     """What an operation overwrites: a profile key (links share their device's key) or "rfm"."""
     if isinstance(op, WriteLink):
-        return "a:" + op.anonymous_id
+        return device_key(op.anonymous_id)
     if isinstance(op, WriteBoundaries):
         return "rfm"
     if isinstance(op, WriteCheckpoint):

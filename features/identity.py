@@ -37,6 +37,7 @@ from typing import Any, NamedTuple
 
 from features.profile import APPLIED, DUPLICATE, ProfileState, ingest, new_state
 from schemas.events import LINK_TYPES, Event
+from schemas.keys import device_key
 
 #: Most links remembered per device (the oldest are forgotten first, except the first link).
 MAX_LINKS = 50
@@ -135,7 +136,7 @@ def on_event(state: DeviceState, event: Event, lateness_ms: int) -> list[Action]
     if state.links:
         return [("customer", resolve(state.links, event.ts, event.event_id))]
     if state.anon is None:
-        state.anon = new_state("a:" + state.anonymous_id)
+        state.anon = new_state(device_key(state.anonymous_id))
     status = ingest(state.anon, event, lateness_ms)
     if status == APPLIED:
         return [("anon_changed",)]

@@ -68,6 +68,7 @@ from features.windows import (
     window_sum,
 )
 from schemas.events import Event, format_ts
+from schemas.keys import is_device
 
 LATE: Final = "late"
 DUPLICATE: Final = "duplicate"
@@ -233,7 +234,7 @@ class _Keyed:
     @property
     def kind(self) -> str:
         """``customer`` or ``anonymous``."""
-        return "customer" if self.key.startswith("c:") else "anonymous"
+        return "anonymous" if is_device(self.key) else "customer"
 
     @property
     def id(self) -> str:

@@ -31,6 +31,7 @@ import redis.asyncio as aioredis
 
 from features.profile import LayoutError, ProfileView, from_fields, to_fields
 from features.rfm import RfmBoundaries
+from schemas.keys import device_key, is_device
 
 NAMESPACE: Final = "nb"
 BOUNDARIES_KEY: Final = f"{NAMESPACE}:rfm:boundaries"
@@ -79,20 +80,6 @@ def link_key(anonymous_id: str) -> str:
     return f"{NAMESPACE}:{{a:{anonymous_id}}}:link"
 
 
-def customer_key(customer_id: str) -> str:
-    """Partition key of a customer id.
-
-    >>> customer_key("42")
-    'c:42'
-    """
-    return "c:" + customer_id
-
-
-def device_key(anonymous_id: str) -> str:
-    """Partition key of an anonymous device."""
-    return "a:" + anonymous_id
-
-
 Command = tuple[str | bytes | int, ...]
 
 
@@ -125,7 +112,7 @@ class ProfileWriter:
 
     def drop(self, batch: list[Command], key: str) -> None:
         """Delete the profile of ``key`` (and the link, for a device)."""
-        if key.startswith("a:"):
+        if is_device(key):
             batch.append(("DEL", profile_key(key), link_key(key[2:])))
         else:
             batch.append(("DEL", profile_key(key)))

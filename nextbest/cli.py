@@ -228,8 +228,9 @@ def cmd_profile(args: argparse.Namespace, settings: Settings) -> int:
     """Print one profile as JSON, computed as of a time."""
     import redis
 
-    from features.store import customer_key, device_key, read_link, read_profile
+    from features.store import read_link, read_profile
     from nextbest.runtime import redis_url
+    from schemas.keys import customer_key, device_key
     from serving.scoring import ModelSet
 
     if (args.id is None) == (args.anonymous_id is None):

@@ -8,10 +8,10 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import redis
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
@@ -80,8 +80,11 @@ def _api_server(redis_url: str, port: int, home: Path) -> Iterator[str]:
                 raise RuntimeError(
                     f"the API server exited (is port {port} in use?); see {home / 'demo-serve.log'}"
                 )
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(base + "/healthz", timeout=0.5).status_code == 200:
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(base + "/healthz", timeout=0.5) as answer,
+            ):
+                if answer.status == 200:
                     break
             if time.monotonic() > deadline:
                 raise RuntimeError("the API server did not start within 30 s")

@@ -39,10 +39,11 @@ import redis
 from features.document import profile_document
 from features.profile import LayoutError, ProfileView, from_fields, new_state, view
 from features.rfm import RfmBoundaries
-from features.store import BOUNDARIES_KEY, customer_key, profile_key
+from features.store import BOUNDARIES_KEY, profile_key
 from models.evaluation import log_loss, roc_auc
 from nextbest.settings import Settings
 from schemas.events import parse_ts
+from schemas.keys import customer_key
 from serving.scoring import ModelSet
 
 __all__ = ["TruthError", "evaluate", "newest_ts", "read_truth", "report_lines"]

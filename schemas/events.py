@@ -36,6 +36,8 @@ from typing import Any, Final
 
 import msgspec
 
+from schemas.keys import customer_key, device_key
+
 #: Largest accepted event, in bytes of its JSON encoding.
 MAX_EVENT_BYTES: Final = 16 * 1024
 #: Largest accepted ``properties`` object, in number of keys.
@@ -126,8 +128,8 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     def key(self) -> str:
         """The partition key: ``c:<customer_id>``, else ``a:<anonymous_id>``."""
         if self.customer_id is not None:
-            return "c:" + self.customer_id
-        return "a:" + (self.anonymous_id or "")
+            return customer_key(self.customer_id)
+        return device_key(self.anonymous_id or "")
 
 
 class DecodeError(msgspec.Struct, frozen=True):

@@ -27,9 +27,10 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
-from features.store import aread_link, aread_profile, customer_key, device_key
+from features.store import aread_link, aread_profile
 from schemas.events import MAX_ID_LEN
 from schemas.events import parse_as_of as parse_as_of_text
+from schemas.keys import customer_key, device_key
 from serving.bodies import HealthBody, ProfileBody, ReadyBody, VisitorBody
 from serving.errors import ApiError, error_responses, install_error_handlers
 from serving.metrics import CONTENT_TYPE, HttpMetrics, MetricsMiddleware

@@ -19,8 +19,9 @@ from dataflows.sources import JsonlFilesSource
 from features.clock import EventClock
 from features.document import profile_document
 from features.identity import DeviceState, on_event
-from features.store import BOUNDARIES_KEY, customer_key, device_key, read_link, read_profile
+from features.store import BOUNDARIES_KEY, read_link, read_profile
 from schemas import Event
+from schemas.keys import customer_key, device_key
 from tests.conftest import flow_config
 
 T0 = 1_772_359_200_000  # 2026-03-01T10:00:00Z

@@ -15,6 +15,7 @@ from dataflows.records import (
 from dataflows.stats import FlowStats
 from dataflows.steps import Keyed
 from features.identity import needs_identity
+from schemas.keys import customer_key, device_key, is_device
 
 
 def make_decoder(
@@ -49,11 +50,14 @@ def key_events(batch: list[In]) -> list[Keyed]:
     out: list[Keyed] = []
     for item in batch:
         ev = item.event
-        key = "a:" + ev.anonymous_id if needs_identity(ev) else "c:" + (ev.customer_id or "")  # type: ignore[operator]
+        if needs_identity(ev):
+            key = device_key(ev.anonymous_id or "")
+        else:
+            key = customer_key(ev.customer_id or "")
         out.append((key, (key, item)))
     return out
 
 
 def is_device_item(kv: Keyed) -> bool:
     """Branch predicate: items keyed by device go to the identity step."""
-    return kv[0].startswith("a:")
+    return is_device(kv[0])

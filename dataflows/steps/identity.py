@@ -25,6 +25,7 @@ from dataflows.steps import DISCARD, RETAIN, Out
 from dataflows.steps.debounce import Debounced
 from dataflows.steps.profile import arrival_order
 from features.identity import DeviceState, on_event
+from schemas.keys import customer_key, device_key
 
 
 class DeviceLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
@@ -56,7 +57,7 @@ class DeviceLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
                 if st is not None and st.last_ts + self.cfg.retention_ms <= item.watermark:
                     self.stats.dropped += 1
                     metrics.PROFILES_DROPPED.inc()
-                    return [*out, ("sink", DropProfile("a:" + st.anonymous_id))], DISCARD
+                    return [*out, ("sink", DropProfile(device_key(st.anonymous_id)))], DISCARD
                 continue
             ev = item.event
             if self.state is None:
@@ -65,9 +66,9 @@ class DeviceLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
             for action in on_event(self.state, ev, self.cfg.lateness_ms):
                 kind = action[0]
                 if kind == "customer":
-                    out.append(("route", ("c:" + action[1], item)))
+                    out.append(("route", (customer_key(action[1]), item)))
                 elif kind == "merge":
-                    out.append(("route", ("c:" + action[1], Handover(action[2]))))
+                    out.append(("route", (customer_key(action[1]), Handover(action[2]))))
                 elif kind == "link":
                     out.append(("sink", WriteLink(self.state.anonymous_id, action[1])))
                 elif kind == "anon_changed":
