@@ -54,7 +54,7 @@ would exceed it (only if the watermark calls stall) is not kept for that target 
 Examples
 --------
 >>> DAY = 86_400_000
->>> h = Horizons(churn_ms=90 * DAY, propensity_ms=7 * DAY)
+>>> h = Horizons.of_ms(churn=90 * DAY, propensity=7 * DAY)
 >>> p = PendingLabels("c:42")
 >>> feats = lambda: {"x": 1.0}
 >>> on_event(p, 10 * DAY + 5, False, feats, h)            # first event of day 10: snapshot
@@ -90,6 +90,8 @@ from typing import Final, NamedTuple
 
 import msgspec
 
+from models.targets import NAMES, REGISTRY
+
 __all__ = [
     "DAY_MS",
     "DEFAULT_HORIZONS",
@@ -108,28 +110,42 @@ __all__ = [
 ]
 
 DAY_MS: Final = 86_400_000
-#: The targets, in the order their examples are emitted.
-TARGETS: Final = ("churn", "propensity")
+#: The targets, in the order their examples are emitted (see :mod:`models.targets`).
+TARGETS: Final = NAMES
 #: Per target: (label when a purchase falls in the window, label when the horizon passes).
-_RULES: Final = {"churn": (0, 1), "propensity": (1, 0)}
+_RULES: Final = {t.name: (t.on_purchase, t.on_horizon) for t in REGISTRY}
 #: ``last_day`` before any snapshot.
 NO_DAY: Final = -(2**62)
 
 
-class Horizons(NamedTuple):
-    """The label horizons (ms) and the watermark lag that sizes the pending bound."""
+_DEFAULT_HORIZONS: Final = tuple((t.name, t.default_horizon_days * DAY_MS) for t in REGISTRY)
 
-    churn_ms: int = 90 * DAY_MS
-    propensity_ms: int = 7 * DAY_MS
+
+class Horizons(NamedTuple):
+    """The label horizon (ms) of each target and the watermark lag that sizes the pending bound.
+
+    >>> h = Horizons.of_ms(churn=5, propensity=2, lag=0)
+    >>> h.of("churn"), h.of("propensity"), Horizons().of("churn") == 90 * DAY_MS
+    (5, 2, True)
+    """
+
+    by_target: tuple[tuple[str, int], ...] = _DEFAULT_HORIZONS
     #: How far the watermark may trail the customer's events (the clock's lateness).
     watermark_lag_ms: int = DAY_MS
 
+    @classmethod
+    def of_ms(cls, lag: int = DAY_MS, **horizons_ms: int) -> Horizons:
+        """Horizons from ``target=ms`` keywords (every target of the registry)."""
+        missing = [t for t in TARGETS if t not in horizons_ms]
+        if missing:
+            raise ValueError(f"no horizon for {missing}")
+        return cls(tuple((t, horizons_ms[t]) for t in TARGETS), lag)
+
     def of(self, target: str) -> int:
         """The horizon of a target."""
-        if target == "churn":
-            return self.churn_ms
-        if target == "propensity":
-            return self.propensity_ms
+        for name, ms in self.by_target:
+            if name == target:
+                return ms
         raise ValueError(f"unknown target {target!r}; expected one of {TARGETS}")
 
     def max_pending(self, target: str) -> int:
@@ -425,7 +441,7 @@ def on_watermark(p: PendingLabels, watermark_ms: int) -> list[Example]:
     Examples
     --------
     >>> p = PendingLabels("c:1")
-    >>> _ = on_event(p, 0, False, lambda: {"x": 0.0}, Horizons(churn_ms=10, propensity_ms=5))
+    >>> _ = on_event(p, 0, False, lambda: {"x": 0.0}, Horizons.of_ms(churn=10, propensity=5))
     >>> on_watermark(p, 5), [(e.target, e.label, e.label_ts) for e in on_watermark(p, 6)]
     ([], [('propensity', 0, 5)])
     """
@@ -464,7 +480,7 @@ def next_deadline(p: PendingLabels, target: str | None = None) -> int | None:
     >>> p = PendingLabels("c:1")
     >>> next_deadline(p) is None
     True
-    >>> _ = on_event(p, 0, False, lambda: {}, Horizons(churn_ms=10, propensity_ms=5))
+    >>> _ = on_event(p, 0, False, lambda: {}, Horizons.of_ms(churn=10, propensity=5))
     >>> next_deadline(p), next_deadline(p, "churn")
     (6, 11)
     """

@@ -92,7 +92,7 @@ from river.proba.base import Distribution
 from models.evaluation import brier, log_loss, roc_auc
 from models.labels import DAY_MS as _DAY_MS
 from models.labels import Example
-from models.prior import PRIORS, constant_prior
+from models.targets import prior_of
 
 __all__ = [
     "PIPELINES",
@@ -386,7 +386,7 @@ class OnlineModel:
         """
         if self.ready:
             return self.score(features), "model"
-        return PRIORS.get(self.target, constant_prior)(features), "prior"
+        return prior_of(self.target)(features), "prior"
 
     @property
     def ready(self) -> bool:

@@ -38,10 +38,10 @@ Examples
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Final
 
-__all__ = ["PRIORS", "constant_prior", "prior_churn", "prior_propensity"]
+__all__ = ["constant_prior", "prior_churn", "prior_propensity"]
 
 #: Purchase recency assumed for a customer who never purchased (``log1p`` of days).
 NEVER_PURCHASED_LOG_DAYS: Final = math.log1p(365)
@@ -123,10 +123,3 @@ def constant_prior(features: Mapping[str, float]) -> float:
     0.5
     """
     return 0.5
-
-
-#: The prior of each target; other targets use :func:`constant_prior`.
-PRIORS: Final[Mapping[str, Callable[[Mapping[str, float]], float]]] = {
-    "churn": prior_churn,
-    "propensity": prior_propensity,
-}

@@ -363,6 +363,7 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     """Replay a simulated history into a temporary Redis and score the models against the truth."""
+    from models import targets
     from nextbest.evaluate import TruthError, evaluate, report_lines
 
     events, truth = Path(args.events), Path(args.truth)
@@ -382,7 +383,7 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
     except TruthError as exc:
         raise UsageError(f"evaluate: {exc}") from None
     if args.holdout_days is not None:
-        for t in ("churn", "propensity"):
+        for t in targets.NAMES:
             if not report[t]["horizon_matches"]:
                 print(
                     f"nextbest: warning: {t} horizon is {report[t]['horizon_days']} days but the "

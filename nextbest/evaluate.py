@@ -41,6 +41,7 @@ from features.profile import LayoutError, ProfileView, from_fields, new_state, v
 from features.rfm import RfmBoundaries
 from features.store import BOUNDARIES_KEY, profile_key
 from models.evaluation import log_loss, roc_auc
+from models.targets import REGISTRY
 from nextbest.settings import Settings
 from schemas.events import parse_ts
 from schemas.keys import customer_key
@@ -238,10 +239,7 @@ def evaluate(
             run_flow(flow)
             client: redis.Redis = redis.Redis.from_url(url)
             try:
-                horizons = {
-                    "churn": settings.churn_horizon_days,
-                    "propensity": settings.propensity_horizon_days,
-                }
+                horizons = {t.name: getattr(settings, t.horizon_setting) for t in REGISTRY}
                 report: dict[str, Any] = score_truth(client, truth, as_of, horizons)
             finally:
                 client.close()

@@ -382,6 +382,7 @@ class Settings:
         """
         from dataflows.config import FlowConfig
         from models.labels import DAY_MS, Horizons
+        from models.targets import REGISTRY
 
         lateness = overrides.get("lateness_ms", self.allowed_lateness_ms)
         values: dict[str, Any] = {
@@ -389,10 +390,9 @@ class Settings:
             "retention_ms": self.retention_ms,
             "recovery": self.recovery_dir is not None,
             "write_interval_ms": self.write_interval_ms,
-            "horizons": Horizons(
-                churn_ms=self.churn_horizon_days * DAY_MS,
-                propensity_ms=self.propensity_horizon_days * DAY_MS,
-                watermark_lag_ms=lateness + 2 * DAY_MS,
+            "horizons": Horizons.of_ms(
+                lag=lateness + 2 * DAY_MS,
+                **{t.name: getattr(self, t.horizon_setting) * DAY_MS for t in REGISTRY},
             ),
             "model_pipeline": self.model_pipeline,
             "model_min_examples": self.model_min_examples,

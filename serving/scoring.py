@@ -22,7 +22,7 @@ from features.store import model_keys
 from models.features import features_from_document
 from models.labels import TARGETS
 from models.online import CheckpointError, OnlineModel, checkpoint_meta
-from models.prior import PRIORS
+from models.targets import prior_of
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ class ModelSet:
             if lm.model is not None:
                 p, source = lm.model.predict(feats)
             else:
-                p, source = PRIORS[t](feats), "prior"
+                p, source = prior_of(t)(feats), "prior"
             out[t] = {"probability": round(p, 6), "source": source, "model_version": lm.version}
         return out
 

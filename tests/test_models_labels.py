@@ -35,7 +35,7 @@ from models.labels import (
 
 HOUR = 3_600_000
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
-H = Horizons(churn_ms=90 * DAY_MS, propensity_ms=7 * DAY_MS)
+H = Horizons.of_ms(churn=90 * DAY_MS, propensity=7 * DAY_MS)
 
 
 def feats(ts: int) -> dict[str, float]:
@@ -54,15 +54,15 @@ def test_customer_who_never_returns_matures_only_by_watermark() -> None:
     p = PendingLabels("c:1")
     assert on_event(p, T0 + 5, False, lambda: feats(T0 + 5), H) == []
     # no further event: nothing happens until the watermark passes each horizon
-    assert on_watermark(p, T0 + 5 + H.propensity_ms) == []  # ts == s + H may still arrive
-    assert next_deadline(p) == T0 + 5 + H.propensity_ms + 1
-    got = on_watermark(p, T0 + 5 + H.propensity_ms + 1)
-    assert summary(got) == [("propensity", T0 + 5, T0 + 5 + H.propensity_ms, 0)]
+    assert on_watermark(p, T0 + 5 + H.of("propensity")) == []  # ts == s + H may still arrive
+    assert next_deadline(p) == T0 + 5 + H.of("propensity") + 1
+    got = on_watermark(p, T0 + 5 + H.of("propensity") + 1)
+    assert summary(got) == [("propensity", T0 + 5, T0 + 5 + H.of("propensity"), 0)]
     assert got[0].features == feats(T0 + 5) and got[0].key == "c:1"
-    assert next_deadline(p) == T0 + 5 + H.churn_ms + 1
+    assert next_deadline(p) == T0 + 5 + H.of("churn") + 1
     assert on_watermark(p, T0 + 50 * DAY_MS) == []
     got = on_watermark(p, T0 + 365 * DAY_MS)
-    assert summary(got) == [("churn", T0 + 5, T0 + 5 + H.churn_ms, 1)]
+    assert summary(got) == [("churn", T0 + 5, T0 + 5 + H.of("churn"), 1)]
     assert next_deadline(p) is None and pending_count(p) == {"churn": 0, "propensity": 0}
     assert on_watermark(p, T0 + 999 * DAY_MS) == []
 
@@ -111,7 +111,7 @@ def test_one_snapshot_per_utc_day_and_never_for_an_older_day() -> None:
 def test_horizon_change_keeps_the_deadline_of_pending_snapshots() -> None:
     p = PendingLabels("c:1")
     on_event(p, T0, False, lambda: feats(T0), H)
-    short = Horizons(churn_ms=DAY_MS, propensity_ms=HOUR)
+    short = Horizons.of_ms(churn=DAY_MS, propensity=HOUR)
     on_event(p, T0 + DAY_MS, False, lambda: feats(T0 + DAY_MS), short)
     assert next_deadline(p, "propensity") == T0 + DAY_MS + HOUR + 1
     got = on_watermark(p, T0 + 3 * DAY_MS)
@@ -123,7 +123,7 @@ def test_horizon_change_keeps_the_deadline_of_pending_snapshots() -> None:
 
 
 def test_cap_skips_snapshots_only_when_the_watermark_stalls() -> None:
-    h = Horizons(churn_ms=3 * DAY_MS, propensity_ms=DAY_MS, watermark_lag_ms=0)
+    h = Horizons.of_ms(churn=3 * DAY_MS, propensity=DAY_MS, lag=0)
     assert (h.max_pending("churn"), h.max_pending("propensity")) == (4, 2)
     p = PendingLabels("c:1")
     for day in range(10):  # daily visits, no watermark call at all
@@ -218,10 +218,10 @@ def timelines(draw: st.DrawFn) -> tuple[list[Ev], Horizons, int]:
     # arrival order: sorted by ts + jitter in [0, lateness]: never late for the clock
     jitters = [draw(st.sampled_from([0, lateness // 2, lateness])) for _ in events]
     order = sorted(range(n), key=lambda i: (events[i].ts + jitters[i], i))
-    h = Horizons(
-        churn_ms=draw(st.integers(1, 20)) * DAY_MS,
-        propensity_ms=draw(st.integers(1, 120)) * HOUR,
-        watermark_lag_ms=lateness,
+    h = Horizons.of_ms(
+        churn=draw(st.integers(1, 20)) * DAY_MS,
+        propensity=draw(st.integers(1, 120)) * HOUR,
+        lag=lateness,
     )
     return [events[i] for i in order], h, lateness
 
