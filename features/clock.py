@@ -63,12 +63,25 @@ class EventClock:
         return len(self._deadlines)
 
     def set_timer(self, key: str, kind: str, deadline: int) -> None:
-        """Fire ``(key, kind)`` when the watermark reaches ``deadline`` (the later one wins)."""
-        current = self._deadlines.get((key, kind))
+        """Fire ``(key, kind)`` when the watermark reaches ``deadline`` (the later one wins).
+
+        A timer has at most one heap entry: moving a deadline later only updates the map; the
+        entry, when it comes up at the old deadline, is pushed again at the current one. So the
+        heap holds at most one entry per timer (plus cancelled ones until they come up).
+
+        >>> c = EventClock(0)
+        >>> for d in range(100, 200):
+        ...     c.set_timer("k", "retention", d)
+        >>> len(c._heap), c.advance(150), c.advance(199)
+        (1, [], [('k', 'retention', 199)])
+        """
+        key_kind = (key, kind)
+        current = self._deadlines.get(key_kind)
         if current is not None and current >= deadline:
             return
-        self._deadlines[(key, kind)] = deadline
-        heapq.heappush(self._heap, (deadline, key, kind))
+        self._deadlines[key_kind] = deadline
+        if current is None:
+            heapq.heappush(self._heap, (deadline, key, kind))
 
     def cancel(self, key: str, kind: str) -> None:
         """Forget a timer (its heap entry is dropped lazily)."""
@@ -109,7 +122,10 @@ class EventClock:
         heap = self._heap
         while heap and heap[0][0] <= wm:
             deadline, key, kind = heapq.heappop(heap)
-            if self._deadlines.get((key, kind)) == deadline:
+            current = self._deadlines.get((key, kind))
+            if current == deadline:
                 del self._deadlines[(key, kind)]
                 due.append((key, kind, deadline))
+            elif current is not None:  # moved later: its one entry goes to the new place
+                heapq.heappush(heap, (current, key, kind))
         return due
