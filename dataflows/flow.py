@@ -20,7 +20,6 @@ keep the event-time watermark (newest event time minus the allowed lateness) and
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Callable
 from typing import Any
 
@@ -38,6 +37,7 @@ from dataflows.records import (
     SinkOp,
 )
 from dataflows.sinks import RedisSink
+from dataflows.snapshots import load_device, load_model, load_profile, load_rfm
 from dataflows.stats import FlowStats
 from dataflows.steps import Keyed
 from dataflows.steps.clock import MODEL_TIME, add_clock, newest_ts
@@ -96,7 +96,7 @@ def build_flow(
     device_ticks = add_clock("device_clock", device_in, observed, cfg, None, reprojection)
 
     def build_device(resume: Any) -> DeviceLogic:
-        return DeviceLogic(pickle.loads(resume) if resume else None, cfg, stats)
+        return DeviceLogic(load_device(resume), cfg, stats)
 
     device_out = op.stateful_batch(
         "identity", op.merge("device_items", device_in, device_ticks), build_device
@@ -115,7 +115,7 @@ def build_flow(
     customer_ticks: Stream[Keyed] = to_models.falses
 
     def build_profile(resume: Any) -> ProfileLogic:
-        return ProfileLogic(pickle.loads(resume) if resume else None, cfg, stats)
+        return ProfileLogic(load_profile(resume), cfg, stats)
 
     profile_out = op.stateful_batch(
         "profile", op.merge("profile_items", customer_in, customer_ticks), build_profile
@@ -131,7 +131,7 @@ def build_flow(
     rfm_changes = op.merge("rfm_inputs", rfm_changes, rfm_reproject)
 
     def build_rfm(resume: Any) -> RfmLogic:
-        return RfmLogic(pickle.loads(resume) if resume else None, cfg)
+        return RfmLogic(load_rfm(resume), cfg)
 
     rfm_out = op.stateful_batch("rfm", op.key_on("rfm_owner", rfm_changes, lambda _: "rfm"),
                                 build_rfm)  # fmt: skip
@@ -142,7 +142,7 @@ def build_flow(
     )
 
     def build_model(resume: Any) -> ModelLogic:
-        return ModelLogic(pickle.loads(resume) if resume else None, cfg)
+        return ModelLogic(load_model(resume), cfg)
 
     # every model owner hears the clock's event time too (to learn in a canonical order)
     model_time = op.flat_map("model_time", to_models.trues, to_model_owners)

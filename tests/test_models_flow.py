@@ -182,8 +182,13 @@ def test_model_state_pickles() -> None:
 
 
 def test_model_owner_resumes_from_a_snapshot_of_the_older_format() -> None:
+    import pickle
+
+    from dataflows.snapshots import load_model
     from dataflows.steps.models import ModelLogic
 
     m = OnlineModel("churn")
-    logic = ModelLogic((m, 3, 0, 7), flow_config())  # before examples were held
-    assert (logic.version, logic.held, logic.model) == (3, [], m)
+    older = pickle.dumps((m, 3, 0, 7))  # before examples were held
+    logic = ModelLogic(load_model(older), flow_config())
+    assert (logic.version, logic.held) == (3, [])
+    assert logic.model is not None and logic.model.to_checkpoint(1, 0) == m.to_checkpoint(1, 0)

@@ -9,7 +9,6 @@ owner today (key ``"clock"``): see issue 9 for the clock that scales.
 
 from __future__ import annotations
 
-import pickle
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
@@ -28,6 +27,7 @@ from dataflows.records import (
     Tick,
 )
 from dataflows.reproject import Reprojection
+from dataflows.snapshots import ClockSnapshot, dump, load_clock
 from dataflows.steps import RETAIN, Keyed
 from features import profile as pf
 from features.clock import NO_WATERMARK, EventClock
@@ -232,32 +232,9 @@ class ClockLogic(StatefulBatchLogic[Any, tuple[str, Tick], Any]):
         return [*ticks, *self._reproject(everything=True)], RETAIN
 
     def snapshot(self) -> Any:
-        return pickle.dumps((self.clock, self.pending, self.queue)) if self.recovery else None
-
-
-def resume_clock(
-    resume: bytes | None, lateness_ms: int
-) -> tuple[EventClock, int | None, list[str]]:
-    """A clock step's state from its recovery snapshot (also the older formats: a bare clock,
-    and (clock, pending) from before re-projection).
-
-    >>> clock, pending, queue = resume_clock(pickle.dumps(EventClock(5)), 10)
-    >>> clock.lateness_ms, pending, queue
-    (5, None, [])
-    >>> resume_clock(pickle.dumps((EventClock(5), 7)), 10)[1:]
-    (7, [])
-    >>> resume_clock(None, 10)[0].lateness_ms
-    10
-    """
-    if not resume:
-        return EventClock(lateness_ms), None, []
-    state = pickle.loads(resume)
-    if isinstance(state, EventClock):  # from before the clock ran a call behind
-        return state, None, []
-    if len(state) == 2:
-        return state[0], state[1], []
-    clock, pending, queue = state
-    return clock, pending, queue
+        if not self.recovery:
+            return None
+        return dump(ClockSnapshot(self.clock, self.pending, self.queue))
 
 
 def newest_ts(batch: list[In]) -> list[ClockRequest]:
@@ -290,9 +267,9 @@ def add_clock(
     inputs = op.merge(f"{step_id}_inputs", requests, observed)
 
     def build(resume: Any) -> ClockLogic:
-        clock, pending, queue = resume_clock(resume, cfg.lateness_ms)
-        return ClockLogic(clock, cfg.recovery, step_id, horizons, idle_days, pending,
-                          reprojection, cfg.reproject_rate, owners, queue)  # fmt: skip
+        snap = load_clock(resume, cfg.lateness_ms)
+        return ClockLogic(snap.clock, cfg.recovery, step_id, horizons, idle_days, snap.pending,
+                          reprojection, cfg.reproject_rate, owners, snap.queue)  # fmt: skip
 
     ticks = op.stateful_batch(
         step_id, op.key_on(f"{step_id}_key", inputs, lambda _: "clock"), build

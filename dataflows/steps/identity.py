@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Iterable
 from typing import Any
 
@@ -20,6 +19,7 @@ from dataflows.records import (
     WriteProfile,
     late,
 )
+from dataflows.snapshots import DeviceSnapshot, dump
 from dataflows.stats import FlowStats
 from dataflows.steps import DISCARD, RETAIN, Out
 from dataflows.steps.debounce import Debounced
@@ -31,11 +31,10 @@ from schemas.keys import customer_key, device_key
 class DeviceLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
     """Identity step for one device: links, the anonymous profile, routing to customers."""
 
-    def __init__(
-        self, resume: tuple[DeviceState, bool] | None, cfg: FlowConfig, stats: FlowStats
-    ) -> None:
+    def __init__(self, resume: DeviceSnapshot | None, cfg: FlowConfig, stats: FlowStats) -> None:
         self.state: DeviceState | None
-        self.state, self.dirty = resume if resume is not None else (None, False)
+        snap = resume or DeviceSnapshot(None)
+        self.state, self.dirty = snap.state, snap.dirty
         self.cfg = cfg
         self.stats = stats
         self.interval = cfg.write_interval_ms / 1000
@@ -95,4 +94,4 @@ class DeviceLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
         return self.flush(force=True)
 
     def snapshot(self) -> Any:
-        return pickle.dumps((self.state, self.dirty)) if self.cfg.recovery else None
+        return dump(DeviceSnapshot(self.state, self.dirty)) if self.cfg.recovery else None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import heapq
-import pickle
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
@@ -16,6 +15,7 @@ from dataflows.config import FlowConfig
 from dataflows.records import (
     WriteCheckpoint,
 )
+from dataflows.snapshots import Held, ModelSnapshot, dump
 from dataflows.steps import RETAIN, Out
 from models import labels as lb
 from models.online import OnlineModel
@@ -25,10 +25,6 @@ from models.online import OnlineModel
 #: :func:`label_timers` and :func:`models.labels.on_idle`), so they can be learned in one canonical
 #: order, whatever the batching.
 RELEASE_LAG_MS = 3 * lb.DAY_MS
-
-
-#: A held example in a heap: its learning order (unique per target), then the example.
-Held = tuple[int, str, int, lb.Tied]
 
 
 class ModelLogic(StatefulBatchLogic[Any, Out, Any]):
@@ -43,21 +39,15 @@ class ModelLogic(StatefulBatchLogic[Any, Out, Any]):
     with the next release and counted in ``nextbest_model_examples_out_of_order_total``.
     """
 
-    def __init__(
-        self,
-        resume: tuple[OnlineModel | None, int, int, int, list[Held], int] | None,
-        cfg: FlowConfig,
-    ) -> None:
+    def __init__(self, resume: ModelSnapshot | None, cfg: FlowConfig) -> None:
         # The builder does not learn its key: the model is made for the first example's target.
-        self.model: OnlineModel | None
-        self.held: list[Held]  # a heap
-        if resume is not None and len(resume) == 4:  # a snapshot from before examples were held
-            resume = (*resume, [], -(2**62))
-        (self.model, self.version, self.since, self.newest_label_ts, self.held,
-         self.released_to) = resume or (None, 0, 0, 0, [], -(2**62))  # fmt: skip
-        if self.held and isinstance(self.held[0][3], lb.Example):  # a snapshot from before Tied
-            self.held = [(a, b, c, lb.Tied(e)) for a, b, c, e in self.held]  # type: ignore[arg-type]
-            heapq.heapify(self.held)
+        snap = resume or ModelSnapshot()
+        self.model: OnlineModel | None = snap.model
+        self.version = snap.checkpoint_version
+        self.since = snap.since
+        self.newest_label_ts = snap.newest_label_ts
+        self.held: list[Held] = snap.held  # a heap
+        self.released_to = snap.released_to
         self.cfg = cfg
         self.last_checkpoint = time.monotonic()
 
@@ -131,6 +121,7 @@ class ModelLogic(StatefulBatchLogic[Any, Out, Any]):
         return [("sink", WriteCheckpoint(self.model.target, self.version, data))]
 
     def snapshot(self) -> Any:
-        state = (self.model, self.version, self.since, self.newest_label_ts, self.held,
-                 self.released_to)  # fmt: skip
-        return pickle.dumps(state) if self.cfg.recovery else None
+        if not self.cfg.recovery:
+            return None
+        return dump(ModelSnapshot(self.model, self.version, self.since, self.newest_label_ts,
+                                  self.held, self.released_to))  # fmt: skip

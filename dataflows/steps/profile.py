@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Iterable
 from typing import Any
 
@@ -20,6 +19,7 @@ from dataflows.records import (
     WriteProfile,
     late,
 )
+from dataflows.snapshots import ProfileSnapshot, dump
 from dataflows.stats import FlowStats
 from dataflows.steps import DISCARD, RETAIN, Out
 from dataflows.steps.debounce import Debounced
@@ -75,13 +75,14 @@ class ProfileLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
 
     def __init__(
         self,
-        resume: tuple[pf.ProfileState, lb.PendingLabels, bool] | None,
+        resume: ProfileSnapshot | None,
         cfg: FlowConfig,
         stats: FlowStats,
     ) -> None:
         self.state: pf.ProfileState | None
         self.labels: lb.PendingLabels | None
-        self.state, self.labels, self.dirty = resume if resume is not None else (None, None, False)
+        snap = resume or ProfileSnapshot(None, None)
+        self.state, self.labels, self.dirty = snap.state, snap.labels, snap.dirty
         self.cfg = cfg
         self.stats = stats
         self.interval = cfg.write_interval_ms / 1000
@@ -202,5 +203,6 @@ class ProfileLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
         return out
 
     def snapshot(self) -> Any:
-        state = (self.state, self.labels, self.dirty)
-        return pickle.dumps(state) if self.cfg.recovery else None
+        if not self.cfg.recovery:
+            return None
+        return dump(ProfileSnapshot(self.state, self.labels, self.dirty))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Iterable
 from typing import Any
 
@@ -14,15 +13,16 @@ from dataflows.records import (
     Reproject,
     WriteBoundaries,
 )
+from dataflows.snapshots import RfmSnapshot, dump
 from dataflows.steps import RETAIN, Out
-from features import rfm
 
 
 class RfmLogic(StatefulBatchLogic[Any, Out, Any]):
     """The one owner of the RFM population: publishes quintile boundaries as customers change."""
 
-    def __init__(self, resume: tuple[rfm.RfmPopulation, int, int] | None, cfg: FlowConfig) -> None:
-        self.population, self.pending, self.newest = resume or (rfm.RfmPopulation(), 0, 0)
+    def __init__(self, resume: RfmSnapshot | None, cfg: FlowConfig) -> None:
+        snap = resume or RfmSnapshot()
+        self.population, self.pending, self.newest = snap.population, snap.pending, snap.newest
         self.cfg = cfg
 
     def on_batch(self, values: list[Any]) -> tuple[Iterable[Out], bool]:
@@ -53,5 +53,6 @@ class RfmLogic(StatefulBatchLogic[Any, Out, Any]):
         return [] if b is None else [("sink", WriteBoundaries(b.encode()))]
 
     def snapshot(self) -> Any:
-        state = (self.population, self.pending, self.newest)
-        return pickle.dumps(state) if self.cfg.recovery else None
+        if not self.cfg.recovery:
+            return None
+        return dump(RfmSnapshot(self.population, self.pending, self.newest))

@@ -1,6 +1,6 @@
-"""Writes ``snapshots-v0.pickle``: recovery snapshots of every keyed step in the positional-tuple
-format of the code before versioned snapshots (kept to test the migration; run once, by that
-code: ``python tests/golden/make_snapshots_v0.py``)."""
+"""Wrote ``snapshots-v0.pickle``: recovery snapshots of every keyed step in the positional-tuple
+format (format 0), run once by the code of commit 1f92709, before versioned snapshots. Kept as the
+record of how the file was made; run with today's code it would write format 1."""
 
 from __future__ import annotations
 
