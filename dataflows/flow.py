@@ -29,6 +29,7 @@ from bytewax.inputs import Source
 from bytewax.outputs import Sink
 
 from dataflows.config import FlowConfig
+from dataflows.effects import Examples, RfmChange, Route, rejected, sink_op
 from dataflows.records import (
     In,
     RawRecord,
@@ -103,7 +104,7 @@ def build_flow(
     )
     device_flat = op.map("identity_unwrap", device_out, lambda kv: kv[1])
     routed = op.filter_map(
-        "routed_to_customer", device_flat, lambda o: (o[1][0], o[1]) if o[0] == "route" else None
+        "routed_to_customer", device_flat, lambda o: (o.key, o) if isinstance(o, Route) else None
     )
     customer_in = op.merge("customer_items", by_device.falses, routed)
     # (label and idle timers only when the models learn)
@@ -123,7 +124,7 @@ def build_flow(
     profile_flat = op.map("profile_unwrap", profile_out, lambda kv: kv[1])
 
     rfm_changes = op.filter_map(
-        "rfm_changes", profile_flat, lambda o: o[1] if o[0] == "rfm" else None
+        "rfm_changes", profile_flat, lambda o: o if isinstance(o, RfmChange) else None
     )
     rfm_reproject = op.filter_map(
         "rfm_reproject", to_models.trues, lambda kv: kv[1][1] if is_reproject(kv) else None
@@ -138,7 +139,7 @@ def build_flow(
     rfm_flat = op.map("rfm_unwrap", rfm_out, lambda kv: kv[1])
 
     examples = op.filter_map(
-        "examples", profile_flat, lambda o: o[1] if o[0] == "examples" else None
+        "examples", profile_flat, lambda o: o if isinstance(o, Examples) else None
     )
 
     def build_model(resume: Any) -> ModelLogic:
@@ -146,15 +147,17 @@ def build_flow(
 
     # every model owner hears the clock's event time too (to learn in a canonical order)
     model_time = op.flat_map("model_time", to_models.trues, to_model_owners)
-    model_examples = op.map("model_owner", examples, lambda te: ("model:" + te[0], ("ex", te[1])))
+    model_examples = op.map(
+        "model_owner", examples, lambda ex: ("model:" + ex.target, ("ex", ex.examples))
+    )
     models_out = op.stateful_batch(
         "models", op.merge("model_inputs", model_examples, model_time), build_model
     )
     models_flat = op.map("models_unwrap", models_out, lambda kv: kv[1])
 
     outputs = op.merge("outputs", device_flat, profile_flat, rfm_flat, models_flat)
-    sink_ops = op.filter_map("sink_ops", outputs, lambda o: o[1] if o[0] == "sink" else None)
-    late_events = op.filter_map("late_events", outputs, lambda o: o[1] if o[0] == "dead" else None)
+    sink_ops: Stream[SinkOp] = op.filter_map("sink_ops", outputs, sink_op)
+    late_events = op.filter_map("late_events", outputs, rejected)
 
     def count_late(rej: Rejected) -> Rejected:
         stats.reject(rej.error.reason)

@@ -300,7 +300,7 @@ def test_owners_publish_again_on_a_reprojection() -> None:
     out, _ = owner.on_batch(points)
     assert list(out) == []  # fewer changes than rfm_publish_every
     out, _ = owner.on_batch([Reproject()])
-    assert [type(o[1]) for o in out] == [WriteBoundaries]
+    assert [type(o) for o in out] == [WriteBoundaries]
     model_owner = ModelLogic(None, cfg)
     out, _ = model_owner.on_batch([("reproject", None)])
     assert list(out) == []

@@ -59,7 +59,7 @@ def test_model_owner_resumes_from_format_0_with_its_held_examples() -> None:
     out, _ = logic.on_eof()  # learns what was held, publishes a checkpoint
     assert logic.held == [] and logic.model is not None
     assert logic.model.examples_seen >= before
-    assert [o[1].version for o in out] == [1]
+    assert [o.version for o in out] == [1]  # type: ignore[union-attr]
     assert sn.load_model(logic.snapshot()).checkpoint_version == 1
 
 

@@ -7,11 +7,12 @@ from typing import Any
 
 from bytewax.operators import StatefulBatchLogic
 
+from dataflows.effects import Effect
+
 RETAIN = StatefulBatchLogic.RETAIN
 DISCARD = StatefulBatchLogic.DISCARD
 
 #: (key, (key, item)): the logic builders do not get the key, so it travels in the value too.
 Keyed = tuple[str, tuple[str, Any]]
-#: ("sink", SinkOp) | ("dead", Rejected) | ("route", (customer_key, item)) | ("rfm", ...) |
-#: ("examples", (target, [example, ...]))
-Out = tuple[str, Any]
+#: What a keyed step emits (see :mod:`dataflows.effects`).
+Out = Effect

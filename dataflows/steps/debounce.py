@@ -34,7 +34,7 @@ class Debounced:
         op_ = self.pending_write()
         self.dirty = False
         self.last_write = now
-        return [] if op_ is None else [("sink", op_)]
+        return [] if op_ is None else [op_]
 
     def notify_at(self) -> datetime | None:
         if not self.dirty:

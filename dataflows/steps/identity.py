@@ -9,6 +9,7 @@ from bytewax.operators import StatefulBatchLogic
 
 from dataflows import metrics
 from dataflows.config import FlowConfig
+from dataflows.effects import Route
 from dataflows.records import (
     DropProfile,
     Handover,
@@ -56,7 +57,7 @@ class DeviceLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
                 if st is not None and st.last_ts + self.cfg.retention_ms <= item.watermark:
                     self.stats.dropped += 1
                     metrics.PROFILES_DROPPED.inc()
-                    return [*out, ("sink", DropProfile(device_key(st.anonymous_id)))], DISCARD
+                    return [*out, DropProfile(device_key(st.anonymous_id))], DISCARD
                 continue
             ev = item.event
             if self.state is None:
@@ -65,15 +66,15 @@ class DeviceLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
             for action in on_event(self.state, ev, self.cfg.lateness_ms):
                 kind = action[0]
                 if kind == "customer":
-                    out.append(("route", (customer_key(action[1]), item)))
+                    out.append(Route(customer_key(action[1]), item))
                 elif kind == "merge":
-                    out.append(("route", (customer_key(action[1]), Handover(action[2]))))
+                    out.append(Route(customer_key(action[1]), Handover(action[2])))
                 elif kind == "link":
-                    out.append(("sink", WriteLink(self.state.anonymous_id, action[1])))
+                    out.append(WriteLink(self.state.anonymous_id, action[1]))
                 elif kind == "anon_changed":
                     anon_changed = True
                 elif kind == "late":
-                    out.append(("dead", late(item)))
+                    out.append(late(item))
                 elif kind == "duplicate":
                     self.stats.duplicates += 1
                     metrics.DUPLICATES.inc()
@@ -89,7 +90,7 @@ class DeviceLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
         if st is None:
             return []
         if st.links:
-            return [("sink", WriteLink(st.anonymous_id, st.links[-1].customer_id))]
+            return [WriteLink(st.anonymous_id, st.links[-1].customer_id)]
         self.dirty = True
         return self.flush(force=True)
 

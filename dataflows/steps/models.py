@@ -118,7 +118,7 @@ class ModelLogic(StatefulBatchLogic[Any, Out, Any]):
             if snap.get(name) is not None:
                 metrics.MODEL_METRIC.labels(self.model.target, name).set(snap[name])
         metrics.MODEL_DRIFTS.labels(self.model.target).set(snap.get("drifts", 0))
-        return [("sink", WriteCheckpoint(self.model.target, self.version, data))]
+        return [WriteCheckpoint(self.model.target, self.version, data)]
 
     def snapshot(self) -> Any:
         if not self.cfg.recovery:

@@ -9,6 +9,7 @@ from bytewax.operators import StatefulBatchLogic
 
 from dataflows import metrics
 from dataflows.config import FlowConfig
+from dataflows.effects import Examples, RfmChange
 from dataflows.records import (
     DropProfile,
     Handover,
@@ -51,7 +52,7 @@ def arrival_order(item: Any) -> tuple[int, int, str]:
 def _emit_examples(
     examples: list[lb.Example], out: list[Out], labels: lb.PendingLabels | None, skipped: int
 ) -> None:
-    """One ``("examples", (target, [example, ...]))`` per target: fewer items between steps.
+    """One :class:`~dataflows.effects.Examples` per target: fewer items between steps.
     (Also counts the snapshots the batch could not keep: ``skipped`` is the count before it.)"""
     if labels is not None and labels.skipped != skipped:
         metrics.SNAPSHOTS_SKIPPED.inc(labels.skipped - skipped)
@@ -60,7 +61,7 @@ def _emit_examples(
     for target in lb.TARGETS:
         batch = [ex for ex in examples if ex.target == target]
         if batch:
-            out.append(("examples", (target, batch)))
+            out.append(Examples(target, batch))
 
 
 def _touches_money(values: list[Any]) -> bool:
@@ -148,7 +149,7 @@ class ProfileLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
             if money:
                 new_point = rfm_point(self.state)
                 if new_point != old_point:
-                    out.append(("rfm", (old_point, new_point)))
+                    out.append(RfmChange(old_point, new_point))
         return out, RETAIN
 
     def _ingest(self, item: In, out: list[Out], examples: list[lb.Example]) -> bool:
@@ -189,7 +190,7 @@ class ProfileLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
             self.stats.duplicates += 1
             metrics.DUPLICATES.inc()
         else:
-            out.append(("dead", late(item)))
+            out.append(late(item))
         return False
 
     def _drop(self, out: list[Out], known_point: rfm.RfmPoint | None) -> list[Out]:
@@ -197,9 +198,9 @@ class ProfileLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
         self.stats.dropped += 1
         metrics.PROFILES_DROPPED.inc()
         point = known_point if known_point is not None else rfm_point(self.state)
-        out.append(("sink", DropProfile(self.state.key)))
+        out.append(DropProfile(self.state.key))
         if point is not None:
-            out.append(("rfm", (point, None)))
+            out.append(RfmChange(point, None))
         return out
 
     def snapshot(self) -> Any:

@@ -50,7 +50,7 @@ class RfmLogic(StatefulBatchLogic[Any, Out, Any]):
     def _publish(self) -> list[Out]:
         self.pending = 0
         b = self.population.boundaries(computed_at_ms=self.newest)
-        return [] if b is None else [("sink", WriteBoundaries(b.encode()))]
+        return [] if b is None else [WriteBoundaries(b.encode())]
 
     def snapshot(self) -> Any:
         if not self.cfg.recovery:
