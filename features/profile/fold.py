@@ -1,0 +1,500 @@
+"""Folding events into a profile state in event-time order: ingest (lateness, duplicates, the
+buffer), identity links, merging an anonymous history."""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable
+from itertools import chain
+from typing import Final
+
+from features import interest as _interest
+from features.profile.state import (
+    _BUFFER_CAP,
+    _COUNTED,
+    _PRUNE_EVERY_MS,
+    _PRUNE_SEEN_EVERY_MS,
+    _PRUNE_SESSIONS_EVERY_MS,
+    _RN,
+    _RP,
+    APPLIED,
+    DEDUP_MS,
+    DUPLICATE,
+    LATE,
+    MAX_IDENTITIES,
+    SESSION_GAP_MS,
+    SESSION_KEEP_MS,
+    Aggregate,
+    Link,
+    ProfileState,
+)
+from features.windows import (
+    KEY_MASK,
+    KEY_SHIFT,
+    SERIES,
+)
+from schemas.events import Event
+
+
+def _cents(amount: float | None) -> int:
+    return 0 if amount is None else round(amount * 100)
+
+
+def _order(e: Event) -> tuple[int, str]:
+    return e.ts, e.event_id
+
+
+_LIVE_SPECS: Final = tuple((1 - s.window, s.gran) for s in SERIES)
+_NAMES: Final = tuple(s.name for s in SERIES)
+
+
+def _live_lows(newest: int) -> list[int]:
+    """Per series index: the smallest bucket that can still count (``Series.live_from``)."""
+    return [(newest + w) // g for w, g in _LIVE_SPECS]
+
+
+def _prune(a: Aggregate, frontier: int) -> None:
+    """Drop what can no longer count for any ``as_of >= frontier``."""
+    b = a.buckets
+    if b:
+        lows = _live_lows(frontier)
+        for key in [k for k in b if (k & KEY_MASK) < lows[k >> KEY_SHIFT]]:
+            del b[key]
+    a.prune_at = frontier + _PRUNE_EVERY_MS
+    if frontier - a.sessions_pruned_at < _PRUNE_SESSIONS_EVERY_MS:
+        return
+    a.sessions_pruned_at = frontier
+    cutoff = frontier - SESSION_KEEP_MS
+    if a.sids:
+        for sid in [s for s, t in a.sids.items() if t < cutoff]:
+            del a.sids[sid]
+    if a.runs:
+        for first in [f for f, last in a.runs.items() if last < cutoff]:
+            del a.runs[first]
+
+
+def _coalesce(runs: Iterable[tuple[int, int]]) -> dict[int, int]:
+    """Gap runs (first, last) of one stream from runs of its parts: join those < 30 min apart."""
+    out: dict[int, int] = {}
+    cur_first = cur_last = None
+    for first, last in sorted(runs):
+        if cur_first is not None and cur_last is not None and first - cur_last < SESSION_GAP_MS:
+            cur_last = max(cur_last, last)
+        else:
+            if cur_first is not None and cur_last is not None:
+                out[cur_first] = cur_last
+            cur_first, cur_last = first, last
+    if cur_first is not None and cur_last is not None:
+        out[cur_first] = cur_last
+    return out
+
+
+def _set_runs(a: Aggregate, runs: dict[int, int]) -> None:
+    a.runs = runs
+    if runs:
+        a.run_first = max(runs)
+        a.run_last = runs[a.run_first]
+    else:
+        a.run_first = a.run_last = None
+
+
+def _fold(a: Aggregate, e: Event) -> None:
+    """Apply one event to an aggregate. Exact when events come in ``(ts, event_id)`` order."""
+    ts = e.ts
+    t = e.type
+    last = a.last
+    if last is None:
+        a.first = a.last = ts
+        a.iref = _interest.anchor(ts)
+        a.prune_at = ts + _PRUNE_EVERY_MS
+    elif ts > last:
+        a.last = ts
+        if ts >= a.prune_at:
+            _prune(a, ts)
+    elif a.first is not None and ts < a.first:
+        a.first = ts
+    a.events += 1
+    counts = a.counts
+    counts[t] = counts.get(t, 0) + 1
+    b = a.buckets
+    spec = _COUNTED.get(t)
+    if spec is not None:
+        for base, g in spec:
+            key = base + ts // g
+            b[key] = b.get(key, 0) + 1
+    if t == "purchase":
+        cents = _cents(e.total)
+        a.purchases += 1
+        a.revenue += cents
+        if a.last_purchase is None or ts > a.last_purchase:
+            a.last_purchase = ts
+        if cents > 0:
+            for base, g in _RP:
+                key = base + ts // g
+                b[key] = b.get(key, 0) + cents
+        a.cart_items = 0
+        a.cart_cents = 0
+    elif t == "refund":
+        cents = _cents(e.total)
+        a.revenue -= cents
+        if cents > 0:
+            for base, g in _RN:
+                key = base + ts // g
+                b[key] = b.get(key, 0) + cents
+    elif t == "add_to_cart":
+        q = e.quantity or 1
+        a.cart_items += q
+        a.cart_cents += _cents(e.price) * q
+        a.cart_ts = ts
+    elif t == "remove_from_cart":
+        q = e.quantity or 1
+        a.cart_items = max(0, a.cart_items - q)
+        a.cart_cents = max(0, a.cart_cents - _cents(e.price) * q)
+        a.cart_ts = ts
+    if e.category is not None or e.items:
+        contrib = _interest.contributions(e)
+        if contrib:
+            sc = a.interest
+            if ts - a.iref >= _interest.ANCHOR_MS:
+                ref = _interest.anchor(ts)
+                _interest.rescale(sc, a.iref, ref)
+                a.iref = ref
+            f = 2.0 ** ((ts - a.iref) / _interest.HALF_LIFE_MS)
+            for cat, w in contrib:
+                cur = sc.get(cat)
+                if cur is None:
+                    sc[cat] = w * f
+                    if len(sc) > _interest.MAX_CATEGORIES:
+                        _interest.drop_lowest(sc)
+                else:
+                    sc[cat] = cur + w * f
+    sid = e.session_id
+    if sid is not None:
+        sids = a.sids
+        prev = sids.get(sid)
+        if prev is None or ts < prev or prev < ts - SESSION_KEEP_MS:
+            sids[sid] = ts
+    else:
+        rl = a.run_last
+        if rl is None or ts >= rl + SESSION_GAP_MS:
+            a.runs[ts] = ts
+            a.run_first = a.run_last = ts
+        elif ts >= rl:
+            a.runs[a.run_first] = ts  # type: ignore[index]
+            a.run_last = ts
+        else:  # older than the current run's end: only after a merge
+            _set_runs(a, _coalesce(chain(a.runs.items(), [(ts, ts)])))
+
+
+def _settle(state: ProfileState) -> None:
+    """Fold the buffered events older than ``newest - lateness`` into the settled part."""
+    newest = state.current.last
+    buf = state.buffer
+    if newest is None or not buf:
+        return
+    threshold = newest - state.lateness_ms
+    n = 0
+    while n < len(buf) and buf[n].ts < threshold:
+        n += 1
+    if n:
+        settled = state.settled
+        for e in buf[:n]:
+            _fold(settled, e)
+        del buf[:n]
+
+
+def _rebuild(state: ProfileState) -> None:
+    cur = state.settled.copy()
+    for e in state.buffer:
+        _fold(cur, e)
+    state.current = cur
+
+
+def _prune_seen(state: ProfileState, newest: int) -> None:
+    cutoff = newest - max(DEDUP_MS, state.lateness_ms)
+    seen = state.seen
+    for eid in [k for k, t in seen.items() if t < cutoff]:
+        del seen[eid]
+    state.seen_prune_at = newest + _PRUNE_SEEN_EVERY_MS
+
+
+# --------------------------------------------------------------------------------------------
+# Public API: state updates
+
+
+def new_state(key: str) -> ProfileState:
+    """An empty state.
+
+    Parameters
+    ----------
+    key
+        The partition key: ``c:<customer_id>`` or ``a:<anonymous_id>``.
+
+    Returns
+    -------
+    ProfileState
+        A state with no event applied yet.
+
+    Examples
+    --------
+    >>> s = new_state("a:dev-1")
+    >>> s.kind, s.id, last_event_ts(s)
+    ('anonymous', 'dev-1', 0)
+    """
+    return ProfileState(key=key)
+
+
+def ingest(state: ProfileState, event: Event, lateness_ms: int) -> str:
+    """Apply one event to a state, in place, as if all events had come in ``(ts, event_id)`` order.
+
+    Parameters
+    ----------
+    state
+        The state to update.
+    event
+        A validated event of this state's key.
+    lateness_ms
+        How far (event time) behind the newest applied event an event may be and still apply.
+
+    Returns
+    -------
+    str
+        :data:`APPLIED`; :data:`DUPLICATE` when an event with the same ``event_id`` was applied
+        with a ts within 24 h of this one and not more than ``max(24 h, lateness_ms)`` before the
+        newest event (ignored); :data:`LATE` when ``event.ts < newest applied ts - lateness_ms``
+        (not applied: dead-letter it). Neither changes the state.
+
+    Examples
+    --------
+    >>> from schemas import Event
+    >>> s = new_state("c:1")
+    >>> ev = [Event(event_id=str(i), type="page_view", ts=t, customer_id="1")
+    ...       for i, t in enumerate([10_000, 9_000, 20_000, 5_000])]
+    >>> [ingest(s, e, lateness_ms=10_000) for e in ev]
+    ['applied', 'applied', 'applied', 'late']
+    >>> s.current.events, s.current.first, last_event_ts(s)
+    (3, 9000, 20000)
+    """
+    ts = event.ts
+    eid = event.event_id
+    cur = state.current
+    newest = cur.last
+    seen = state.seen
+    if newest is not None:
+        prev = seen.get(eid)
+        if (
+            prev is not None
+            and prev >= newest - max(DEDUP_MS, lateness_ms)
+            and -DEDUP_MS <= ts - prev <= DEDUP_MS
+        ):
+            return DUPLICATE
+        if ts < newest - lateness_ms:
+            return LATE
+    state.lateness_ms = lateness_ms
+    seen[eid] = ts
+    buf = state.buffer
+    if not buf:
+        _fold(cur, event)
+        buf.append(event)
+    else:
+        tail = buf[-1]
+        if ts > tail.ts or (ts == tail.ts and eid > tail.event_id):
+            if tail.ts < ts - lateness_ms:
+                # The whole buffer settles: the current aggregate *is* the new settled part.
+                state.settled = cur
+                cur = state.current = cur.copy()
+                buf = state.buffer = []
+            _fold(cur, event)
+            buf.append(event)
+            if len(buf) > _BUFFER_CAP:
+                _settle(state)
+        else:
+            bisect.insort(buf, event, key=_order)
+            _settle(state)
+            _rebuild(state)
+    newest = state.current.last
+    if newest is not None and newest >= state.seen_prune_at:
+        _prune_seen(state, newest)
+    return APPLIED
+
+
+def last_event_ts(state: ProfileState) -> int:
+    """The newest applied event's ts.
+
+    Retention: the dataflow drops a state (and its Redis hash) once
+    ``last_event_ts(state) + retention < watermark``.
+
+    Parameters
+    ----------
+    state
+        A profile state.
+
+    Returns
+    -------
+    int
+        Epoch milliseconds; 0 when nothing was applied yet.
+    """
+    last = state.current.last
+    return 0 if last is None else last
+
+
+def record_link(
+    state: ProfileState, anonymous_id: str, customer_id: str, ts: int, event_id: str
+) -> None:
+    """Record an identity link; it is listed in the profile's ``identities``.
+
+    Idempotent by ``event_id``; the newest :data:`MAX_IDENTITIES` links by ``(ts, event_id)``
+    are kept.
+
+    Parameters
+    ----------
+    state
+        The (customer) state to record the link in.
+    anonymous_id, customer_id
+        The linked ids.
+    ts, event_id
+        Time (epoch ms) and id of the linking event (``login`` or ``signup``).
+
+    Examples
+    --------
+    >>> from features.profile import *
+    >>> s = new_state("c:42")
+    >>> record_link(s, "dev-1", "42", 1767323045000, "e1")
+    >>> record_link(s, "dev-1", "42", 1767323045000, "e1")
+    >>> render(view(s), 1767323045000)["identities"]
+    [{'anonymous_id': 'dev-1', 'customer_id': '42', 'ts': '2026-01-02T03:04:05Z', 'event_id': 'e1'}]
+    """
+    links = state.identities
+    if any(link.event_id == event_id for link in links):
+        return
+    links.append(Link(anonymous_id, customer_id, ts, event_id))
+    links.sort(key=lambda link: (link.ts, link.event_id))
+    del links[:-MAX_IDENTITIES]
+
+
+def _combine(a: Aggregate, b: Aggregate) -> Aggregate:
+    """Two aggregates of disjoint histories as one (``a`` the target, ``b`` the merged one)."""
+    if b.last is None:
+        return a.copy()
+    if a.last is None:
+        return b.copy()
+    buckets = dict(a.buckets)
+    for k, v in b.buckets.items():
+        buckets[k] = buckets.get(k, 0) + v
+    counts = dict(a.counts)
+    for t, n in b.counts.items():
+        counts[t] = counts.get(t, 0) + n
+    lp = max((x for x in (a.last_purchase, b.last_purchase) if x is not None), default=None)
+    # Cart: a side's cart survives unless the other side purchased after its last cart change
+    # (a purchase empties the cart); surviving carts add up.
+    items = cents = 0
+    cart_ts: int | None = None
+    for side, other in ((a, b), (b, a)):
+        if side.cart_ts is None:
+            continue
+        cart_ts = side.cart_ts if cart_ts is None else max(cart_ts, side.cart_ts)
+        if other.last_purchase is None or other.last_purchase < side.cart_ts:
+            items += side.cart_items
+            cents += side.cart_cents
+    scores, iref = _interest.combine(a.interest, a.iref, b.interest, b.iref)
+    sids = dict(a.sids)
+    for sid, first in b.sids.items():
+        prev = sids.get(sid)
+        if prev is None:
+            sids[sid] = first
+        elif abs(first - prev) <= SESSION_KEEP_MS:
+            sids[sid] = min(prev, first)  # one session: counted once, at its first event
+        else:
+            sids[sid] = max(prev, first)  # the id was reused; the older session no longer counts
+    runs = _coalesce(chain(a.runs.items(), b.runs.items()))
+    assert a.first is not None and b.first is not None
+    out = Aggregate(
+        buckets=buckets,
+        counts=counts,
+        events=a.events + b.events,
+        first=min(a.first, b.first),
+        last=max(a.last, b.last),
+        purchases=a.purchases + b.purchases,
+        revenue=a.revenue + b.revenue,
+        last_purchase=lp,
+        cart_items=items,
+        cart_cents=cents,
+        cart_ts=cart_ts,
+        iref=iref,
+        interest=scores,
+        sids=sids,
+    )
+    _set_runs(out, runs)
+    _prune(out, max(a.last, b.last))
+    return out
+
+
+def merge_into(target: ProfileState, other: ProfileState, lateness_ms: int | None = None) -> None:
+    """Identity stitching: make ``other``'s history (an anonymous visitor) part of ``target``.
+
+    Windowed counts and sums, lifetime values, sessions (a ``session_id`` in both counts once, at
+    its first ts; gap runs less than 30 minutes apart join), interests, duplicate detection and
+    identity links become those of the union of the two event streams. The events of both within
+    the lateness of the newer one are replayed in order, so the merge is exact for them; older
+    parts are combined, and there the cart is approximated: each side's cart survives unless the
+    other side has a purchase after its last cart change. A ``session_id`` reused more than 31
+    days apart across the two sides is approximated too.
+
+    Parameters
+    ----------
+    target
+        The customer's state, updated in place.
+    other
+        The anonymous state; not modified.
+    lateness_ms
+        Defaults to the larger lateness the two states last ingested with.
+
+    Examples
+    --------
+    >>> from features.profile import *
+    >>> from schemas import Event
+    >>> T = 1767323045000
+    >>> anon, cust = new_state("a:dev"), new_state("c:42")
+    >>> _ = ingest(anon, Event(event_id="1", type="add_to_cart", ts=T, anonymous_id="dev",
+    ...                        session_id="s", price=9.99, quantity=2), 600_000)
+    >>> _ = ingest(cust, Event(event_id="2", type="login", ts=T + 60_000, customer_id="42",
+    ...                        anonymous_id="dev", session_id="s"), 600_000)
+    >>> merge_into(cust, anon)
+    >>> record_link(cust, "dev", "42", T + 60_000, "2")
+    >>> doc = render(view(cust), T + 60_000)
+    >>> doc["cart_items"], doc["cart_value"], doc["sessions_7d"], doc["events_total"]
+    (2, 19.98, 1, 2)
+    """
+    oc = other.current
+    if oc.last is not None:
+        tc = target.current
+        if tc.last is None:
+            target.settled = other.settled.copy()
+            target.current = oc.copy()
+            target.buffer = list(other.buffer)
+            target.lateness_ms = max(target.lateness_ms, other.lateness_ms)
+        else:
+            lateness = (
+                max(target.lateness_ms, other.lateness_ms) if lateness_ms is None else lateness_ms
+            )
+            threshold = max(tc.last, oc.last) - lateness
+            t_settled, t_rest = _split(target.settled, target.buffer, threshold)
+            o_settled, o_rest = _split(other.settled.copy(), other.buffer, threshold)
+            ids = {e.event_id for e in t_rest}
+            buf = t_rest + [e for e in o_rest if e.event_id not in ids]
+            buf.sort(key=_order)
+            target.settled = _combine(t_settled, o_settled)
+            target.buffer = buf
+            _rebuild(target)
+    for eid, ts in other.seen.items():
+        target.seen.setdefault(eid, ts)
+    for link in other.identities:
+        record_link(target, *link)
+
+
+def _split(settled: Aggregate, buf: list[Event], threshold: int) -> tuple[Aggregate, list[Event]]:
+    n = 0
+    while n < len(buf) and buf[n].ts < threshold:
+        _fold(settled, buf[n])
+        n += 1
+    return settled, buf[n:]
