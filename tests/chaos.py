@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import redis
 from confluent_kafka import Producer
@@ -88,6 +89,18 @@ def wait_read(port: int, n: float, log: Path, timeout: float = 60) -> None:
     """Wait until the run's metrics say it read at least ``n`` records."""
     wait_for(lambda: metric_sum(port, "nextbest_events_read_total") >= n, f"{n} reads", log,
              timeout)  # fmt: skip
+
+
+def wait_up(port: int, log: Path, timeout: float = 60) -> None:
+    """Wait until the run serves its metrics (it has started; it may have nothing to read)."""
+
+    def up() -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(up, "the run's metrics endpoint", log, timeout)
 
 
 def dump(client: redis.Redis) -> dict[bytes, Any]:
