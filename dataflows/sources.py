@@ -157,18 +157,30 @@ class KafkaTopicsSource(FixedPartitionedSource[RawRecord, Any]):
     def __init__(
         self,
         brokers: str,
-        layout: Layout,
+        layout: Layout | list[str],
         batch_size: int = 1000,
         offset_reset: str = "earliest",
         stop: StopRequest | None = None,
+        watch_interval_s: float = 0.0,
     ) -> None:
+        """``layout``: the topics' layout, or just their names (read when the flow starts; then,
+        with ``stop`` and ``watch_interval_s``, a :class:`TopicWatch` starts too)."""
         self._brokers = brokers
-        self.layout = layout
+        self._topics = layout if isinstance(layout, list) else None
+        self.layout: Layout = {} if isinstance(layout, list) else layout
         self._batch = batch_size
         self._reset = offset_reset
         self._stop = stop
+        self._watch_s = watch_interval_s
 
     def list_parts(self) -> list[str]:
+        if self._topics is not None and not self.layout:
+            self.layout = topic_layout(self._brokers, self._topics)
+            missing = [t for t in self._topics if t not in self.layout]
+            if missing:
+                raise RuntimeError(f"input topic(s) {', '.join(missing)} do not exist")
+            if self._stop is not None and self._watch_s > 0:
+                TopicWatch(self._brokers, self.layout, self._stop, self._watch_s).start()
         return [f"{i}-{t}" for t, (n, _) in self.layout.items() for i in range(n)]
 
     def build_part(self, step_id: str, for_part: str, resume_state: Any) -> _KafkaPartition:

@@ -24,6 +24,7 @@ from nextbest import __version__
 from nextbest.running import (
     Progress,
     flow_config,
+    kafka_flow,
     print_summary,
     progress_line,
     run_flow,
@@ -144,12 +145,9 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     When partitions are added to a topic (or a topic is recreated) the flow stops cleanly and
     starts again over every partition, resuming from the recovery snapshot if there is one.
     """
-    from dataflows.flow import FlowStats, build_flow
+    from dataflows.flow import FlowStats
     from dataflows.metrics import serve_metrics
-    from dataflows.sinks import DeadLetterKafkaSink, RedisSink
     from dataflows.sources import (
-        KafkaTopicsSource,
-        StoppableSource,
         StopRequest,
         TopicWatch,
         wait_for_topics,
@@ -170,18 +168,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             if found is None:  # stopped while waiting
                 break
             layout = found
-            options = sink_options(settings, stop.event)
-            source = KafkaTopicsSource(
-                brokers, layout, settings.batch_size, settings.kafka_offset_reset, stop
-            )
-            flow = build_flow(
-                StoppableSource(source, stop.event),
-                RedisSink(url, options),
-                DeadLetterKafkaSink(brokers, settings.topic_dead_letter, options),
-                stats,
-                source_label="kafka",
-                config=flow_config(settings),
-            )
+            flow = kafka_flow(settings, brokers, url, stop, stats, layout)
             parts = ", ".join(f"{t} ({n} partitions)" for t, (n, _) in layout.items())
             print(
                 f"nextbest run: consuming {parts} from {brokers}; profiles -> {url}; "

@@ -128,3 +128,36 @@ def run_flow(flow: Any, settings: Settings | None = None) -> None:
         epoch_interval=timedelta(seconds=settings.snapshot_interval_s),
         recovery_config=RecoveryConfig(db_dir),  # type: ignore[no-untyped-call]
     )
+
+
+def kafka_flow(
+    settings: Settings,
+    brokers: str,
+    redis_url: str,
+    stop: Any,
+    stats: Any = None,
+    layout: Any = None,
+) -> Any:
+    """The flow over the input topics, with the sinks' policy from the settings. Without
+    ``layout`` the topics' layout is read when the flow starts (and watched)."""
+    from dataflows.flow import FlowStats, build_flow
+    from dataflows.sinks import DeadLetterKafkaSink, RedisSink
+    from dataflows.sources import KafkaTopicsSource, StoppableSource
+
+    options = sink_options(settings, stop.event)
+    source = KafkaTopicsSource(
+        brokers,
+        layout if layout is not None else list(settings.topics),
+        settings.batch_size,
+        settings.kafka_offset_reset,
+        stop,
+        watch_interval_s=settings.topic_check_interval_ms / 1000,
+    )
+    return build_flow(
+        StoppableSource(source, stop.event),
+        RedisSink(redis_url, options),
+        DeadLetterKafkaSink(brokers, settings.topic_dead_letter, options),
+        stats if stats is not None else FlowStats(),
+        source_label="kafka",
+        config=flow_config(settings),
+    )
