@@ -268,8 +268,11 @@ class _KafkaPartition(StatefulSourcePartition[RawRecord, Any]):
                 raise RuntimeError(msg)
             self._src._stop.set(msg, failed=True)
             return self._offset if self._offset is not None else OFFSET_END
-        self._offset = None
-        return OFFSET_BEGINNING if policy == "earliest" else OFFSET_END
+        if policy == "earliest":
+            self._offset = None  # a snapshot before the next read resumes from the start too
+            return OFFSET_BEGINNING
+        self._offset = high if high >= 0 else None  # (unknown at run time: the next read tells)
+        return OFFSET_END
 
     def next_batch(self) -> list[RawRecord]:
         from confluent_kafka import KafkaError
