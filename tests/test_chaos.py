@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -100,6 +101,17 @@ def own_redis(tmp_path: Path) -> Iterator[tuple[str, Path]]:
             stop_redis(url, proc.pid)
 
 
+def _run_on(
+    reference: Reference, url: str, tmp_path: Path
+) -> tuple[subprocess.Popen[bytes], int, Path]:
+    """`nextbest run` over the reference topic into ``url``: the process, its metrics port, log."""
+    port = free_port()
+    log = tmp_path / "run.log"
+    env = {**reference.env, "NEXTBEST_REDIS_URL": url, "NEXTBEST_HOME": str(tmp_path / "home"),
+           "NEXTBEST_METRICS_PORT": str(port)}  # fmt: skip
+    return start_run(env, log), port, log
+
+
 def _pid_of(workdir: Path) -> int:
     """The pid of the redis-server serving ``workdir``'s socket (from the server itself)."""
     client = redis.Redis.from_url(f"unix://{workdir / 'redis.sock'}")
@@ -155,11 +167,7 @@ def test_redis_restarted_empty_is_healed(
     from its state; the result equals the uninterrupted run."""
     url, workdir = own_redis
     client = redis.Redis.from_url(url)
-    port = free_port()
-    log = tmp_path / "run.log"
-    env = {**reference.env, "NEXTBEST_REDIS_URL": url, "NEXTBEST_HOME": str(tmp_path / "home"),
-           "NEXTBEST_METRICS_PORT": str(port)}  # fmt: skip
-    proc = start_run(env, log)
+    proc, port, log = _run_on(reference, url, tmp_path)
     wait_read(port, len(reference.records) // 3, log)
     os.kill(_pid_of(workdir), signal.SIGKILL)
     time.sleep(2)  # writes fail meanwhile: the sink stalls, nothing is lost
@@ -192,11 +200,7 @@ def test_redis_paused_for_30_s_is_survived(
     every pending change is written afterwards."""
     url, workdir = own_redis
     client = redis.Redis.from_url(url)
-    port = free_port()
-    log = tmp_path / "run.log"
-    env = {**reference.env, "NEXTBEST_REDIS_URL": url, "NEXTBEST_HOME": str(tmp_path / "home"),
-           "NEXTBEST_METRICS_PORT": str(port)}  # fmt: skip
-    proc = start_run(env, log)
+    proc, port, log = _run_on(reference, url, tmp_path)
     wait_read(port, len(reference.records) // 3, log)
     pid = _pid_of(workdir)
     os.kill(pid, signal.SIGSTOP)
@@ -223,11 +227,7 @@ def test_sigterm_while_redis_is_away_exits_with_a_clear_message(
 ) -> None:
     """A stalled run asked to stop gives up cleanly (exit 1, one line why), no traceback."""
     url, workdir = own_redis
-    port = free_port()
-    log = tmp_path / "run.log"
-    env = {**reference.env, "NEXTBEST_REDIS_URL": url, "NEXTBEST_HOME": str(tmp_path / "home"),
-           "NEXTBEST_METRICS_PORT": str(port)}  # fmt: skip
-    proc = start_run(env, log)
+    proc, port, log = _run_on(reference, url, tmp_path)
     wait_read(port, 1, log)
     pid = _pid_of(workdir)
     os.kill(pid, signal.SIGSTOP)
