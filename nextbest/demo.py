@@ -111,9 +111,10 @@ def _sample_customer(url: str) -> str | None:
 
 def run_demo(settings: Settings, events: int | None, customers: int, port: int | None) -> int:
     """Run the demo; bounded when ``events`` is given (prints the summary and exits)."""
+    from dataflows.deadletters import DeadLetterFileSink
     from dataflows.flow import FlowStats, build_flow
     from dataflows.metrics import serve_metrics
-    from dataflows.sinks import DeadLetterFileSink, RedisSink
+    from dataflows.sinks import RedisSink
     from nextbest.running import (
         Progress,
         flow_config,

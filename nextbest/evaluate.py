@@ -214,8 +214,9 @@ def evaluate(
     ``flow_config`` is the :class:`~dataflows.flow.FlowConfig` to run (recovery is turned
     off), ``run_flow`` the function that runs a flow in this process.
     """
+    from dataflows.deadletters import DeadLetterFileSink
     from dataflows.flow import FlowStats, build_flow
-    from dataflows.sinks import DeadLetterFileSink, RedisSink
+    from dataflows.sinks import RedisSink
     from dataflows.sources import JsonlFilesSource
     from nextbest.runtime import start_redis, stop_process
 

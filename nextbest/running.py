@@ -84,7 +84,7 @@ def flow_config(
 @contextlib.contextmanager
 def sink_gave_up() -> Iterator[None]:
     """A sink that stopped retrying ends the command with its reason (exit 1), no traceback."""
-    from dataflows.sinks import SinkGaveUp
+    from dataflows.retry import SinkGaveUp
 
     try:
         yield
@@ -99,7 +99,7 @@ def sink_gave_up() -> Iterator[None]:
 
 def sink_options(settings: Settings, stop: threading.Event | None = None) -> Any:
     """The sinks' failure policy from the settings."""
-    from dataflows.sinks import SinkOptions
+    from dataflows.retry import SinkOptions
 
     return SinkOptions(
         retry_limit_ms=settings.sink_retry_limit_ms,
@@ -140,8 +140,9 @@ def kafka_flow(
 ) -> Any:
     """The flow over the input topics, with the sinks' policy from the settings. Without
     ``layout`` the topics' layout is read when the flow starts (and watched)."""
+    from dataflows.deadletters import DeadLetterKafkaSink
     from dataflows.flow import FlowStats, build_flow
-    from dataflows.sinks import DeadLetterKafkaSink, RedisSink
+    from dataflows.sinks import RedisSink
     from dataflows.sources import KafkaTopicsSource, StoppableSource
 
     options = sink_options(settings, stop.event)
