@@ -1,6 +1,6 @@
 """Running a flow in this process: its configuration and sinks' policy from the settings, the
 recovery set-up, a live progress line, the summary, and a clean end when a sink gives up.
-Shared by the commands (``nextbest.cli``) and the demo (``nextbest.demo``)."""
+Shared by the commands (``nextbest.commands``) and the demo (``nextbest.demo``)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,14 @@
+"""The ``nextbest`` commands, one module each.
+
+Each module has ``register(sub)``, which adds its subcommand (flags, help, handler) to the
+parser's subparsers; ``nextbest.cli`` assembles them in the order of :data:`COMMANDS`. What
+the commands share (usage errors, signal handling, argument types) is in
+:mod:`nextbest.commands.common`.
+"""
+
+from __future__ import annotations
+
+from nextbest.commands import demo, evaluate, export, profile, replay, run, serve, simulate
+
+#: The commands in the order ``nextbest --help`` lists them.
+COMMANDS = (replay, run, serve, profile, simulate, export, evaluate, demo)
