@@ -15,7 +15,10 @@ Step ids are stable names: Bytewax recovery state is keyed by them.
 
 The two clocks are :class:`features.clock.EventClock` instances fed by the events themselves: they
 keep the event-time watermark (newest event time minus the allowed lateness) and send a
-:class:`~dataflows.records.Tick` to a key whose timer the watermark passed (today: retention).
+:class:`~dataflows.records.Tick` to a key whose timer the watermark passed (retention; for
+customers also label maturity and idle snapshots). Each clock is 16 keyed shards, a key's timers
+in its own shard, every shard told every batch's newest event time (see
+:mod:`dataflows.steps.clock`).
 """
 
 from __future__ import annotations
@@ -62,7 +65,7 @@ def to_model_owners(kv: Keyed) -> list[tuple[str, tuple[str, Any]]]:
     item = kv[1][1]
     if isinstance(item, Reproject):
         return [("model:" + t, ("reproject", None)) for t in lb.TARGETS]
-    return [("model:" + t, ("time", item.watermark)) for t in lb.TARGETS]
+    return [("model:" + t, ("time", (item.shard, item.watermark))) for t in lb.TARGETS]
 
 
 def build_flow(

@@ -46,6 +46,13 @@ class Tick(msgspec.Struct, frozen=True, array_like=True):
     watermark: int
 
 
+class ClockTime(msgspec.Struct, frozen=True, array_like=True):
+    """How far one clock shard has come: every tick at or below ``watermark`` was sent."""
+
+    shard: int
+    watermark: int
+
+
 class Reproject(msgspec.Struct, frozen=True, array_like=True):
     """Redis lost its data: write this key's whole state again (see :mod:`dataflows.reproject`)."""
 

@@ -8,8 +8,8 @@ the step ids. ``tests/test_snapshots.py`` loads snapshots written by the format-
 
 >>> from features.clock import EventClock
 >>> snap = load_clock(dump(ClockSnapshot(EventClock(5), 7, ["c:1"])), 10)
->>> snap.pending, snap.queue, snap.v
-(7, ['c:1'], 1)
+>>> snap.pending, snap.queue, snap.shard, snap.v
+(7, ['c:1'], 0, 2)
 >>> load_clock(pickle.dumps((EventClock(5), 7)), 10).pending  # format 0
 7
 """
@@ -37,13 +37,14 @@ NEVER: int = -(2**62)
 
 @dataclass
 class ClockSnapshot:
-    """An event clock: the clock, the newest event time of the previous call, the keys still
-    to re-project."""
+    """A clock shard: the clock, the newest event time of the previous call, the keys still
+    to re-project, the shard (format 1 had one owner: it resumes as shard 0)."""
 
     clock: EventClock
     pending: int | None = None
     queue: list[str] = field(default_factory=list)
-    v: int = 1
+    shard: int = 0
+    v: int = 2
 
 
 @dataclass
@@ -75,7 +76,9 @@ class ModelSnapshot:
     newest_label_ts: int = 0
     held: list[Held] = field(default_factory=list)
     released_to: int = NEVER
-    v: int = 1
+    #: the newest watermark each clock shard reported (format 1 had none: filled in a round)
+    told: dict[int, int] = field(default_factory=dict)
+    v: int = 2
 
 
 @dataclass
@@ -106,6 +109,8 @@ def load_clock(raw: bytes | None, lateness_ms: int) -> ClockSnapshot:
     if got is None:
         return ClockSnapshot(EventClock(lateness_ms))
     if isinstance(got, ClockSnapshot):
+        if got.v < 2:  # one owner: resumed as shard 0 (its class default)
+            got.v = 2
         return got
     if isinstance(got, EventClock):
         return ClockSnapshot(got)
@@ -132,8 +137,12 @@ def load_model(raw: bytes | None) -> ModelSnapshot:
     """A model owner's snapshot (format 0: ``(model, version, since, newest_label_ts[, held,
     released_to])``, held examples bare or wrapped)."""
     got = _load(raw)
-    if got is None or isinstance(got, ModelSnapshot):
-        return got or ModelSnapshot()
+    if got is None:
+        return ModelSnapshot()
+    if isinstance(got, ModelSnapshot):
+        if got.v < 2:  # before the clock shards
+            got.told, got.v = {}, 2
+        return got
     snap = ModelSnapshot(*got)
     if snap.held and isinstance(snap.held[0][3], lb.Example):  # held before Tied existed
         snap.held = [(a, b, c, lb.Tied(e)) for a, b, c, e in snap.held]  # type: ignore[arg-type]

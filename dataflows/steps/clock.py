@@ -3,13 +3,25 @@
 The two clocks (``device_clock``, ``customer_clock``) are :class:`features.clock.EventClock`
 instances fed by the events themselves: they keep the event-time watermark (newest event time
 minus the allowed lateness) and send a :class:`~dataflows.records.Tick` to a key whose timer the
-watermark passed (retention; for customers also label maturity and idle snapshots). Each is one
-owner today (key ``"clock"``): see issue 9 for the clock that scales.
+watermark passed (retention; for customers also label maturity and idle snapshots).
+
+**Shards, not one owner.** Each clock is :data:`CLOCK_SHARDS` keyed states: a key's timers live in
+shard :func:`shard_of` (a stable hash of the key), so with several workers the timers, their
+heaps and their snapshots are spread over the workers like the profiles are. The watermark is
+computed the same way in every shard: every clock input (the newest event time of each batch,
+and of each batch of timer requests) is broadcast to all shards, so each shard is called exactly
+when the one owner used to be, with the same newest event time, and fires a key's timers in the
+same call as before. The model owners learn the event time from every shard and go by the
+slowest (:class:`~dataflows.records.ClockTime`). Shard 0's key is ``"clock"``, the key of the
+single owner before the shards: a recovery written before resumes its timers there (they fire
+as before; a key's newer timers are in its own shard, and a second tick for a key is harmless:
+the keyed steps check retention and labels against their own state).
 """
 
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,6 +33,7 @@ from bytewax.operators import StatefulBatchLogic
 from dataflows import metrics
 from dataflows.config import FlowConfig
 from dataflows.records import (
+    ClockTime,
     Handover,
     In,
     Reproject,
@@ -35,12 +48,52 @@ from models import labels as lb
 
 RETENTION = "retention"
 
-ClockRequest = tuple[list[tuple[str, str, int]], int]  # (timers (key, kind, deadline), newest)
+#: What a clock shard is told: (timers (key, kind, deadline) of its keys, newest event ts, shard).
+ClockRequest = tuple[list[tuple[str, str, int]], int, int]
+
+#: Shards per clock. Fixed: a key's timers are in shard ``shard_of(key)`` of the recovery state,
+#: so changing it would strand resumed timers. Results do not depend on it (see the docstring).
+CLOCK_SHARDS = 16
+
+#: What a clock shard emits: a key's tick or re-projection, or its own event time for the owners.
+ClockOut = tuple[str, Tick | ClockTime | Reproject]
 
 
 IDLE = "idle"
 #: The key of the customer clock's event-time reports to the model owners.
 MODEL_TIME = ""
+
+
+def shard_of(key: str) -> int:
+    """The clock shard of a key: a stable hash (the same in every process and run).
+
+    >>> shard_of("c:42"), shard_of("c:43"), 0 <= shard_of("a:x") < 16
+    (0, 6, True)
+    """
+    return zlib.crc32(key.encode()) % CLOCK_SHARDS
+
+
+def shard_key(shard: int) -> str:
+    """The Bytewax key of a shard; shard 0 is ``"clock"``, the single owner's key before shards.
+
+    >>> shard_key(0), shard_key(3)
+    ('clock', 'clock:3')
+    """
+    return "clock" if shard == 0 else f"clock:{shard}"
+
+
+_SHARD_KEYS = tuple(shard_key(i) for i in range(CLOCK_SHARDS))
+
+
+def broadcast(newest: int, timers: dict[int, list[tuple[str, str, int]]] | None = None
+              ) -> list[tuple[str, ClockRequest]]:  # fmt: skip
+    """One request per shard: its timers (if any) and the newest event time, for all of them.
+
+    >>> [(k, r) for k, r in broadcast(7, {2: [("c:1", "retention", 9)]}) if r[0] or k == "clock"]
+    [('clock', ([], 7, 0)), ('clock:2', ([('c:1', 'retention', 9)], 7, 2))]
+    """
+    got = timers or {}
+    return [(_SHARD_KEYS[i], (got.get(i, []), newest, i)) for i in range(CLOCK_SHARDS)]
 
 
 def label_timers(key: str, day: int, horizons: lb.Horizons) -> list[tuple[str, str, int]]:
@@ -52,8 +105,9 @@ def label_timers(key: str, day: int, horizons: lb.Horizons) -> list[tuple[str, s
 
 def clock_requests(
     retention_ms: int, horizons: lb.Horizons | None = None, idle_days: int = 0
-) -> Callable[[list[Keyed]], list[ClockRequest]]:
-    """Condense a batch of keyed items into one clock request: timers to (re)set, newest ts.
+) -> Callable[[list[Keyed]], list[tuple[str, ClockRequest]]]:
+    """Condense a batch of keyed items into clock requests: per shard the timers of its keys to
+    (re)set, and to every shard the newest ts (see :func:`broadcast`).
 
     Timers: ``retention`` at the key's newest event + retention; with ``horizons`` (customers),
     the :func:`label_timers` of every UTC day with events and, with ``idle_days``, ``idle`` at the
@@ -62,7 +116,7 @@ def clock_requests(
     time it fires.
     """
 
-    def condense(batch: list[Keyed]) -> list[ClockRequest]:
+    def condense(batch: list[Keyed]) -> list[tuple[str, ClockRequest]]:
         newest_by_key: dict[str, int] = {}
         days: set[tuple[str, int]] = set()
         newest = None
@@ -89,13 +143,16 @@ def clock_requests(
                 step = idle_days * lb.DAY_MS
                 for k, ts in newest_by_key.items():
                     timers.append((k, IDLE, (ts // lb.DAY_MS + 1) * lb.DAY_MS + step))
-        return [(timers, newest)]
+        by_shard: dict[int, list[tuple[str, str, int]]] = {}
+        for timer in timers:
+            by_shard.setdefault(shard_of(timer[0]), []).append(timer)
+        return broadcast(newest, by_shard)
 
     return condense
 
 
-class ClockLogic(StatefulBatchLogic[Any, tuple[str, Tick], Any]):
-    """One owner of an :class:`EventClock`; emits ``(key, Tick)`` for due timers.
+class ClockLogic(StatefulBatchLogic[Any, ClockOut, Any]):
+    """One shard of a clock: an :class:`EventClock`; emits ``(key, Tick)`` for due timers.
 
     An ``idle`` timer that fires (with ``horizons`` and ``idle_days``) sets the label timers of
     its day and comes back ``idle_days`` later, for as long as the key's retention timer is later.
@@ -109,13 +166,15 @@ class ClockLogic(StatefulBatchLogic[Any, tuple[str, Tick], Any]):
     One call later they have been applied.
 
     With ``horizons`` it also tells the model owners how far event time has come, as
-    ``(MODEL_TIME, Tick(watermark))`` with the watermark of the *previous* call: by then the ticks
-    of that watermark have been through the profile step, so every label due by it was sent.
+    ``(MODEL_TIME, ClockTime(shard, watermark))`` with the watermark of the *previous* call: by
+    then the ticks of that watermark have been through the profile step, so every label due by it
+    was sent (from this shard: the owners take the slowest shard).
 
     Re-projection (:mod:`dataflows.reproject`): when ``reprojection`` asks for it, the clock
     sends a :class:`Reproject` to every key it knows (every live key has a retention timer), at
-    most ``rate`` keys per second of wall time, and (with ``owners``) one to ``MODEL_TIME`` for
-    the model and RFM owners. The keys still to do are part of the snapshot.
+    most ``rate`` keys per second of wall time (the shards share the configured rate), and (with
+    ``owners``, from shard 0) one to ``MODEL_TIME`` for the model and RFM owners. The keys still
+    to do are part of the snapshot.
     """
 
     def __init__(
@@ -130,8 +189,11 @@ class ClockLogic(StatefulBatchLogic[Any, tuple[str, Tick], Any]):
         rate: int = 10_000,
         owners: bool = False,
         queue: list[str] | None = None,
+        shard: int = 0,
     ) -> None:
         self.clock = clock
+        #: which shard this is (learned from the requests; 0 for a resumed single owner)
+        self.shard = shard
         #: the newest event time seen by the previous call (the next advance)
         self.pending = pending
         self.recovery = recovery
@@ -156,7 +218,7 @@ class ClockLogic(StatefulBatchLogic[Any, tuple[str, Tick], Any]):
             self.answered = asked
             self.queue = sorted(self.clock.keys() | set(self.queue), reverse=True)
             self.budget, self.budget_at = 0.0, time.monotonic()
-            if self.owners:
+            if self.owners and self.shard == 0:
                 out.append((MODEL_TIME, Reproject()))
         if not self.queue:
             return out
@@ -198,10 +260,11 @@ class ClockLogic(StatefulBatchLogic[Any, tuple[str, Tick], Any]):
             rearmed = True
         return clock.due() if rearmed else []
 
-    def on_batch(self, values: list[Any]) -> tuple[Iterable[tuple[str, Tick]], bool]:
+    def on_batch(self, values: list[Any]) -> tuple[Iterable[ClockOut], bool]:
         clock = self.clock
         newest = self.pending
-        for timers, ts in values:
+        for timers, ts, shard in values:
+            self.shard = shard
             for key, kind, deadline in timers:
                 clock.set_timer(key, kind, deadline)
             if newest is None or ts > newest:
@@ -210,7 +273,7 @@ class ClockLogic(StatefulBatchLogic[Any, tuple[str, Tick], Any]):
         out: list[tuple[str, Any]] = [*self._advance(self.pending)]
         self.pending = newest
         if self.horizons is not None and told > NO_WATERMARK:
-            out.append((MODEL_TIME, Tick(told)))
+            out.append((MODEL_TIME, ClockTime(self.shard, told)))
         out.extend(self._reproject())
         return out, RETAIN
 
@@ -234,14 +297,14 @@ class ClockLogic(StatefulBatchLogic[Any, tuple[str, Tick], Any]):
     def snapshot(self) -> Any:
         if not self.recovery:
             return None
-        return dump(ClockSnapshot(self.clock, self.pending, self.queue))
+        return dump(ClockSnapshot(self.clock, self.pending, self.queue, self.shard))
 
 
-def newest_ts(batch: list[In]) -> list[ClockRequest]:
+def newest_ts(batch: list[In]) -> list[int]:
     """One clock observation per batch of all events: the watermark follows the whole stream."""
     if not batch:
         return []
-    return [([], max(item.event.ts for item in batch))]
+    return [max(item.event.ts for item in batch)]
 
 
 def add_clock(
@@ -264,14 +327,14 @@ def add_clock(
     requests = op.flat_map_batch(
         f"{step_id}_requests", keyed, clock_requests(cfg.retention_ms, horizons, idle_days)
     )
-    inputs = op.merge(f"{step_id}_inputs", requests, observed)
+    told = op.flat_map(f"{step_id}_broadcast", observed, broadcast)
+    inputs = op.merge(f"{step_id}_inputs", requests, told)
+    rate = max(1, -(-cfg.reproject_rate // CLOCK_SHARDS))
 
     def build(resume: Any) -> ClockLogic:
         snap = load_clock(resume, cfg.lateness_ms)
         return ClockLogic(snap.clock, cfg.recovery, step_id, horizons, idle_days, snap.pending,
-                          reprojection, cfg.reproject_rate, owners, snap.queue)  # fmt: skip
+                          reprojection, rate, owners, snap.queue, snap.shard)  # fmt: skip
 
-    ticks = op.stateful_batch(
-        step_id, op.key_on(f"{step_id}_key", inputs, lambda _: "clock"), build
-    )
+    ticks = op.stateful_batch(step_id, inputs, build)
     return op.map(f"{step_id}_route", ticks, lambda kv: (kv[1][0], kv[1]))

@@ -15,8 +15,9 @@ from dataflows.config import FlowConfig
 from dataflows.records import (
     WriteCheckpoint,
 )
-from dataflows.snapshots import Held, ModelSnapshot, dump
+from dataflows.snapshots import NEVER, Held, ModelSnapshot, dump
 from dataflows.steps import RETAIN, Out
+from dataflows.steps.clock import CLOCK_SHARDS
 from models import labels as lb
 from models.online import OnlineModel
 
@@ -31,8 +32,9 @@ class ModelLogic(StatefulBatchLogic[Any, Out, Any]):
     """The one owner of a target's online model: learns every matured example (progressive
     validation: scored before learned) and checkpoints every N examples or T seconds.
 
-    Examples are held until the customer clock's watermark (``("time", watermark)`` items, see
-    :class:`ClockLogic`) is :data:`RELEASE_LAG_MS` past their label time, then learned sorted
+    Examples are held until the customer clock's watermark (``("time", (shard, watermark))``
+    items, see :class:`ClockLogic`; the slowest of its shards, once every shard has reported) is
+    :data:`RELEASE_LAG_MS` past their label time, then learned sorted
     by (label time, customer, snapshot time); the end of the input releases the rest. So the model
     is the same however the stream was batched: a replay learns what living through it learned.
     An example that comes after its place was passed (only if the watermark was wrong) is learned
@@ -48,15 +50,18 @@ class ModelLogic(StatefulBatchLogic[Any, Out, Any]):
         self.newest_label_ts = snap.newest_label_ts
         self.held: list[Held] = snap.held  # a heap
         self.released_to = snap.released_to
+        self.told = snap.told
         self.cfg = cfg
         self.last_checkpoint = time.monotonic()
 
     def on_batch(self, values: list[Any]) -> tuple[Iterable[Out], bool]:
-        newest: int | None = None
         republish = False
+        told = self.told
         for kind, v in values:
-            if kind == "time":  # a watermark
-                newest = v if newest is None else max(newest, v)
+            if kind == "time":  # a clock shard's watermark
+                shard, wm = v
+                if wm > told.get(shard, NEVER):
+                    told[shard] = wm
             elif kind == "reproject":  # Redis lost the checkpoint
                 republish = True
             else:
@@ -65,8 +70,8 @@ class ModelLogic(StatefulBatchLogic[Any, Out, Any]):
                     metrics.EXAMPLES_OUT_OF_ORDER.inc(late)
                 for e in v:
                     heapq.heappush(self.held, (e.label_ts, e.key, e.snapshot_ts, lb.Tied(e)))
-        if newest is not None:
-            bound = newest - RELEASE_LAG_MS
+        if len(told) == CLOCK_SHARDS:
+            bound = min(told.values()) - RELEASE_LAG_MS
             if bound > self.released_to:
                 self.released_to = bound
         out = self._learn(self.released_to)
@@ -124,4 +129,4 @@ class ModelLogic(StatefulBatchLogic[Any, Out, Any]):
         if not self.cfg.recovery:
             return None
         return dump(ModelSnapshot(self.model, self.version, self.since, self.newest_label_ts,
-                                  self.held, self.released_to))  # fmt: skip
+                                  self.held, self.released_to, self.told))  # fmt: skip
