@@ -18,17 +18,8 @@ Pipelines (:func:`make_pipeline`):
 * ``hat``: ``tree.HoeffdingAdaptiveTreeClassifier(seed=seed)``;
 * ``arf``: ``forest.ARFClassifier(n_models=10, seed=seed)``.
 
-Metrics: over a rolling window of the last ``window`` (default 1000) scored examples, the exact
-ROC AUC, log loss and Brier score (:mod:`models.evaluation`), plus cumulative counts (examples,
-positives, negatives). The absolute error ``|y - p|`` of each scored example feeds an ADWIN
-drift detector, a label day at a time: the errors of the examples whose ``label_ts`` falls in a
-UTC day are given, in customer order (key, snapshot time), when the first label of a later day
-arrives. (Labels come in bursts within a day: purchases resolve positives as they happen, the
-horizon matures negatives at day ticks; in arrival order ADWIN saw that mix as hundreds of
-"drifts" a year.) A day in which ADWIN detects a *rise* of the mean error (it also flags drops,
-e.g. while the model learns: those are ignored) increments ``drifts``, is logged, and is recorded
-as ``(examples_seen, label_ts)`` of the example that closed the day (the last 50 are kept).
-Every ``history_every`` examples a metrics snapshot is appended to a history of the last 50.
+Metrics (rolling ROC AUC, log loss, Brier score, counts, history) and the drift detector are
+kept by :class:`models.quality.ModelQuality`, which :class:`OnlineModel` extends.
 
 Checkpoints (:meth:`OnlineModel.to_checkpoint`) are bytes::
 
@@ -75,7 +66,6 @@ The checkpoint codec is in :mod:`models.checkpoint`, the pipelines in :mod:`mode
 from __future__ import annotations
 
 import hashlib
-import logging
 import math
 import struct
 from collections import deque
@@ -85,7 +75,6 @@ from importlib.metadata import version as _pkg_version
 from typing import Any, Final
 
 import msgspec
-import numpy as np
 from river import drift
 
 from models.checkpoint import (
@@ -100,11 +89,10 @@ from models.checkpoint import (
     checkpoint_meta,
 )
 from models.checkpoint import _unseeded as _unseeded
-from models.evaluation import brier, log_loss, roc_auc
-from models.labels import DAY_MS as _DAY_MS
 from models.labels import Example
 from models.pipelines import PIPELINES, make_pipeline
 from models.pipelines import clip_z as clip_z
+from models.quality import _HISTORY_KEYS, HISTORY_LEN, ModelQuality
 from models.targets import prior_of
 
 __all__ = [
@@ -114,26 +102,6 @@ __all__ = [
     "checkpoint_meta",
     "make_pipeline",
 ]
-
-log = logging.getLogger(__name__)
-
-HISTORY_LEN: Final = 50
-#: Probabilities are clipped to this for the metrics (a finite log loss).
-_EPS: Final = 1e-7
-
-
-#: Keys of a metric snapshot (and of each history entry).
-_HISTORY_KEYS: Final = (
-    "examples_seen",
-    "positives",
-    "negatives",
-    "label_ts",
-    "window",
-    "roc_auc",
-    "log_loss",
-    "brier",
-    "drifts",
-)
 
 
 def _river_version() -> str:
@@ -159,11 +127,7 @@ def _proba_true(proba: Mapping[Any, float] | None) -> float:
     return min(1.0, max(0.0, p))
 
 
-def _round(x: float | None) -> float | None:
-    return None if x is None else round(x, 6)
-
-
-class OnlineModel:
+class OnlineModel(ModelQuality):
     """One target's online model with its metrics; pickles (see the module docstring).
 
     Parameters
@@ -289,38 +253,6 @@ class OnlineModel:
             self.history.append(tuple(m[k] for k in _HISTORY_KEYS))
         return p
 
-    def _track_error(self, error: float, example: Example) -> None:
-        """Keep an error with its label day; a later day feeds the open one to the detector."""
-        day = example.label_ts // _DAY_MS
-        if self._error_day is not None and day > self._error_day:
-            self._close_error_day(example.label_ts)
-        if self._error_day is None or day > self._error_day:
-            self._error_day = day
-        # (a label of an earlier day than the open one joins the open day)
-        self._day_errors.append((example.key, example.snapshot_ts, error))
-
-    def _close_error_day(self, label_ts: int) -> None:
-        detector = self._detector
-        drifted = False
-        # in customer order, not arrival order: positives and negatives mixed as they are
-        for _key, _ts, error in sorted(self._day_errors):
-            before = detector.estimation
-            detector.update(error)
-            # ADWIN flags any change of the mean error; a drop (the model got better, as it does
-            # while it learns) is not a drift worth an alarm
-            drifted |= bool(detector.drift_detected and detector.estimation > before)
-        self._day_errors = []
-        if drifted:
-            self.drifts += 1
-            self.drift_events.append((self.examples_seen, label_ts))
-            log.info(
-                "drift detected: model=%s pipeline=%s examples_seen=%d label_ts=%d",
-                self.target,
-                self.pipeline,
-                self.examples_seen,
-                label_ts,
-            )
-
     def predict(self, features: Mapping[str, float]) -> tuple[float, str]:
         """``(probability, source)``: the model's after ``min_examples`` examples, else the prior.
 
@@ -360,27 +292,6 @@ class OnlineModel:
 
     # ----------------------------------------------------------------------------------------
     # metrics
-
-    def _metrics(self) -> dict[str, Any]:
-        auc = ll = bs = None
-        if self._recent:
-            arr = np.asarray(self._recent, dtype=np.float64)
-            y, p = arr[:, 0], np.clip(arr[:, 1], _EPS, 1.0 - _EPS)
-            if 0 < y.sum() < y.size:
-                auc = roc_auc(y, p)
-            ll = log_loss(y, p)
-            bs = brier(y, p)
-        return {
-            "examples_seen": self.examples_seen,
-            "positives": self.positives,
-            "negatives": self.negatives,
-            "label_ts": self.last_label_ts,
-            "window": len(self._recent),
-            "roc_auc": _round(auc),
-            "log_loss": _round(ll),
-            "brier": _round(bs),
-            "drifts": self.drifts,
-        }
 
     def metrics_snapshot(self) -> dict[str, Any]:
         """The model's state for ``GET /v1/models`` and the Prometheus gauges.
