@@ -10,19 +10,9 @@ against the published boundaries (1..5 per dimension) and name its :func:`segmen
 Approximation
 -------------
 The population is kept as three fixed histograms, so memory is bounded (at most about 3,600
-non-empty bins in all) whatever the number of customers:
-
-* **frequency** (``purchases_total``): one bin per integer 0, 1, ..., 50, then bins about 5 %
-  wide (integer edges 51, 54, 57, ...) up to 10**9; everything above shares one bin.
-* **monetary** (``revenue_total``, net of refunds): one bin for everything below 0.01 (zero and
-  net-negative revenue included), then bins 2 % wide (edges ``0.01 * 1.02**i``, rounded to 6
-  significant digits) up to 10**10; everything above shares one bin.
-* **recency** (``last_purchase_ts``, epoch ms, UTC): bins on the absolute purchase time, one per
-  hour for the 30 days (720 hours) ending with the hour of the newest purchase seen, one per UTC
-  day for the 1,096 days ending with that purchase's day, and one bin for everything older. As
-  the newest purchase moves on, hourly bins that fall out of the 30 days are merged into their
-  day and days out of the 1,096 days into the "older" bin (the histograms never need the raw
-  values again). A population that empties returns to the initial state.
+non-empty bins in all) whatever the number of customers; their bins (hourly and daily for
+recency, about 5 % wide for frequency above 50, 2 % for monetary) are described in
+:mod:`features.rfm_bins`.
 
 **Cut points.** With ``N`` customers, the k-th cut point (k = 1..4) is the lowest bin edge ``e``
 with ``count(values < e) >= k * N / 5``, i.e. the upper edge of the bin holding the
@@ -95,14 +85,28 @@ True
 
 from __future__ import annotations
 
-import math
 from bisect import bisect_right
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Final
 
 import msgspec
+
+from features.rfm_bins import (
+    DAY_MS,
+    FREQUENCY_EDGES,
+    HOUR_MS,
+    MONETARY_EDGES,
+)
+from features.rfm_bins import R_OLDER as _R_OLDER
+from features.rfm_bins import add_count as _add
+from features.rfm_bins import cuts as _cuts
+from features.rfm_bins import keys_in as _keys_in
+from features.rfm_bins import money as _money
+from features.rfm_bins import r_key as _r_key
+from features.rfm_bins import r_origins as _r_origins
+from features.rfm_bins import static_upper as _static_upper
 
 __all__ = [
     "SEGMENTS",
@@ -116,41 +120,10 @@ __all__ = [
     "segment",
 ]
 
-HOUR_MS: Final = 3_600_000
-DAY_MS: Final = 86_400_000
-#: Recency: hourly bins for this many hours ending with the newest purchase's hour.
-HOURLY_SPAN_HOURS: Final = 30 * 24
-#: Recency: daily bins for this many days ending with the newest purchase's day; older: one bin.
-DAILY_SPAN_DAYS: Final = 1096
 #: Default smallest population that gets boundaries.
 MIN_POPULATION: Final = 20
 #: Version of the encoded boundaries.
 BOUNDARIES_VERSION: Final = 1
-
-_QUINTILES: Final = (1, 2, 3, 4)
-_R_OLDER: Final = -(2**62)  # key of the recency bin "older than the daily span"
-
-
-def _frequency_edges() -> tuple[int, ...]:
-    edges = list(range(1, 52))  # bins [0,1) [1,2) ... [50,51): exact integers up to 50
-    while edges[-1] < 10**9:
-        edges.append(max(edges[-1] + 1, math.ceil(edges[-1] * 1.05)))
-    return tuple(edges)
-
-
-def _monetary_edges() -> tuple[float, ...]:
-    edges: list[float] = []
-    i = 0
-    while not edges or edges[-1] < 1e10:
-        edges.append(float(f"{0.01 * 1.02**i:.6g}"))
-        i += 1
-    return tuple(edges)
-
-
-#: Lower edges of the frequency bins after the first (bin i holds [edges[i-1], edges[i])).
-FREQUENCY_EDGES: Final = _frequency_edges()
-#: Lower edges of the monetary bins after the first (the first holds everything below 0.01).
-MONETARY_EDGES: Final = _monetary_edges()
 
 
 class RfmPoint(msgspec.Struct, frozen=True):
@@ -220,59 +193,6 @@ class RfmBoundaries(msgspec.Struct, frozen=True):
 
 _ENCODER: Final = msgspec.json.Encoder()
 _DECODER: Final = msgspec.json.Decoder(RfmBoundaries)
-
-
-def _money(value: float) -> float:
-    return 0.0 if math.isnan(value) else value
-
-
-def _r_origins(newest_ts: int) -> tuple[int, int]:
-    """(first hourly bin's hour, first daily bin's day) for the newest purchase time."""
-    return newest_ts // HOUR_MS - HOURLY_SPAN_HOURS + 1, newest_ts // DAY_MS - DAILY_SPAN_DAYS + 1
-
-
-def _r_key(ts: int, hour0: int, day0: int) -> int:
-    """The recency bin of ``ts`` (its lower edge in ms, or ``_R_OLDER``)."""
-    hour = ts // HOUR_MS
-    if hour >= hour0:
-        return hour * HOUR_MS
-    day = ts // DAY_MS
-    if day >= day0:
-        return day * DAY_MS
-    return _R_OLDER
-
-
-def _add(counts: dict[int, int], key: int, delta: int) -> None:
-    n = counts.get(key, 0) + delta
-    if n < 0:
-        raise ValueError("RfmPopulation.update: removing a point that is not in the population")
-    if n:
-        counts[key] = n
-    else:
-        del counts[key]
-
-
-def _keys_in(counts: dict[int, int], lo: int, hi: int, step: int) -> list[int]:
-    """The keys of ``counts`` in ``range(lo, hi, step)``, by whichever loop is shorter."""
-    if (hi - lo) // step <= len(counts):
-        return [k for k in range(lo, hi, step) if k in counts]
-    return sorted(k for k in counts if lo <= k < hi and k != _R_OLDER)
-
-
-def _cuts(counts: dict[int, int], n: int, upper_edge: Callable[[int], float]) -> list[float]:
-    """Upper edges of the bins where the cumulative count first reaches k * n / 5, k = 1..4."""
-    out: list[float] = []
-    cum = 0
-    for key in sorted(counts):
-        cum += counts[key]
-        while len(out) < 4 and 5 * cum >= _QUINTILES[len(out)] * n:
-            out.append(upper_edge(key))
-    return out
-
-
-def _static_upper(edges: Sequence[float]) -> Callable[[int], float]:
-    # bin i = [edges[i-1], edges[i]); the open top bin (i == len(edges)) uses its lower edge
-    return lambda i: edges[i] if i < len(edges) else edges[-1]
 
 
 @dataclass(slots=True)
