@@ -13,11 +13,12 @@ index and the bucket index: ``key = series.base + k`` with ``base = idx << KEY_S
 copy and prune; sorted keys come grouped by series, then by bucket). In Redis each series is one
 field (see :func:`encode_buckets`).
 
+Which series exist (their names, windows, granularities and indexes) is derived from the feature
+declarations in :mod:`features.registry`.
+
 Examples
 --------
->>> s = SERIES_BY_NAME["pv1h"]
->>> s.gran, s.window
-(150000, 3600000)
+>>> s = Series("pv1h", 0, window=HOUR, gran=150 * SECOND)
 >>> buckets = {100: 2, 101: 1, 124: 5}
 >>> window_sum(buckets, s, as_of=124 * 150_000)          # buckets 100..124 overlap the hour
 8
@@ -51,8 +52,9 @@ KEY_MASK: Final = (1 << KEY_SHIFT) - 1
 class Series:
     """One bucketed series: its Redis field ``name``, in-memory index, window and granularity (ms).
 
-    >>> SERIES_BY_NAME["rp90d"].window // DAY, SERIES_BY_NAME["rp90d"].gran // DAY
-    (90, 3)
+    >>> s = Series("rp90d", 14, window=90 * DAY, gran=3 * DAY)
+    >>> s.base == 14 << KEY_SHIFT, s.window // DAY, s.gran // DAY
+    (True, 90, 3)
     """
 
     name: str
@@ -68,7 +70,7 @@ class Series:
     def live_from(self, newest: int) -> int:
         """Smallest bucket index that can still count for some ``as_of >= newest``.
 
-        >>> SERIES_BY_NAME["pv1h"].live_from(124 * 150_000 + 3_599_999)
+        >>> Series("pv1h", 0, HOUR, 150 * SECOND).live_from(124 * 150_000 + 3_599_999)
         124
         """
         return (newest - self.window + 1) // self.gran
@@ -76,54 +78,10 @@ class Series:
     def bounds(self, as_of: int) -> tuple[int, int]:
         """The inclusive range of bucket indexes that count as of ``as_of``.
 
-        >>> SERIES_BY_NAME["pv1h"].bounds(124 * 150_000)
+        >>> Series("pv1h", 0, HOUR, 150 * SECOND).bounds(124 * 150_000)
         (100, 124)
         """
         return (as_of - self.window + 1) // self.gran, as_of // self.gran
-
-
-def _series(name: str, idx: int, window: int, gran: int) -> Series:
-    assert gran * 24 <= window, name
-    return Series(name, idx, window, gran)
-
-
-_W = ((HOUR, 150 * SECOND), (24 * HOUR, HOUR), (7 * DAY, 6 * HOUR))
-_LONG = ((7 * DAY, 6 * HOUR), (30 * DAY, DAY), (90 * DAY, 3 * DAY))
-_SESS = ((7 * DAY, 6 * HOUR), (30 * DAY, DAY))
-
-
-def _label(window: int) -> str:
-    return f"{window // HOUR}h" if window < 7 * DAY else f"{window // DAY}d"
-
-
-def _build() -> tuple[Series, ...]:
-    out: list[Series] = []
-    for prefix, spec in (
-        ("pv", _W),  # page_view count
-        ("vw", _W),  # product_view count
-        ("ac", _W),  # add_to_cart count
-        ("pu", _LONG),  # purchase count
-        ("rp", _LONG),  # purchase totals, cents (the positive part of revenue)
-        ("rn", _LONG),  # refund totals, cents (the negative part of revenue)
-        ("se", _SESS),  # sessions, at the ts of their first event
-    ):
-        for window, gran in spec:
-            out.append(_series(prefix + _label(window), len(out), window, gran))
-    return tuple(out)
-
-
-#: Every series, in index order.
-SERIES: Final = _build()
-SERIES_BY_NAME: Final = {s.name: s for s in SERIES}
-
-
-def series_group(prefix: str) -> tuple[Series, ...]:
-    """The series of one prefix (``pv``, ``vw``, ``ac``, ``pu``, ``rp``, ``rn``, ``se``).
-
-    >>> [s.name for s in series_group("pu")]
-    ['pu7d', 'pu30d', 'pu90d']
-    """
-    return tuple(s for s in SERIES if s.name.startswith(prefix))
 
 
 def window_sum(buckets: Mapping[int, int] | None, series: Series, as_of: int) -> int:

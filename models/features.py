@@ -1,39 +1,17 @@
 """Model inputs: a customer's features as of a time, from the same render the profile uses.
 
-One definition for training and serving: the dataflow snapshots ``feature_vector(view(state), ts)``
-for the labels, serving scores ``feature_vector(view, as_of)`` (or :func:`features_from_document`
-of the profile document it already rendered), so there is no training/serving skew. Every value
+One definition for training and serving: the dataflow snapshots ``state_features(state, ts)``
+for the labels, serving scores :func:`features_from_document` of the profile document it rendered
+(or ``feature_vector(view, as_of)``), so there is no training/serving skew. Every value
 is a finite float and the keys always come in the order of :data:`FEATURE_NAMES`.
 
-Features (``log1p`` is ``log(1 + x)``, applied to non-negative values; negative net revenue is
-clamped to 0 first):
-
-==================================  ============================================================
-feature                             definition (profile fields as of ``as_of``)
-==================================  ============================================================
-``log_page_views_24h/7d``           log1p of ``page_views_24h``, ``_7d``
-``log_product_views_24h/7d``        log1p of the product views in the same windows
-``log_add_to_carts_24h/7d``         log1p of the add-to-carts in the same windows
-``log_sessions_7d/30d``             log1p of ``sessions_7d``, ``sessions_30d``
-``log_purchases_7d/30d/90d``        log1p of ``purchases_7d``, ``purchases_30d``, ``purchases_90d``
-``log_revenue_7d/30d/90d``          log1p of the net revenue (currency units) in the same windows
-``log_purchases_total``             log1p of lifetime purchases
-``log_revenue_total``               log1p of lifetime net revenue
-``log_avg_order_value``             log1p of ``avg_order_value``; 0 when never purchased
-``never_purchased``                 1.0 when the customer has no purchase, else 0.0
-``log_days_since_last_purchase``    log1p of ``days_since_last_purchase``; 0 when never purchased
-                                    (``never_purchased`` carries that information instead of a null)
-``log_days_since_last_seen``        log1p of ``days_since_last_seen``; 0 when never seen (or when
-                                    ``as_of`` is before the last event)
-``log_active_days``                 log1p of the days from the first to the last event; 0 if none
-                                    (not ``tenure_days``, which keeps growing while a customer is
-                                    away and so moves with ``days_since_last_seen``)
-``log_events_total``                log1p of lifetime events
-``log_cart_items``                  log1p of the items in the cart
-``log_cart_value``                  log1p of the cart value (currency units)
-``cart_abandoned``                  1.0 when the cart is abandoned (items, 30 min quiet), else 0
-``n_top_categories``                number of distinct top categories (0 to 3)
-==================================  ============================================================
+The inputs are declared as data in :data:`MODEL_INPUTS` (their table is in the README, "Online
+models"): each is a transform (mostly ``log1p``, ``log(1 + x)`` of a non-negative value, 0 for
+null or negative ones) of features of :mod:`features.registry` as of ``as_of``. :func:`model_inputs`
+computes them, once, over a :class:`FeatureSource`: a rendered document (:class:`DocumentSource`:
+:func:`features_from_document`, serving) or a profile state (:class:`features.profile.StateSource`:
+:func:`state_features`, the dataflow's training snapshots, without building a view or a document).
+Their order is the models' input order (checkpoints keep weights in it).
 
 The one-hour windows of the profile are left out on purpose: training snapshots describe a
 customer just *before* the first event of a day (or an idle day), where they are almost always 0,
@@ -60,54 +38,172 @@ True
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Any, Final
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
 
-from features.profile import (
-    CART_ABANDON_MS,
-    COUNT_FEATURES,
-    REVENUE_FEATURES,
-    ProfileState,
-    ProfileView,
-    render,
-    window_values,
-)
+from features.profile import ProfileState, ProfileView, StateSource, render
+from features.registry import BY_NAME, FEATURES, Feature
 from features.windows import DAY
-from schemas.events import parse_ts
 
-__all__ = ["FEATURE_NAMES", "feature_vector", "features_from_document", "state_features"]
-
-#: Hour windows are not model inputs (see the module docstring).
-_COUNTS: Final = tuple(name for name, _ in COUNT_FEATURES if not name.endswith("_1h"))
-_REVENUES: Final = tuple(name for name, _, _ in REVENUE_FEATURES)
-
-#: Every feature, in the order :func:`feature_vector` returns them.
-FEATURE_NAMES: Final[tuple[str, ...]] = (
-    *(f"log_{n}" for n in _COUNTS),
-    *(f"log_{n}" for n in _REVENUES),
-    "log_purchases_total",
-    "log_revenue_total",
-    "log_avg_order_value",
-    "never_purchased",
-    "log_days_since_last_purchase",
-    "log_days_since_last_seen",
-    "log_active_days",
-    "log_events_total",
-    "log_cart_items",
-    "log_cart_value",
-    "cart_abandoned",
-    "n_top_categories",
-)
+__all__ = [
+    "FEATURE_NAMES",
+    "MODEL_INPUTS",
+    "DocumentSource",
+    "FeatureSource",
+    "ModelInput",
+    "feature_vector",
+    "features_from_document",
+    "input_table",
+    "model_inputs",
+    "state_features",
+]
 
 
-def _log(x: Any) -> float:
-    """log1p of a non-negative number; ``None``, negatives and non-finite values give 0."""
+class FeatureSource(Protocol):
+    """A profile as of a time, as model inputs read it: a state (no view, no document: the
+    training snapshots' hot path) or a rendered document (serving)."""
+
+    def number(self, f: Feature, /) -> float | None:
+        """A windowed or ``number``-carrying feature's value as a number (``None``: null)."""
+        ...
+
+
+class DocumentSource:
+    """The numbers of a rendered profile document (missing fields read as null)."""
+
+    __slots__ = ("doc",)
+
+    def __init__(self, doc: Mapping[str, Any]) -> None:
+        self.doc = doc
+
+    def number(self, f: Feature, /) -> float | None:
+        """``doc[f.name]``, parsed back to a number when it is a timestamp or a list."""
+        x = self.doc.get(f.name)
+        if x is None or f.parse is None:
+            return x  # type: ignore[no-any-return]
+        return f.parse(x)
+
+
+def log1p(x: Any) -> float:
+    """log1p of a non-negative number; ``None``, negatives and non-finite values give 0.
+
+    >>> log1p(None), log1p(-3.0), log1p(float("inf")), round(log1p(1), 4)
+    (0.0, 0.0, 0.0, 0.6931)
+    """
     if x is None:
         return 0.0
     v = float(x)
     if not v > 0.0 or math.isinf(v):
         return 0.0
     return math.log1p(v)
+
+
+def _flag(x: Any) -> float:
+    return 1.0 if x else 0.0
+
+
+def _size(x: Any) -> float:
+    return 0.0 if x is None else float(x)
+
+
+def _never(purchases: Any, last_purchase: Any) -> float:
+    return 1.0 if not purchases and last_purchase is None else 0.0
+
+
+def _log_span_days(first: Any, last: Any) -> float:
+    return log1p(None if first is None or last is None else (last - first) / DAY)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInput:
+    """One model input: ``how`` of the numbers of the features it ``reads``."""
+
+    name: str
+    reads: tuple[Feature, ...]
+    how: Callable[..., float]
+    doc: str
+
+
+def _input(name: str, how: Callable[..., float], doc: str, *reads: str) -> ModelInput:
+    return ModelInput(name, tuple(BY_NAME[r] for r in reads), how, doc)
+
+
+#: Every model input, in the models' input order (checkpoints keep weights in it): the windowed
+#: features marked ``model``, in registry order, then these scalars. Every value is a finite float.
+MODEL_INPUTS: Final[tuple[ModelInput, ...]] = (
+    *(_input(f"log_{f.name}", log1p, f"log1p of `{f.name}`", f.name) for f in FEATURES if f.model),
+    _input("log_purchases_total", log1p, "log1p of `purchases_total`", "purchases_total"),
+    _input("log_revenue_total", log1p, "log1p of `revenue_total` (0 if negative)", "revenue_total"),
+    _input(
+        "log_avg_order_value",
+        log1p,
+        "log1p of `avg_order_value`; 0 when never purchased",
+        "avg_order_value",
+    ),
+    _input(
+        "never_purchased",
+        _never,
+        "1.0 without any purchase, else 0.0",
+        "purchases_total",
+        "last_purchase_ts",
+    ),
+    _input(
+        "log_days_since_last_purchase",
+        log1p,
+        "log1p of `days_since_last_purchase`; 0 when never purchased",
+        "days_since_last_purchase",
+    ),
+    _input(
+        "log_days_since_last_seen",
+        log1p,
+        "log1p of `days_since_last_seen`; 0 when null",
+        "days_since_last_seen",
+    ),
+    _input(
+        "log_active_days",
+        _log_span_days,
+        "log1p of the days from the first to the last event; 0 if none (not `tenure_days`, "
+        "which keeps growing while a customer is away, as `days_since_last_seen` does)",
+        "first_seen_ts",
+        "last_seen_ts",
+    ),
+    _input("log_events_total", log1p, "log1p of `events_total`", "events_total"),
+    _input("log_cart_items", log1p, "log1p of `cart_items`", "cart_items"),
+    _input("log_cart_value", log1p, "log1p of `cart_value`", "cart_value"),
+    _input("cart_abandoned", _flag, "1.0 when `cart_abandoned`, else 0.0", "cart_abandoned"),
+    _input("n_top_categories", _size, "number of `top_categories` (0 to 3)", "top_categories"),
+)
+
+#: Every model input's name, in the order :func:`model_inputs` returns them.
+FEATURE_NAMES: Final[tuple[str, ...]] = tuple(i.name for i in MODEL_INPUTS)
+
+# (name, how, first read, second read or None): no per-call allocation beyond the result.
+_PLAN: Final = tuple(
+    (i.name, i.how, i.reads[0], i.reads[1] if len(i.reads) > 1 else None) for i in MODEL_INPUTS
+)
+if any(len(i.reads) > 2 for i in MODEL_INPUTS):
+    raise ValueError("a model input reads at most two features")
+
+
+def model_inputs(src: FeatureSource) -> dict[str, float]:
+    """The model inputs of a profile as of a time, keys in :data:`FEATURE_NAMES` order.
+
+    Parameters
+    ----------
+    src
+        A :class:`DocumentSource` or a :class:`features.profile.StateSource`.
+
+    Returns
+    -------
+    dict[str, float]
+        Every input of :data:`MODEL_INPUTS`: a finite float.
+    """
+    num = src.number
+    f: dict[str, float] = {}
+    for name, how, a, b in _PLAN:
+        f[name] = how(num(a)) if b is None else how(num(a), num(b))
+    return f
 
 
 def features_from_document(doc: Mapping[str, Any]) -> dict[str, float]:
@@ -121,7 +217,7 @@ def features_from_document(doc: Mapping[str, Any]) -> dict[str, float]:
     Returns
     -------
     dict[str, float]
-        The features of the module docstring, keys in :data:`FEATURE_NAMES` order.
+        ``model_inputs(DocumentSource(doc))``: keys in :data:`FEATURE_NAMES` order.
 
     Examples
     --------
@@ -131,27 +227,7 @@ def features_from_document(doc: Mapping[str, Any]) -> dict[str, float]:
     >>> f["never_purchased"], sum(f.values())
     (1.0, 1.0)
     """
-    f: dict[str, float] = {}
-    for n in _COUNTS:
-        f[f"log_{n}"] = _log(doc.get(n))
-    for n in _REVENUES:
-        f[f"log_{n}"] = _log(doc.get(n))
-    f["log_purchases_total"] = _log(doc.get("purchases_total"))
-    f["log_revenue_total"] = _log(doc.get("revenue_total"))
-    f["log_avg_order_value"] = _log(doc.get("avg_order_value"))
-    never = not doc.get("purchases_total") and doc.get("last_purchase_ts") is None
-    f["never_purchased"] = 1.0 if never else 0.0
-    f["log_days_since_last_purchase"] = _log(doc.get("days_since_last_purchase"))
-    f["log_days_since_last_seen"] = _log(doc.get("days_since_last_seen"))
-    first, last = doc.get("first_seen_ts"), doc.get("last_seen_ts")
-    span = None if first is None or last is None else _span_days(parse_ts(first), parse_ts(last))
-    f["log_active_days"] = _log(span)
-    f["log_events_total"] = _log(doc.get("events_total"))
-    f["log_cart_items"] = _log(doc.get("cart_items"))
-    f["log_cart_value"] = _log(doc.get("cart_value"))
-    f["cart_abandoned"] = 1.0 if doc.get("cart_abandoned") else 0.0
-    f["n_top_categories"] = float(len(doc.get("top_categories") or ()))
-    return f
+    return model_inputs(DocumentSource(doc))
 
 
 def feature_vector(v: ProfileView, as_of_ms: int) -> dict[str, float]:
@@ -181,25 +257,11 @@ def feature_vector(v: ProfileView, as_of_ms: int) -> dict[str, float]:
     return features_from_document(render(v, as_of_ms))
 
 
-_COUNT_IDX: Final = tuple((f"log_{n}", s.idx) for n, s in COUNT_FEATURES if n in _COUNTS)
-_REVENUE_IDX: Final = tuple((f"log_{n}", p.idx, m.idx) for n, p, m in REVENUE_FEATURES)
-
-
-def _span_days(first: int | None, last: int | None) -> float | None:
-    return None if first is None or last is None else (last - first) / DAY
-
-
-def _log_days(as_of_ms: int, ref: int | None) -> float:
-    if ref is None or as_of_ms < ref:
-        return 0.0
-    return _log(round((as_of_ms - ref) / DAY, 3))
-
-
 def state_features(state: ProfileState, as_of_ms: int) -> dict[str, float]:
-    """``feature_vector(view(state), as_of_ms)`` computed straight from a profile state.
+    """``model_inputs(StateSource(state, as_of_ms))``: the model features straight from a state.
 
-    The dataflow's training snapshots use it: the same values (a property test holds them
-    equal) at a fraction of the cost, since neither the view nor the document is built.
+    The dataflow's training snapshots use it: no view or document is built. A property test
+    holds it equal to :func:`feature_vector` of the state's view (the other source).
 
     Examples
     --------
@@ -212,25 +274,11 @@ def state_features(state: ProfileState, as_of_ms: int) -> dict[str, float]:
     >>> state_features(s, later) == feature_vector(view(s), later)
     True
     """
-    a = state.current
-    sums = window_values(state, as_of_ms)
-    f: dict[str, float] = {}
-    for name, idx in _COUNT_IDX:
-        f[name] = _log(sums[idx])
-    for name, pos, neg in _REVENUE_IDX:
-        f[name] = _log((sums[pos] - sums[neg]) / 100)
-    n = a.purchases
-    f["log_purchases_total"] = _log(n)
-    f["log_revenue_total"] = _log(a.revenue / 100)
-    f["log_avg_order_value"] = _log(round(a.revenue / n / 100, 2)) if n else 0.0
-    f["never_purchased"] = 1.0 if not n and a.last_purchase is None else 0.0
-    f["log_days_since_last_purchase"] = _log_days(as_of_ms, a.last_purchase)
-    f["log_days_since_last_seen"] = _log_days(as_of_ms, a.last)
-    f["log_active_days"] = _log(_span_days(a.first, a.last))
-    f["log_events_total"] = _log(a.events)
-    f["log_cart_items"] = _log(a.cart_items)
-    f["log_cart_value"] = _log(a.cart_cents / 100)
-    abandoned = a.cart_items > 0 and a.last is not None and as_of_ms - a.last >= CART_ABANDON_MS
-    f["cart_abandoned"] = 1.0 if abandoned else 0.0
-    f["n_top_categories"] = float(min(3, len(a.interest))) if a.last is not None else 0.0
-    return f
+    return model_inputs(StateSource(state, as_of_ms))
+
+
+def input_table() -> str:
+    """The README's table of model inputs (Markdown)."""
+    rows = ["| model input | definition |", "| --- | --- |"]
+    rows += [f"| `{i.name}` | {i.doc} |" for i in MODEL_INPUTS]
+    return "\n".join(rows)

@@ -34,7 +34,8 @@ from typing import IO, Any, Final
 import orjson
 import redis
 
-from features.profile import COUNT_FEATURES, REVENUE_FEATURES, LayoutError, from_fields
+from features.profile import LayoutError, from_fields
+from features.registry import BY_NAME, CSV_FEATURES
 from features.rfm import RfmBoundaries
 from features.store import BOUNDARIES_KEY, NAMESPACE
 from models.labels import TARGETS
@@ -46,31 +47,16 @@ __all__ = ["CSV_COLUMNS", "FORMATS", "PAGE", "export_profiles"]
 PAGE: Final = 1000
 FORMATS: Final = ("jsonl", "csv")
 
-_SCALARS: Final[tuple[str, ...]] = (
-    *(name for name, _ in COUNT_FEATURES),
-    *(name for name, _, _ in REVENUE_FEATURES),
-    "purchases_total",
-    "revenue_total",
-    "avg_order_value",
-    "first_seen_ts",
-    "last_seen_ts",
-    "last_purchase_ts",
-    "days_since_last_purchase",
-    "days_since_last_seen",
-    "tenure_days",
-    "cart_items",
-    "cart_value",
-    "cart_abandoned",
-    "events_total",
-)
+#: The profile features' columns (:data:`features.registry.CSV_FEATURES`): cells, then lists.
+_CELLS: Final = tuple(n for n in CSV_FEATURES if BY_NAME[n].csv == "cell")
+_JOINED: Final = tuple(n for n in CSV_FEATURES if BY_NAME[n].csv == "joined")
 _RFM: Final = ("rfm_r", "rfm_f", "rfm_m", "rfm_segment")
 #: The CSV header, in order.
 CSV_COLUMNS: Final[tuple[str, ...]] = (
     "id",
     "kind",
     "as_of",
-    *_SCALARS,
-    "top_categories",
+    *CSV_FEATURES,
     *_RFM,
     *(f"{t}_{part}" for t in TARGETS for part in ("probability", "source", "model_version")),
 )
@@ -88,8 +74,8 @@ def csv_row(doc: Mapping[str, Any]) -> list[Any]:
     """The :data:`CSV_COLUMNS` cells of a scored profile document."""
     ident = doc.get("customer_id", doc.get("anonymous_id"))
     row: list[Any] = [ident, doc.get("kind"), doc.get("as_of")]
-    row.extend(_cell(doc.get(name)) for name in _SCALARS)
-    row.append("|".join(doc.get("top_categories") or ()))
+    row.extend(_cell(doc.get(name)) for name in _CELLS)
+    row.extend("|".join(doc.get(name) or ()) for name in _JOINED)
     row.extend(_cell(doc.get(name)) for name in _RFM)
     scores = doc.get("scores") or {}
     for t in TARGETS:

@@ -9,8 +9,11 @@ from typing import Any
 import pytest
 
 from features import profile as pf
+from features import registry
 from features.interest import MAX_CATEGORIES
 from features.windows import DAY, HOUR, MINUTE
+from models.features import FEATURE_NAMES
+from nextbest.readme import README, TABLES
 from schemas.events import Event, Item, decode_event, parse_ts
 
 T = 1_772_359_200_000  # 2026-03-01T10:00:00Z
@@ -343,3 +346,71 @@ def test_small_example_from_json_lines() -> None:
     assert d["cart_abandoned"] is True and d["add_to_carts_1h"] == 1
     decay = 2 ** (-1 / 24 / 7)  # one hour at a half-life of 7 days
     assert d["category_scores"] == {"books": round(1.0 * decay + 3.0 * decay ** (59 / 60), 4)}
+
+
+# ------------------------------------------------------------------------------------------------
+# The registry: storage orders are pinned (snapshots, checkpoints and CSV consumers rely on them)
+
+
+def test_series_indexes_are_the_stored_ones() -> None:
+    """Recovery snapshots hold packed bucket keys by series index: never renumber a series."""
+    stored = [
+        "pv1h",
+        "pv24h",
+        "pv7d",
+        "vw1h",
+        "vw24h",
+        "vw7d",
+        "ac1h",
+        "ac24h",
+        "ac7d",
+        "pu7d",
+        "pu30d",
+        "pu90d",
+        "rp7d",
+        "rp30d",
+        "rp90d",
+        "rn7d",
+        "rn30d",
+        "rn90d",
+        "se7d",
+        "se30d",
+    ]
+    assert [(s.idx, s.name) for s in registry.SERIES] == list(enumerate(stored))
+    windows = {s.name: (s.window, s.gran) for s in registry.SERIES}
+    assert windows["pv1h"] == (HOUR, 150_000) and windows["rp90d"] == (90 * DAY, 3 * DAY)
+    assert windows["se30d"] == (30 * DAY, DAY)
+
+
+def test_the_fold_adds_each_event_type_to_its_series() -> None:
+    added = {
+        t: ([s.name for s in ones], [s.name for s in cents])
+        for t, (ones, cents) in registry.SERIES_ADDED_BY.items()
+    }
+    assert added == {
+        "page_view": (["pv1h", "pv24h", "pv7d"], []),
+        "product_view": (["vw1h", "vw24h", "vw7d"], []),
+        "add_to_cart": (["ac1h", "ac24h", "ac7d"], []),
+        "purchase": (["pu7d", "pu30d", "pu90d"], ["rp7d", "rp30d", "rp90d"]),
+        "refund": ([], ["rn7d", "rn30d", "rn90d"]),
+    }
+    assert [s.name for s in registry.SESSION_SERIES] == ["se7d", "se30d"]
+
+
+def test_document_order_and_model_inputs_come_from_the_registry() -> None:
+    s = pf.new_state("c:c1")
+    pf.ingest(s, ev("purchase", T, total=12.0, category="toys"), L)
+    doc = pf.render(pf.view(s), T)
+    assert list(doc)[3:] == [f.name for f in registry.FEATURES]
+    assert list(doc)[:3] == ["customer_id", "kind", "as_of"]
+    windowed = [f"log_{f.name}" for f in registry.FEATURES if f.model]
+    assert list(FEATURE_NAMES[: len(windowed)]) == windowed
+    assert not any(name.endswith("_1h") for name in FEATURE_NAMES)
+
+
+def test_readme_tables_are_generated_from_their_declarations() -> None:
+    text = README.read_text()
+    for marker, table in TABLES.items():
+        assert f"<!-- {marker}:start -->\n{table()}\n<!-- {marker}:end -->" in text, (
+            f"README's {marker} is stale: run python -m nextbest.readme"
+        )

@@ -16,8 +16,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from features import profile as pf
-from features.windows import DAY, HOUR, MINUTE, SERIES_BY_NAME, window_sum
-from models.features import feature_vector, state_features
+from features.registry import FEATURES, SERIES_BY_NAME
+from features.windows import DAY, HOUR, MINUTE, window_sum
+from models.features import DocumentSource, feature_vector, state_features
 from schemas.events import Event, Item, format_ts
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z, a multiple of every granularity (3 days included)
@@ -403,14 +404,19 @@ def test_projection_round_trips_and_renders_the_same(
 def test_model_features_from_the_state_equal_those_of_the_rendered_view(
     data: st.DataObject, events: list[Event], lateness: int
 ) -> None:
-    """The dataflow's shortcut (no view, no document) gives the serving path's features."""
+    """The dataflow's source (the state: no view, no document) gives the serving path's numbers
+    (the rendered document's), feature by feature, hence the same model inputs."""
     s = pf.new_state("c:c1")
     for e in data.draw(arrivals(events, lateness)):
         pf.ingest(s, e, lateness)
     first = min(e.ts for e in events)
     span = max(e.ts for e in events) - first
     earlier = [first - 1, first + data.draw(st.integers(0, span))]
+    read = [f for f in FEATURES if f.series is not None or f.number is not None]
     for as_of in [*earlier, *as_of_times(data, events)]:
+        state, doc = pf.StateSource(s, as_of), DocumentSource(pf.render(pf.view(s), as_of))
+        for f in read:
+            assert state.number(f) == doc.number(f), (f.name, as_of)
         assert state_features(s, as_of) == feature_vector(pf.view(s), as_of), as_of
     empty = pf.new_state("c:none")
     assert state_features(empty, first) == feature_vector(pf.view(empty), first)

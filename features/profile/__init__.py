@@ -5,8 +5,8 @@ anonymous visitor (``a:<anonymous_id>``), kept by the dataflow in Bytewax snapsh
 :func:`ingest` applies one event (or says it is a duplicate or too late), :func:`merge_into`
 stitches an anonymous history into a customer, :func:`to_fields` projects the state to the Redis
 hash (absolute values), and serving and the CLI read it back with :func:`from_fields` and compute
-the public document as of any time with :func:`render`. The public feature definitions and the
-Redis layout are in the README ("Profiles").
+the public document as of any time with :func:`render`. The features are declared in
+:mod:`features.registry`; their definitions and the Redis layout are in the README ("Profiles").
 
 How order is handled: the state keeps a *settled* :class:`Aggregate` (every applied event older
 than ``newest - lateness``, folded strictly in ``(ts, event_id)`` order), a *buffer* of the newer
@@ -46,11 +46,11 @@ True
 from __future__ import annotations
 
 from features.profile.codec import fields_of, from_fields, to_fields, view
-from features.profile.fold import ingest, last_event_ts, merge_into, new_state, record_link
-from features.profile.render import render, render_state, window_values
+from features.profile.fold import ingest, last_event_ts, new_state, record_link
+from features.profile.merge import merge_into
+from features.profile.render import StateSource, render, render_state, window_values
 from features.profile.state import (
     APPLIED,
-    CART_ABANDON_MS,
     COUNT_FEATURES,
     DEDUP_MS,
     DEFAULT_LATENESS_MS,
@@ -69,6 +69,7 @@ from features.profile.state import (
     ProfileState,
     ProfileView,
 )
+from features.registry import CART_ABANDON_MS
 
 __all__ = [
     "APPLIED",
@@ -90,6 +91,7 @@ __all__ = [
     "Link",
     "ProfileState",
     "ProfileView",
+    "StateSource",
     "fields_of",
     "from_fields",
     "ingest",

@@ -16,7 +16,6 @@ from features.profile.fold import (
 )
 from features.profile.state import (
     _CODE_TYPES,
-    _SESSION_SERIES,
     LAYOUT_VERSION,
     MAX_FIELD_BYTES,
     TYPE_CODES,
@@ -25,13 +24,8 @@ from features.profile.state import (
     ProfileState,
     ProfileView,
 )
-from features.windows import (
-    KEY_MASK,
-    KEY_SHIFT,
-    SERIES_BY_NAME,
-    decode_buckets,
-    encode_buckets,
-)
+from features.registry import SERIES_BY_NAME, SESSION_SERIES
+from features.windows import KEY_MASK, KEY_SHIFT, decode_buckets, encode_buckets
 
 
 def _sig(x: float) -> float:
@@ -86,7 +80,7 @@ def view(state: ProfileState) -> ProfileView:
                     d = buckets[_NAMES[idx]] = {}
                 d[k] = b[key]
         if a.sids or a.runs:
-            for s in _SESSION_SERIES:
+            for s in SESSION_SERIES:
                 g = s.gran
                 low = s.live_from(newest)
                 sd: dict[int, int] = {}

@@ -1,47 +1,19 @@
-"""The public profile document as of a time, computed from a view."""
+"""The public profile document as of a time, computed from a view; the model inputs' source over
+a state (:class:`StateSource`). Every feature is an entry of :mod:`features.registry`."""
 
 from __future__ import annotations
 
 from itertools import chain
-from typing import Any
+from typing import Any, Final
 
-from features import interest as _interest
-from features.profile.codec import (
-    view,
-)
-from features.profile.fold import (
-    _LIVE_SPECS,
-)
-from features.profile.state import (
-    _SESSION_SERIES,
-    CART_ABANDON_MS,
-    COUNT_FEATURES,
-    REVENUE_FEATURES,
-    ProfileState,
-    ProfileView,
-)
-from features.windows import (
-    DAY,
-    KEY_MASK,
-    KEY_SHIFT,
-    SERIES,
-    window_sum,
-)
+from features.profile.codec import view
+from features.profile.fold import _LIVE_SPECS
+from features.profile.state import ProfileState, ProfileView
+from features.registry import FEATURES, SERIES, SESSION_SERIES, Feature
+from features.windows import KEY_MASK, KEY_SHIFT
 from schemas.events import format_ts
 
-
-def _money(cents: int) -> float:
-    return cents / 100
-
-
-def _ts(ms: int | None) -> str | None:
-    return None if ms is None else format_ts(ms)
-
-
-def _days(as_of: int, ref: int | None) -> float | None:
-    if ref is None or as_of < ref:
-        return None
-    return round((as_of - ref) / DAY, 3)
+_RENDER: Final = tuple((f.name, f.value) for f in FEATURES)
 
 
 def render(v: ProfileView, as_of: int) -> dict[str, Any]:
@@ -57,8 +29,8 @@ def render(v: ProfileView, as_of: int) -> dict[str, Any]:
     Returns
     -------
     dict[str, Any]
-        ``customer_id`` (or ``anonymous_id``), ``kind``, ``as_of``, every public feature (see
-        the README), ``counts``, ``events_total``, ``category_scores`` and ``identities``.
+        ``customer_id`` (or ``anonymous_id``), ``kind``, ``as_of`` and every feature of
+        :data:`features.registry.FEATURES`, in its order (see the README).
         Windowed values follow the window contract for ``as_of >= last_seen_ts``; for earlier
         ``as_of`` they are approximate. Lifetime values include every applied event.
 
@@ -77,48 +49,8 @@ def render(v: ProfileView, as_of: int) -> dict[str, Any]:
         "kind": v.kind,
         "as_of": format_ts(as_of),
     }
-    b = v.buckets
-    for name, s in COUNT_FEATURES:
-        d = b.get(s.name)
-        doc[name] = window_sum(d, s, as_of) if d else 0
-    for name, pos, neg in REVENUE_FEATURES:
-        dp, dn = b.get(pos.name), b.get(neg.name)
-        net = (window_sum(dp, pos, as_of) if dp else 0) - (window_sum(dn, neg, as_of) if dn else 0)
-        doc[name] = _money(net)
-    n = v.purchases_total
-    doc["purchases_total"] = n
-    doc["revenue_total"] = _money(v.revenue_cents)
-    doc["avg_order_value"] = round(v.revenue_cents / n / 100, 2) if n else None
-    doc["first_seen_ts"] = _ts(v.first_seen_ts)
-    doc["last_seen_ts"] = _ts(v.last_seen_ts)
-    doc["last_purchase_ts"] = _ts(v.last_purchase_ts)
-    doc["days_since_last_purchase"] = _days(as_of, v.last_purchase_ts)
-    doc["days_since_last_seen"] = _days(as_of, v.last_seen_ts)
-    doc["tenure_days"] = _days(as_of, v.first_seen_ts)
-    doc["cart_items"] = v.cart_items
-    doc["cart_value"] = _money(v.cart_cents)
-    doc["cart_abandoned"] = (
-        v.cart_items > 0
-        and v.last_seen_ts is not None
-        and as_of - v.last_seen_ts >= CART_ABANDON_MS
-    )
-    ranking = _interest.ranked(v.interests)
-    ref = v.last_seen_ts if v.last_seen_ts is not None else as_of
-    # (a read far before the newest event would overflow: scale by at most 2**64)
-    factor = 2.0 ** min((ref - as_of) / _interest.HALF_LIFE_MS, 64.0)
-    doc["top_categories"] = [c for c, _ in ranking[:3]]
-    doc["category_scores"] = {c: round(x * factor, 4) for c, x in ranking}
-    doc["counts"] = dict(sorted(v.counts.items()))
-    doc["events_total"] = v.events_total
-    doc["identities"] = [
-        {
-            "anonymous_id": link.anonymous_id,
-            "customer_id": link.customer_id,
-            "ts": format_ts(link.ts),
-            "event_id": link.event_id,
-        }
-        for link in v.identities
-    ]
+    for name, value in _RENDER:
+        doc[name] = value(v, as_of)
     return doc
 
 
@@ -140,7 +72,7 @@ def window_values(state: ProfileState, as_of: int) -> list[int]:
     >>> _ = ingest(s, Event(event_id="1", type="page_view", ts=86_400_000, customer_id="42",
     ...                     session_id="s1"), 600_000)
     >>> v = window_values(s, 86_400_000 + 7_200_000)
-    >>> from features.windows import SERIES_BY_NAME
+    >>> from features.registry import SERIES_BY_NAME
     >>> [v[SERIES_BY_NAME[n].idx] for n in ("pv1h", "pv24h", "se7d")]
     [0, 1, 1]
     """
@@ -157,9 +89,45 @@ def window_values(state: ProfileState, as_of: int) -> list[int]:
         if lo <= key & mask <= hi:
             sums[idx] += val
     if a.sids or a.runs:
-        for s in _SESSION_SERIES:
+        for s in SESSION_SERIES:
             g = s.gran
             lo, hi = ranges[s.idx]
             firsts = chain(a.sids.values(), a.runs)
             sums[s.idx] = sum(1 for first in firsts if lo <= first // g <= hi)
     return sums
+
+
+class StateSource:
+    """A state as of a time, as model inputs read it (:class:`features.registry.FeatureSource`):
+    window sums in one pass over the buckets (:func:`window_values`), scalars from the current
+    aggregate; no view, no document.
+
+    >>> from features.profile import *
+    >>> from features.registry import BY_NAME
+    >>> from schemas import Event
+    >>> s = new_state("c:42")
+    >>> _ = ingest(s, Event(event_id="1", type="purchase", ts=86_400_000, customer_id="42",
+    ...                     total=12.5), 600_000)
+    >>> src = StateSource(s, 2 * 86_400_000)
+    >>> [src.number(BY_NAME[n]) for n in ("purchases_7d", "revenue_7d", "last_purchase_ts")]
+    [1, 12.5, 86400000]
+    """
+
+    __slots__ = ("as_of", "sums", "totals")
+
+    def __init__(self, state: ProfileState, as_of: int) -> None:
+        self.totals = state.current
+        self.as_of = as_of
+        self.sums = window_values(state, as_of)
+
+    def number(self, f: Feature, /) -> float | None:
+        """The feature's value as a number (windowed: counts, or currency units)."""
+        read = f.number
+        if read is not None:
+            return read(self.totals, self.as_of)
+        s, m = f.series, f.minus
+        if s is None:
+            raise ValueError(f"{f.name}: neither windowed nor a number")
+        if m is None:
+            return self.sums[s.idx]
+        return (self.sums[s.idx] - self.sums[m.idx]) / 100

@@ -6,13 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Final, NamedTuple
 
-from features.windows import (
-    DAY,
-    HOUR,
-    MINUTE,
-    SERIES_BY_NAME,
-    series_group,
-)
+from features.registry import FEATURES
+from features.windows import DAY, HOUR, MINUTE
 from schemas.events import Event
 from schemas.keys import is_device
 
@@ -28,8 +23,6 @@ DEDUP_MS: Final = DAY
 SESSION_GAP_MS: Final = 30 * MINUTE
 #: Session ids are remembered this long (before the newest event): a reused id is not recounted.
 SESSION_KEEP_MS: Final = 31 * DAY
-#: ``cart_abandoned`` needs this much quiet time since the last event.
-CART_ABANDON_MS: Final = 30 * MINUTE
 #: Lateness assumed by :func:`merge_into` for a state that never ingested anything.
 DEFAULT_LATENESS_MS: Final = 10 * MINUTE
 #: Identity links kept per profile (the newest by ``(ts, event_id)``).
@@ -63,45 +56,10 @@ TYPE_CODES: Final = {
 _CODE_TYPES: Final = {v: k for k, v in TYPE_CODES.items()}
 
 
-def _pairs(prefix: str) -> tuple[tuple[int, int], ...]:
-    return tuple((s.base, s.gran) for s in series_group(prefix))
-
-
-_COUNTED: Final = {
-    "page_view": _pairs("pv"),
-    "product_view": _pairs("vw"),
-    "add_to_cart": _pairs("ac"),
-    "purchase": _pairs("pu"),
-}
-_RP: Final = _pairs("rp")
-_RN: Final = _pairs("rn")
-_SESSION_SERIES: Final = series_group("se")
-
-#: Public windowed count features and the series each one reads.
-COUNT_FEATURES: Final = tuple(
-    (feature, SERIES_BY_NAME[series])
-    for feature, series in (
-        ("page_views_1h", "pv1h"),
-        ("page_views_24h", "pv24h"),
-        ("page_views_7d", "pv7d"),
-        ("product_views_1h", "vw1h"),
-        ("product_views_24h", "vw24h"),
-        ("product_views_7d", "vw7d"),
-        ("add_to_carts_1h", "ac1h"),
-        ("add_to_carts_24h", "ac24h"),
-        ("add_to_carts_7d", "ac7d"),
-        ("sessions_7d", "se7d"),
-        ("sessions_30d", "se30d"),
-        ("purchases_7d", "pu7d"),
-        ("purchases_30d", "pu30d"),
-        ("purchases_90d", "pu90d"),
-    )
-)
+#: Public windowed count features and the series each one reads (from :mod:`features.registry`).
+COUNT_FEATURES: Final = tuple((f.name, f.series) for f in FEATURES if f.kind == "count")
 #: Public windowed revenue features: (name, purchases series, refunds series), in cents.
-REVENUE_FEATURES: Final = tuple(
-    (f"revenue_{w}", SERIES_BY_NAME[f"rp{w}"], SERIES_BY_NAME[f"rn{w}"])
-    for w in ("7d", "30d", "90d")
-)
+REVENUE_FEATURES: Final = tuple((f.name, f.series, f.minus) for f in FEATURES if f.kind == "money")
 
 
 class LayoutError(ValueError):
@@ -169,6 +127,43 @@ class Aggregate:
             self.prune_at,
             self.sessions_pruned_at,
         )
+
+    # What scalar features read (:class:`features.registry.Totals`), named as in the view.
+
+    @property
+    def first_seen_ts(self) -> int | None:
+        """Oldest event ts."""
+        return self.first
+
+    @property
+    def last_seen_ts(self) -> int | None:
+        """Newest event ts."""
+        return self.last
+
+    @property
+    def last_purchase_ts(self) -> int | None:
+        """Newest purchase ts."""
+        return self.last_purchase
+
+    @property
+    def events_total(self) -> int:
+        """Lifetime events."""
+        return self.events
+
+    @property
+    def purchases_total(self) -> int:
+        """Lifetime purchases."""
+        return self.purchases
+
+    @property
+    def revenue_cents(self) -> int:
+        """Lifetime net revenue, cents."""
+        return self.revenue
+
+    @property
+    def n_categories(self) -> int:
+        """Categories with an interest score."""
+        return len(self.interest)
 
 
 class _Keyed:
@@ -253,3 +248,8 @@ class ProfileView(_Keyed):
     def cart_value(self) -> float:
         """Cart value in currency units."""
         return self.cart_cents / 100
+
+    @property
+    def n_categories(self) -> int:
+        """Categories with an interest score."""
+        return len(self.interests)
