@@ -31,8 +31,12 @@ Each snapshot is pending for both targets until it gets its label:
 * the **watermark** passing ``s + H`` (``watermark > s + H``, so that an event at exactly
   ``s + H``, which the clock still accepts, is not missed) matures it without a purchase: label 0
   for ``propensity``, 1 for ``churn``, ``label_ts = s + H``. This is how customers who never
-  return get their labels: the dataflow sets an :class:`features.clock.EventClock` timer at
-  :func:`next_deadline` and calls :func:`on_watermark` when it fires.
+  return get their labels. In the dataflow the clock sets, per snapshot day ``D`` and target, a
+  timer at the end of ``D`` + ``H`` + 1 ms (``dataflows.steps.clock.label_timers``: no earlier
+  than any snapshot of that day matures, so a label matures at most a day late), and the profile
+  step calls :func:`on_idle` and :func:`on_watermark` with the tick's watermark. Any scheduler
+  that calls them with a valid watermark gives the same labels (:func:`next_deadline` is the
+  earliest deadline, for a per-target timer).
 
 With a valid watermark (no event older than it is applied afterwards) each snapshot gets exactly
 one label per target, equal to what the whole history says, however often and wherever the

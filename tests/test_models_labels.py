@@ -1,8 +1,11 @@
 """The labelling policy in event time: unit cases and Hypothesis properties.
 
-The properties drive :mod:`models.labels` the way the dataflow does (an :class:`EventClock`
-whose timers call ``on_watermark``, events permuted within the lateness, extra watermark calls
-at random points) and compare with a brute-force labeller over the whole purchase timeline.
+The properties drive the policy of :mod:`models.labels` with a reference scheduler of their own
+(an :class:`EventClock` with one timer per target at :func:`next_deadline`, events permuted within
+the lateness, extra watermark calls at random points) and compare with a brute-force labeller over
+the whole purchase timeline. The dataflow schedules differently (per-day timers, set one batch
+behind, by the clock shards): ``tests/test_labels_production.py`` drives that scheduler and the
+profile step against the same brute force.
 """
 
 from __future__ import annotations
@@ -234,9 +237,9 @@ def drive(
     every: int = 0,
     end_day: int = 0,
 ) -> tuple[list[Example], dict[str, int]]:
-    """Run the policy like the dataflow: clock timers (label deadlines, and the end of the next
-    idle day), plus random extra watermark calls; idle snapshots with ``every``. The features of
-    a snapshot are its time and how many events were applied before it."""
+    """Run the policy under the reference scheduler: clock timers (label deadlines, and the end
+    of the next idle day), plus random extra watermark calls; idle snapshots with ``every``. The
+    features of a snapshot are its time and how many events were applied before it."""
     clock = EventClock(lateness_ms=lateness)
     p = PendingLabels("c:7")
     out: list[Example] = []
