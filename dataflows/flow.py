@@ -42,7 +42,7 @@ from dataflows.records import (
 )
 from dataflows.sinks import RedisSink
 from dataflows.snapshots import load_device, load_model, load_profile, load_rfm
-from dataflows.stats import FlowStats
+from dataflows.stats import FlowStats, count_dead_letter
 from dataflows.steps import Keyed
 from dataflows.steps.clock import MODEL_TIME, add_clock, newest_ts
 from dataflows.steps.decode import is_device_item, is_event, key_events, make_decoder
@@ -72,7 +72,6 @@ def build_flow(
     source: Source[Any],
     redis_sink: Sink[SinkOp],
     dead_letter_sink: Sink[Rejected],
-    stats: FlowStats | None = None,
     to_record: Callable[[Any], RawRecord] | None = None,
     source_label: str = "file",
     *,
@@ -82,14 +81,13 @@ def build_flow(
 
     With a :class:`~dataflows.sinks.RedisSink`, the clocks answer its re-projection requests.
     """
-    stats = FlowStats() if stats is None else stats
     cfg = config
     reprojection = redis_sink.reprojection if isinstance(redis_sink, RedisSink) else None
     flow = Dataflow("nextbest-profiles")
     raw = op.input("read", flow, source)
     if to_record is not None:
         raw = op.map("to_record", raw, to_record)
-    decoded = op.flat_map_batch("decode", raw, make_decoder(stats, source_label, cfg.max_future_ms))
+    decoded = op.flat_map_batch("decode", raw, make_decoder(source_label, cfg.max_future_ms))
     split = op.branch("split_rejected", decoded, is_event)
     events: Stream[In] = split.trues  # type: ignore[assignment]
 
@@ -100,7 +98,7 @@ def build_flow(
     device_ticks = add_clock("device_clock", device_in, observed, cfg, None, reprojection)
 
     def build_device(resume: Any) -> DeviceLogic:
-        return DeviceLogic(load_device(resume), cfg, stats)
+        return DeviceLogic(load_device(resume), cfg)
 
     device_out = op.stateful_batch(
         "identity", op.merge("device_items", device_in, device_ticks), build_device
@@ -119,7 +117,7 @@ def build_flow(
     customer_ticks: Stream[Keyed] = to_models.falses
 
     def build_profile(resume: Any) -> ProfileLogic:
-        return ProfileLogic(load_profile(resume), cfg, stats)
+        return ProfileLogic(load_profile(resume), cfg)
 
     profile_out = op.stateful_batch(
         "profile", op.merge("profile_items", customer_in, customer_ticks), build_profile
@@ -163,7 +161,7 @@ def build_flow(
     late_events = op.filter_map("late_events", outputs, rejected)
 
     def count_late(rej: Rejected) -> Rejected:
-        stats.reject(rej.error.reason)
+        count_dead_letter(rej.error.reason)
         return rej
 
     op.output(

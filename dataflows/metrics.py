@@ -50,6 +50,11 @@ def serve_metrics(port: int) -> bool:
 DUPLICATES = Counter(
     "nextbest_events_duplicate_total", "Events ignored because their event_id was already seen."
 )
+PROFILES_CREATED = Counter(
+    "nextbest_profiles_created_total",
+    "Profiles created, by kind (customer, anonymous).",
+    ["kind"],
+)
 PROFILES_DROPPED = Counter(
     "nextbest_profiles_dropped_total", "Profiles dropped by retention (no event for too long)."
 )

@@ -1,25 +1,98 @@
-"""Counts of one in-process run of the flow (the CLI summary)."""
+"""The counts of one run of the flow (the CLI summary), read from the Prometheus metrics.
+
+The steps count only through :mod:`dataflows.metrics` (process-wide counters, what
+``/metrics`` exports); a :class:`FlowStats` takes the counters' values when it is made and reports
+what was added since: the run's own counts, as long as one flow runs in the process at a time
+(the CLI runs one). With several processes each reports its own.
+
+>>> from dataflows import metrics
+>>> stats = FlowStats()
+>>> metrics.EVENTS_READ.labels("file").inc(3)
+>>> metrics.EVENTS_DEAD_LETTERED.labels("late").inc()
+>>> stats.read, stats.accepted, dict(stats.dead_lettered)
+(3, 2, {'late': 1})
+"""
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
+
+from prometheus_client import REGISTRY
 
 from dataflows import metrics
 
+#: The counters a run reports, by metric name (without ``_total``).
+_NAMES: Final = {
+    "read": "nextbest_events_read",
+    "decoded": "nextbest_events_accepted",
+    "dead_lettered": "nextbest_events_dead_lettered",
+    "duplicates": "nextbest_events_duplicate",
+    "created": "nextbest_profiles_created",
+    "dropped": "nextbest_profiles_dropped",
+}
+_BY_NAME: Final = {v: k for k, v in _NAMES.items()}
 
-@dataclass
+
+def _values() -> dict[str, Counter[str]]:
+    """Every reported counter's value, per label value (``""`` when unlabelled)."""
+    out: dict[str, Counter[str]] = {k: Counter() for k in _NAMES}
+    for metric in REGISTRY.collect():
+        field = _BY_NAME.get(metric.name)
+        if field is None:
+            continue
+        for sample in metric.samples:
+            if sample.name.endswith("_total"):
+                label = next(iter(sample.labels.values()), "")
+                out[field][label] += int(sample.value)
+    return out
+
+
 class FlowStats:
-    """Counts of one in-process run, for the CLI summary (the same numbers go to Prometheus)."""
+    """Counts of the run since this object was made (the same numbers ``/metrics`` shows)."""
 
-    read: int = 0
-    decoded: int = 0
-    dead_lettered: Counter[str] = field(default_factory=Counter)
-    duplicates: int = 0
-    customers: int = 0
-    visitors: int = 0
-    dropped: int = 0
+    def __init__(self) -> None:
+        self._base = _values()
+
+    def _delta(self, field: str) -> Counter[str]:
+        now = _values()[field]
+        now.subtract(self._base[field])
+        return +now  # (drops zeros)
+
+    @property
+    def read(self) -> int:
+        """Records read from the source."""
+        return sum(self._delta("read").values())
+
+    @property
+    def decoded(self) -> int:
+        """Records decoded into valid events."""
+        return sum(self._delta("decoded").values())
+
+    @property
+    def dead_lettered(self) -> Counter[str]:
+        """Dead letters by reason."""
+        return self._delta("dead_lettered")
+
+    @property
+    def duplicates(self) -> int:
+        """Events ignored as duplicates."""
+        return sum(self._delta("duplicates").values())
+
+    @property
+    def customers(self) -> int:
+        """Customer profiles created."""
+        return self._delta("created")["customer"]
+
+    @property
+    def visitors(self) -> int:
+        """Anonymous profiles (devices) created."""
+        return self._delta("created")["anonymous"]
+
+    @property
+    def dropped(self) -> int:
+        """Profiles dropped by retention."""
+        return sum(self._delta("dropped").values())
 
     @property
     def accepted(self) -> int:
@@ -28,20 +101,25 @@ class FlowStats:
 
     def as_dict(self, seconds: float) -> dict[str, Any]:
         """The ``replay --json`` summary."""
+        now = _values()
+        for field, base in self._base.items():
+            now[field].subtract(base)
+        read = sum(now["read"].values())
+        dead = +now["dead_lettered"]
         return {
-            "read": self.read,
-            "accepted": self.accepted,
-            "dead_lettered": sum(self.dead_lettered.values()),
-            "dead_lettered_by_reason": dict(sorted(self.dead_lettered.items())),
-            "duplicates": self.duplicates,
-            "customers": self.customers,
-            "visitors": self.visitors,
-            "dropped_by_retention": self.dropped,
+            "read": read,
+            "accepted": read - sum(dead.values()),
+            "dead_lettered": sum(dead.values()),
+            "dead_lettered_by_reason": dict(sorted(dead.items())),
+            "duplicates": sum(now["duplicates"].values()),
+            "customers": now["created"]["customer"],
+            "visitors": now["created"]["anonymous"],
+            "dropped_by_retention": sum(now["dropped"].values()),
             "seconds": round(seconds, 3),
-            "events_per_s": round(self.read / seconds, 1) if seconds > 0 else 0.0,
+            "events_per_s": round(read / seconds, 1) if seconds > 0 else 0.0,
         }
 
-    def reject(self, reason: str) -> None:
-        """Count one dead letter."""
-        self.dead_lettered[reason] += 1
-        metrics.EVENTS_DEAD_LETTERED.labels(reason).inc()
+
+def count_dead_letter(reason: str) -> None:
+    """Count one dead letter (by its reason, a finite set)."""
+    metrics.EVENTS_DEAD_LETTERED.labels(reason).inc()

@@ -146,7 +146,6 @@ def run_demo(settings: Settings, events: int | None, customers: int, port: int |
             SimulatorSource(cfg, limit=events, batch_size=settings.batch_size),
             RedisSink(url, sink_options(settings)),
             DeadLetterFileSink(dead_letter, sink_options(settings)),
-            stats,
             source_label="simulator",
             config=flow_config(settings),
         )

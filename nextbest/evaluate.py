@@ -234,7 +234,6 @@ def evaluate(
                 JsonlFilesSource([events], batch_size or settings.batch_size),
                 RedisSink(url),
                 DeadLetterFileSink(Path(tmp) / "dead-letter.jsonl"),
-                stats,
                 config=cfg,
             )
             run_flow(flow)

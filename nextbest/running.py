@@ -135,13 +135,12 @@ def kafka_flow(
     brokers: str,
     redis_url: str,
     stop: Any,
-    stats: Any = None,
     layout: Any = None,
 ) -> Any:
     """The flow over the input topics, with the sinks' policy from the settings. Without
     ``layout`` the topics' layout is read when the flow starts (and watched)."""
     from dataflows.deadletters import DeadLetterKafkaSink
-    from dataflows.flow import FlowStats, build_flow
+    from dataflows.flow import build_flow
     from dataflows.sinks import RedisSink
     from dataflows.sources import KafkaTopicsSource, StoppableSource
 
@@ -158,7 +157,6 @@ def kafka_flow(
         StoppableSource(source, stop.event),
         RedisSink(redis_url, options),
         DeadLetterKafkaSink(brokers, settings.topic_dead_letter, options),
-        stats if stats is not None else FlowStats(),
         source_label="kafka",
         config=flow_config(settings),
     )

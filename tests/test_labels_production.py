@@ -28,7 +28,6 @@ from hypothesis import strategies as st
 
 from dataflows.effects import Examples
 from dataflows.records import In, RawRecord, Tick
-from dataflows.stats import FlowStats
 from dataflows.steps.clock import (
     CLOCK_SHARDS,
     ClockLogic,
@@ -110,7 +109,7 @@ def run(
         )
         for i in range(CLOCK_SHARDS)
     }
-    profile = ProfileLogic(None, cfg, FlowStats())
+    profile = ProfileLogic(None, cfg)
     examples: list[Example] = []
     emitted_at: list[int] = []
     carried: list[Any] = []

@@ -39,7 +39,7 @@ def run(
 ) -> tuple[FlowStats, list[Rejected]]:
     dead: list[Rejected] = []
     stats = FlowStats()
-    flow = build_flow(TestingSource(records), RedisSink(redis_url), TestingSink(dead), stats,
+    flow = build_flow(TestingSource(records), RedisSink(redis_url), TestingSink(dead),
                       config=cfg or flow_config())  # fmt: skip
     run_main(flow)
     return stats, dead
@@ -172,7 +172,7 @@ def test_file_replay_to_redis_and_dead_letter_file(
     dead_path = tmp_path / "dl.jsonl"
     stats = FlowStats()
     run_main(build_flow(JsonlFilesSource([src], batch_size=7), RedisSink(redis_url),
-                        DeadLetterFileSink(dead_path), stats, config=flow_config()))  # fmt: skip
+                        DeadLetterFileSink(dead_path), config=flow_config()))  # fmt: skip
     assert stats.read == 32 and stats.accepted == 30
     dead = [orjson.loads(x) for x in dead_path.read_bytes().splitlines()]
     assert [(d["reason"], d["data"], d["position"]) for d in dead] == [
@@ -183,8 +183,8 @@ def test_file_replay_to_redis_and_dead_letter_file(
     assert d is not None and d["events_total"] == 10
     # Writes are absolute: replaying the same file again leaves identical bytes.
     before = redis_client.hgetall("nb:{c:c0}:profile")
-    run_main(build_flow(JsonlFilesSource([src]), RedisSink(redis_url),
-                        DeadLetterFileSink(tmp_path / "dl2.jsonl"), FlowStats(),
+    again = DeadLetterFileSink(tmp_path / "dl2.jsonl")
+    run_main(build_flow(JsonlFilesSource([src]), RedisSink(redis_url), again,
                         config=flow_config()))  # fmt: skip
     assert redis_client.hgetall("nb:{c:c0}:profile") == before
     assert redis_client.object("encoding", "nb:{c:c0}:profile") in (b"listpack", b"ziplist")

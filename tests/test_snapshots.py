@@ -8,7 +8,6 @@ import pickle
 from pathlib import Path
 
 from dataflows import snapshots as sn
-from dataflows.stats import FlowStats
 from dataflows.steps.clock import ClockLogic
 from dataflows.steps.identity import DeviceLogic
 from dataflows.steps.models import ModelLogic
@@ -29,7 +28,7 @@ def test_profile_step_resumes_from_format_0_and_round_trips() -> None:
     snap = sn.load_profile(V0["profile"])
     assert snap.state is not None and snap.labels is not None
     assert snap.state.key == "c:c1" and snap.state.purchases_total == 1
-    logic = ProfileLogic(snap, CFG, FlowStats())
+    logic = ProfileLogic(snap, CFG)
     again = sn.load_profile(logic.snapshot())
     assert again.v == 1 and again.state == snap.state and again.dirty == snap.dirty
     assert pf.to_fields(again.state) == pf.to_fields(snap.state)
@@ -39,7 +38,7 @@ def test_identity_step_resumes_from_format_0() -> None:
     snap = sn.load_device(V0["identity"])
     assert snap.state is not None and snap.state.anonymous_id == "d1"
     assert snap.state.anon is not None and pf.view(snap.state.anon).events_total == 1
-    logic = DeviceLogic(snap, CFG, FlowStats())
+    logic = DeviceLogic(snap, CFG)
     assert sn.load_device(logic.snapshot()).state == snap.state
 
 

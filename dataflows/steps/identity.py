@@ -21,7 +21,6 @@ from dataflows.records import (
     late,
 )
 from dataflows.snapshots import DeviceSnapshot, dump
-from dataflows.stats import FlowStats
 from dataflows.steps import DISCARD, RETAIN, Out
 from dataflows.steps.debounce import Debounced
 from dataflows.steps.profile import arrival_order
@@ -32,12 +31,11 @@ from schemas.keys import customer_key, device_key
 class DeviceLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
     """Identity step for one device: links, the anonymous profile, routing to customers."""
 
-    def __init__(self, resume: DeviceSnapshot | None, cfg: FlowConfig, stats: FlowStats) -> None:
+    def __init__(self, resume: DeviceSnapshot | None, cfg: FlowConfig) -> None:
         self.state: DeviceState | None
         snap = resume or DeviceSnapshot(None)
         self.state, self.dirty = snap.state, snap.dirty
         self.cfg = cfg
-        self.stats = stats
         self.interval = cfg.write_interval_ms / 1000
 
     def pending_write(self) -> SinkOp | None:
@@ -55,14 +53,13 @@ class DeviceLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
             if isinstance(item, Tick):
                 st = self.state
                 if st is not None and st.last_ts + self.cfg.retention_ms <= item.watermark:
-                    self.stats.dropped += 1
                     metrics.PROFILES_DROPPED.inc()
                     return [*out, DropProfile(device_key(st.anonymous_id))], DISCARD
                 continue
             ev = item.event
             if self.state is None:
                 self.state = DeviceState(ev.anonymous_id or "")
-                self.stats.visitors += 1
+                metrics.PROFILES_CREATED.labels("anonymous").inc()
             for action in on_event(self.state, ev, self.cfg.lateness_ms):
                 kind = action[0]
                 if kind == "customer":
@@ -76,7 +73,6 @@ class DeviceLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
                 elif kind == "late":
                     out.append(late(item))
                 elif kind == "duplicate":
-                    self.stats.duplicates += 1
                     metrics.DUPLICATES.inc()
         if anon_changed:
             self.dirty = True

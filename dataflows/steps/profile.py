@@ -21,7 +21,6 @@ from dataflows.records import (
     late,
 )
 from dataflows.snapshots import ProfileSnapshot, dump
-from dataflows.stats import FlowStats
 from dataflows.steps import DISCARD, RETAIN, Out
 from dataflows.steps.debounce import Debounced
 from features import profile as pf
@@ -78,14 +77,12 @@ class ProfileLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
         self,
         resume: ProfileSnapshot | None,
         cfg: FlowConfig,
-        stats: FlowStats,
     ) -> None:
         self.state: pf.ProfileState | None
         self.labels: lb.PendingLabels | None
         snap = resume or ProfileSnapshot(None, None)
         self.state, self.labels, self.dirty = snap.state, snap.labels, snap.dirty
         self.cfg = cfg
-        self.stats = stats
         self.interval = cfg.write_interval_ms / 1000
 
     def pending_write(self) -> SinkOp | None:
@@ -131,7 +128,7 @@ class ProfileLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
             if self.state is None:
                 self.state = pf.new_state(key)
                 self.labels = lb.PendingLabels(key)
-                self.stats.customers += 1
+                metrics.PROFILES_CREATED.labels("customer").inc()
             if isinstance(item, Handover):
                 pf.merge_into(self.state, item.state)
                 changed = True
@@ -187,7 +184,6 @@ class ProfileLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
                                ev.event_id)  # fmt: skip
             return True
         if status == pf.DUPLICATE:
-            self.stats.duplicates += 1
             metrics.DUPLICATES.inc()
         else:
             out.append(late(item))
@@ -195,7 +191,6 @@ class ProfileLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
 
     def _drop(self, out: list[Out], known_point: rfm.RfmPoint | None) -> list[Out]:
         assert self.state is not None
-        self.stats.dropped += 1
         metrics.PROFILES_DROPPED.inc()
         point = known_point if known_point is not None else rfm_point(self.state)
         out.append(DropProfile(self.state.key))

@@ -74,7 +74,6 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
             JsonlFilesSource(paths, settings.batch_size),
             RedisSink(url, options),
             DeadLetterFileSink(dead_letter, options),
-            stats,
             config=flow_config(settings, args.write_interval, models=not args.no_models),
         )
         t0 = time.perf_counter()

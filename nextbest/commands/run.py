@@ -54,7 +54,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             if found is None:  # stopped while waiting
                 break
             layout = found
-            flow = kafka_flow(settings, brokers, url, stop, stats, layout)
+            flow = kafka_flow(settings, brokers, url, stop, layout)
             parts = ", ".join(f"{t} ({n} partitions)" for t, (n, _) in layout.items())
             print(
                 f"nextbest run: consuming {parts} from {brokers}; profiles -> {url}; "

@@ -1,6 +1,6 @@
 """Wrote ``snapshots-v0.pickle``: recovery snapshots of every keyed step in the positional-tuple
 format (format 0), run once by the code of commit 1f92709, before versioned snapshots. Kept as the
-record of how the file was made; run with today's code it would write format 1."""
+record of how the file was made; run with today's code it writes today's formats."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from dataflows.records import In, RawRecord
-from dataflows.stats import FlowStats
 from dataflows.steps.clock import ClockLogic
 from dataflows.steps.identity import DeviceLogic
 from dataflows.steps.models import ModelLogic
@@ -34,9 +33,8 @@ def _in(line: bytes) -> In:
 
 def main() -> None:
     cfg = Settings.from_env({}).flow_config(recovery=True, write_interval_ms=0)
-    stats = FlowStats()
     out: dict[str, bytes] = {}
-    profile = ProfileLogic(None, cfg, stats)
+    profile = ProfileLogic(None, cfg)
     for i, t in enumerate(("page_view", "add_to_cart", "purchase")):
         body = (
             f'{{"event_id":"e{i}","type":"{t}","ts":{T0 + i * DAY_MS},'
@@ -44,7 +42,7 @@ def main() -> None:
         ).encode()
         profile.on_batch([("c:c1", _in(body))])
     out["profile"] = profile.snapshot()
-    device = DeviceLogic(None, cfg, stats)
+    device = DeviceLogic(None, cfg)
     device.on_batch(
         [("a:d1", _in(b'{"event_id":"a1","type":"page_view","ts":%d,"anonymous_id":"d1"}' % T0))]
     )
