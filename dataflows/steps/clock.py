@@ -143,9 +143,10 @@ def clock_requests(
                 step = idle_days * lb.DAY_MS
                 for k, ts in newest_by_key.items():
                     timers.append((k, IDLE, (ts // lb.DAY_MS + 1) * lb.DAY_MS + step))
+        shard = {k: shard_of(k) for k in newest_by_key}
         by_shard: dict[int, list[tuple[str, str, int]]] = {}
         for timer in timers:
-            by_shard.setdefault(shard_of(timer[0]), []).append(timer)
+            by_shard.setdefault(shard[timer[0]], []).append(timer)
         return broadcast(newest, by_shard)
 
     return condense
