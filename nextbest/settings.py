@@ -148,6 +148,34 @@ SPECS: dict[str, Spec] = {
         _nonempty,
         "Topic that receives rejected events when reading from Kafka.",
     ),
+    "topic_segment_events": Spec(
+        "NEXTBEST_TOPIC_SEGMENT_EVENTS",
+        "segment-events",
+        _nonempty,
+        "Topic of segment transitions (one record per entry or exit, keyed by customer id): "
+        "written by the flow, read by `deliver`.",
+    ),
+    "topic_delivery_dead_letter": Spec(
+        "NEXTBEST_TOPIC_DELIVERY_DEAD_LETTER",
+        "segment-events-dead-letter",
+        _nonempty,
+        "Topic that receives the transitions `deliver` gave up on (a 4xx, or out of attempts), "
+        "with the destination, the attempts and the last status or error.",
+    ),
+    "webhooks": Spec(
+        "NEXTBEST_WEBHOOKS",
+        None,
+        _nonempty,
+        "YAML file of the webhook destinations `deliver` POSTs transitions to (see Delivery); "
+        "validated at start.",
+    ),
+    "delivery_group": Spec(
+        "NEXTBEST_DELIVERY_GROUP",
+        "nextbest-deliver",
+        _nonempty,
+        "Kafka consumer group of `deliver`: its committed offsets are where a restart resumes; "
+        "processes in one group share the partitions.",
+    ),
     "topic_partitions": Spec(
         "NEXTBEST_TOPIC_PARTITIONS",
         "3",
@@ -312,6 +340,10 @@ class Settings:
     topic_clickstream: str
     topic_transactions: str
     topic_dead_letter: str
+    topic_segment_events: str
+    topic_delivery_dead_letter: str
+    webhooks: str | None
+    delivery_group: str
     topic_partitions: int
     metrics_port: int
     host: str

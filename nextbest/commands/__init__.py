@@ -8,7 +8,17 @@ the commands share (usage errors, signal handling, argument types) is in
 
 from __future__ import annotations
 
-from nextbest.commands import demo, evaluate, export, profile, replay, run, serve, simulate
+from nextbest.commands import (
+    deliver,
+    demo,
+    evaluate,
+    export,
+    profile,
+    replay,
+    run,
+    serve,
+    simulate,
+)
 
 #: The commands in the order ``nextbest --help`` lists them.
-COMMANDS = (replay, run, serve, profile, simulate, export, evaluate, demo)
+COMMANDS = (replay, run, deliver, serve, profile, simulate, export, evaluate, demo)
