@@ -58,9 +58,26 @@ class Reproject(msgspec.Struct, frozen=True, array_like=True):
 
 
 class Handover(msgspec.Struct, frozen=True, array_like=True):
-    """An anonymous device's history, handed to the customer it was first linked to."""
+    """An anonymous device's history, handed to the customer it was first linked to, at the
+    source ``position`` of the linking event (it applies just before that event)."""
 
     state: Any
+    position: str = ""
+
+
+def position_key(position: str) -> tuple[str, int]:
+    """Order of source positions: the source and partition, then the line or offset.
+
+    The arrival order of one source partition (a file's lines, a Kafka partition's offsets) is
+    the order of these keys, whatever path a record took through the flow.
+
+    >>> position_key("file:/d/h.jsonl:12") < position_key("file:/d/h.jsonl:100")
+    True
+    >>> position_key("kafka:clickstream:3:70"), position_key("odd")
+    (('kafka:clickstream:3', 70), ('odd', -1))
+    """
+    head, _, tail = position.rpartition(":")
+    return (head, int(tail)) if tail.isdigit() else (position, -1)
 
 
 # Sink operations (the Redis writer applies the last one per Redis key of each batch).

@@ -67,8 +67,9 @@ EVENT_TYPES: Final = CLICKSTREAM_TYPES | TRANSACTION_TYPES | FEEDBACK_TYPES
 #: Identity-linking types: carrying both ids links the anonymous id to the customer.
 LINK_TYPES: Final = frozenset({"login", "signup"})
 
-# Epoch-millisecond bounds accepted for ``ts``: 2000-01-01 .. 2100-01-01 (UTC).
-MIN_TS_MS: Final = 946_684_800_000
+# Epoch-millisecond bounds accepted for ``ts``: 1970-01-01 .. 2100-01-01 (UTC); legacy systems'
+# history reaches back before 2000.
+MIN_TS_MS: Final = 0
 MAX_TS_MS: Final = 4_102_444_800_000
 
 

@@ -121,7 +121,7 @@ def parse_as_of(raw: str) -> int:
             422,
             "bad_as_of",
             f"as_of {raw[:40]!r}: expected RFC 3339 with a zone (e.g. 2026-01-02T03:04:05Z) "
-            "or epoch milliseconds, between 2000-01-01 and 2100-01-01",
+            "or epoch milliseconds, between 1970-01-01 and 2100-01-01",
         )
     return ms
 

@@ -416,3 +416,23 @@ def test_readme_tables_are_generated_from_their_declarations() -> None:
         assert f"<!-- {marker}:start -->\n{table()}\n<!-- {marker}:end -->" in text, (
             f"README's {marker} is stale: run python -m nextbest.readme"
         )
+
+
+def test_sessions_count_visits_not_back_office_events() -> None:
+    """Only clickstream events open or extend a session: a refund or an order system's purchase
+    days after the last visit (with or without a session id) is no new session."""
+    s = pf.new_state("c:c1")
+    t = T
+    visit = [ev("page_view", t, session_id="s1"), ev("page_view", t + MINUTE)]
+    later = [
+        ev("refund", t + 3 * DAY, total=5.0),
+        ev("purchase", t + 4 * DAY, total=9.0),
+        ev("purchase", t + 5 * DAY, total=9.0, session_id="order-77"),
+    ]
+    for e in [*visit, *later]:
+        assert pf.ingest(s, e, 10 * MINUTE) == pf.APPLIED
+    doc = pf.render_state(s, t + 6 * DAY)
+    assert doc["sessions_7d"] == 2  # s1, and the run of the page view without an id
+    assert doc["purchases_7d"] == 2 and doc["events_total"] == 5
+    pf.ingest(s, ev("page_view", t + 6 * DAY), 10 * MINUTE)  # a visit again: a new session
+    assert pf.render_state(s, t + 6 * DAY)["sessions_7d"] == 3

@@ -19,7 +19,7 @@ from features import profile as pf
 from features.registry import FEATURES, SERIES_BY_NAME
 from features.windows import DAY, HOUR, MINUTE, window_sum
 from models.features import DocumentSource, feature_vector, state_features
-from schemas.events import Event, Item, format_ts
+from schemas.events import CLICKSTREAM_TYPES, Event, Item, format_ts
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z, a multiple of every granularity (3 days included)
 # (interest scores move their reference time at T0 + 154 days: the default span crosses it)
@@ -91,6 +91,8 @@ class Reference:
         first_of: dict[str, int] = {}
         run_last: int | None = None
         for e in self.events:
+            if e.type not in CLICKSTREAM_TYPES:  # only visits open or extend a session
+                continue
             if e.session_id is not None:
                 prev = first_of.get(e.session_id)
                 if prev is None or prev < e.ts - 31 * DAY:

@@ -55,7 +55,7 @@ def test_unknown_extra_fields_are_accepted() -> None:
         ({"type": "teleport"}, "unknown_type"),
         ({"ts": "2026-03-01 10:00"}, "bad_timestamp"),
         ({"ts": "2026-03-01T10:00:00"}, "bad_timestamp"),  # no zone
-        ({"ts": 1234}, "bad_timestamp"),  # epoch seconds far in the past, not ms
+        ({"ts": -1234}, "bad_timestamp"),  # before 1970
         ({"ts": 1.5}, "bad_type:ts"),
         ({"customer_id": None, "anonymous_id": None}, "no_identity"),
         ({"customer_id": None}, "missing_field:customer_id"),  # purchase needs a customer
@@ -171,3 +171,22 @@ def test_json_schema_covers_every_event_field() -> None:
         "type",
         "ts",
     ]
+
+
+@pytest.mark.parametrize(
+    ("ts", "ok"),
+    [
+        (0, True),  # 1970-01-01: legacy systems' history reaches back before 2000
+        ("1995-06-01T12:00:00Z", True),
+        ("1969-12-31T23:59:59.999Z", False),
+        (-1, False),
+        (4_102_444_799_999, True),
+        (4_102_444_800_000, False),
+    ],
+)
+def test_event_times_from_1970_on_are_accepted(ts: int | str, ok: bool) -> None:
+    got = decode_event(orjson.dumps({"event_id": "e", "type": "page_view", "ts": ts,
+                                     "customer_id": "c"}))  # fmt: skip
+    assert isinstance(got, Event) == ok
+    if not ok:
+        assert isinstance(got, DecodeError) and got.reason == "bad_timestamp"

@@ -65,7 +65,8 @@ class DeviceLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
                 if kind == "customer":
                     out.append(Route(customer_key(action[1]), item))
                 elif kind == "merge":
-                    out.append(Route(customer_key(action[1]), Handover(action[2])))
+                    handover = Handover(action[2], item.record.position)
+                    out.append(Route(customer_key(action[1]), handover))
                 elif kind == "link":
                     out.append(WriteLink(self.state.anonymous_id, action[1]))
                 elif kind == "anon_changed":

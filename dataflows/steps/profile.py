@@ -19,6 +19,7 @@ from dataflows.records import (
     Tick,
     WriteProfile,
     late,
+    position_key,
 )
 from dataflows.snapshots import ProfileSnapshot, dump
 from dataflows.steps import DISCARD, RETAIN, Out
@@ -34,18 +35,22 @@ def rfm_point(state: pf.ProfileState) -> rfm.RfmPoint | None:
     return rfm.rfm_point(state.purchases_total, state.revenue_total, state.last_purchase_ts)
 
 
-def arrival_order(item: Any) -> tuple[int, int, str]:
+def arrival_order(item: Any) -> tuple[int, str, int, int]:
     """Sort key inside one batch of a key: ticks first (time passed before these events were
-    seen), then events by (ts, event_id), hand-overs by their newest event. Items of one key can
-    reach a step through different paths (direct and routed by identity) in any order within a
-    batch; sorting undoes that reordering."""
+    seen), then events in **arrival order** (their source position: file line, partition offset),
+    a hand-over just before the linking event it came with. Items of one key can reach a step
+    through different paths (direct and routed by identity) in any order within a batch; sorting
+    by position restores the source's order. Lateness, duplicates and everything else are then
+    decided event by event in that order, so the result does not depend on how the stream was
+    cut into batches (never sort by event time here: a late event sharing a batch with newer ones
+    would look in order)."""
     if isinstance(item, In):
-        return (1, item.event.ts, item.event.event_id)
+        return (1, *position_key(item.record.position), 1)
     if isinstance(item, Handover):
-        return (1, pf.last_event_ts(item.state), "")
+        return (1, *position_key(item.position), 0)
     if isinstance(item, Reproject):
-        return (2, 0, "")
-    return (0, item.watermark, "")
+        return (2, "", 0, 0)
+    return (0, "", item.watermark, 0)
 
 
 def _emit_examples(

@@ -28,7 +28,7 @@ from features.profile.state import (
 )
 from features.registry import SERIES, SERIES_ADDED_BY
 from features.windows import KEY_MASK, KEY_SHIFT
-from schemas.events import Event
+from schemas.events import CLICKSTREAM_TYPES, Event
 
 
 def _cents(amount: float | None) -> int:
@@ -165,6 +165,8 @@ def _fold(a: Aggregate, e: Event) -> None:
                         _interest.drop_lowest(sc)
                 else:
                     sc[cat] = cur + w * f
+    if t not in CLICKSTREAM_TYPES:
+        return  # transactions and decision outcomes never open or extend a session (a visit)
     sid = e.session_id
     if sid is not None:
         sids = a.sids
