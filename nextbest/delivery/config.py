@@ -97,7 +97,7 @@ _SEGMENT = re.compile(r"^[A-Za-z0-9_.:-]{1,100}$")
 
 def load_webhooks(path: str | Path, env: Mapping[str, str]) -> WebhookConfig:
     """Read and validate the YAML file at ``path``; secrets are looked up in ``env``."""
-    import yaml  # type: ignore[import-untyped,unused-ignore]
+    import yaml
 
     name = str(path)
     try:

@@ -58,6 +58,10 @@ def consume_kafka(
             "auto.offset.reset": start,
             "enable.partition.eof": until_end,
             "max.poll.interval.ms": max_poll_ms,
+            # heartbeats come from librdkafka's own thread, so a long delivery does not end the
+            # session; a short session also makes the embedded broker (tansu) complete a group
+            # join sooner (it waits about half the session timeout)
+            "session.timeout.ms": 10_000,
             "fetch.wait.max.ms": 50,
             **(config or {}),
         }
