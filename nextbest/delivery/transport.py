@@ -116,14 +116,11 @@ class Endpoint:
         retry_after = response.getheader("Retry-After")
         try:
             data = response.read(MAX_RESPONSE_BYTES + 1)
-        except (OSError, http.client.HTTPException) as exc:
-            self.close()
+        except (OSError, http.client.HTTPException):
+            # the status line decides (a 2xx: the receiver took the record); only the
+            # connection is lost
             data = b""
-            if 200 <= status < 300:  # the status line was sent: the receiver took it
-                pass
-            else:
-                return Attempt(classify(status), status, f"HTTP {status}; {_describe(exc)}",
-                               time.perf_counter() - t0, retry_after)  # fmt: skip
+            self.close()
         if len(data) > MAX_RESPONSE_BYTES or response.will_close:
             self.close()
         seconds = time.perf_counter() - t0
