@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from models import labels as lb
+
+if TYPE_CHECKING:
+    from dataflows.steps.segments import SegmentContext
 
 
 @dataclass(frozen=True)
@@ -36,3 +40,5 @@ class FlowConfig:
     models: bool = True
     #: RFM boundaries are published every this many changes of the population.
     rfm_publish_every: int = 1000
+    #: Segment definitions and what their rules read beyond the profile (None: no segments).
+    segments: SegmentContext | None = None

@@ -12,18 +12,29 @@ from typing import Any, Final, NamedTuple
 
 from dataflows.records import (
     DropProfile,
+    IndexSegment,
     Rejected,
+    SegmentEvent,
     SinkOp,
     WriteBoundaries,
     WriteCheckpoint,
     WriteLink,
     WriteProfile,
+    WriteSegments,
 )
 from features.rfm import RfmPoint
 from models.labels import Example
 
 #: The types of the sink operations (for ``isinstance``).
-SINK_OPS: Final = (WriteProfile, DropProfile, WriteLink, WriteBoundaries, WriteCheckpoint)
+SINK_OPS: Final = (
+    WriteProfile,
+    DropProfile,
+    WriteLink,
+    WriteBoundaries,
+    WriteCheckpoint,
+    WriteSegments,
+    IndexSegment,
+)
 
 
 class Route(NamedTuple):
@@ -47,7 +58,7 @@ class Examples(NamedTuple):
     examples: list[Example]
 
 
-Effect = SinkOp | Rejected | Route | RfmChange | Examples
+Effect = SinkOp | Rejected | Route | RfmChange | Examples | SegmentEvent
 
 
 def sink_op(effect: Effect) -> SinkOp | None:
@@ -58,3 +69,8 @@ def sink_op(effect: Effect) -> SinkOp | None:
 def rejected(effect: Effect) -> Rejected | None:
     """The effect if it is a dead letter."""
     return effect if isinstance(effect, Rejected) else None
+
+
+def segment_event(effect: Effect) -> SegmentEvent | None:
+    """The effect if it is a segment transition."""
+    return effect if isinstance(effect, SegmentEvent) else None

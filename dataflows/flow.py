@@ -32,12 +32,13 @@ from bytewax.inputs import Source
 from bytewax.outputs import Sink
 
 from dataflows.config import FlowConfig
-from dataflows.effects import Examples, RfmChange, Route, rejected, sink_op
+from dataflows.effects import Examples, RfmChange, Route, rejected, segment_event, sink_op
 from dataflows.records import (
     In,
     RawRecord,
     Rejected,
     Reproject,
+    SegmentEvent,
     SinkOp,
 )
 from dataflows.sinks import RedisSink
@@ -50,6 +51,7 @@ from dataflows.steps.identity import DeviceLogic
 from dataflows.steps.models import ModelLogic
 from dataflows.steps.profile import ProfileLogic
 from dataflows.steps.rfm import RfmLogic
+from dataflows.steps.stream_time import StreamTimeLogic, partition_of
 from models import labels as lb
 
 __all__ = ["FlowConfig", "FlowStats", "build_flow"]
@@ -76,11 +78,15 @@ def build_flow(
     source_label: str = "file",
     *,
     config: FlowConfig,
+    segment_sink: Sink[SegmentEvent] | None = None,
 ) -> Dataflow:
     """Build the profile dataflow over any source of :class:`RawRecord` (or ``to_record`` input).
 
     With a :class:`~dataflows.sinks.RedisSink`, the clocks answer its re-projection requests.
+    With segments in ``config``, their transitions go to ``segment_sink`` (required then).
     """
+    if config.segments is not None and segment_sink is None:
+        raise ValueError("segments are on: give the flow a segment_sink for their transitions")
     cfg = config
     reprojection = redis_sink.reprojection if isinstance(redis_sink, RedisSink) else None
     flow = Dataflow("nextbest-profiles")
@@ -89,7 +95,14 @@ def build_flow(
         raw = op.map("to_record", raw, to_record)
     decoded = op.flat_map_batch("decode", raw, make_decoder(source_label, cfg.max_future_ms))
     split = op.branch("split_rejected", decoded, is_event)
-    events: Stream[In] = split.trues  # type: ignore[assignment]
+    decoded_events: Stream[In] = split.trues  # type: ignore[assignment]
+
+    def build_stream_time(resume: Any) -> StreamTimeLogic:
+        return StreamTimeLogic(resume, cfg.lateness_ms)
+
+    by_partition = op.key_on("key_by_partition", decoded_events, partition_of)
+    stamped = op.stateful_batch("stream_time", by_partition, build_stream_time)
+    events: Stream[In] = op.map("stream_time_unwrap", stamped, lambda kv: kv[1])
 
     observed = op.flat_map_batch("observe_time", events, newest_ts)
     keyed = op.flat_map_batch("key_events", events, key_events)
@@ -123,6 +136,9 @@ def build_flow(
         "profile", op.merge("profile_items", customer_in, customer_ticks), build_profile
     )
     profile_flat = op.map("profile_unwrap", profile_out, lambda kv: kv[1])
+    if segment_sink is not None:
+        transitions = op.filter_map("segment_transitions", profile_flat, segment_event)
+        op.output("segment_events", transitions, segment_sink)
 
     rfm_changes = op.filter_map(
         "rfm_changes", profile_flat, lambda o: o if isinstance(o, RfmChange) else None

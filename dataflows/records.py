@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 import orjson
 
-from schemas.events import DecodeError, Event, decode_event
+from schemas.events import DecodeError, Event, decode_event, format_ts
 
 
 class RawRecord(msgspec.Struct, frozen=True, array_like=True):
@@ -33,11 +33,19 @@ class Rejected(msgspec.Struct, frozen=True, array_like=True):
     error: DecodeError
 
 
+#: ``In.stream_wm`` before the stream time of its source partition is known.
+NO_STREAM_TIME: int = -(2**62)
+
+
 class In(msgspec.Struct, frozen=True, array_like=True):
-    """A decoded event with its source record (kept so a late event can be dead-lettered whole)."""
+    """A decoded event with its source record (kept so a late event can be dead-lettered whole)
+    and the event-time watermark of its source partition when it arrived: the newest event time
+    of the partition's earlier records minus the allowed lateness (see
+    :mod:`dataflows.steps.stream_time`)."""
 
     event: Event
     record: RawRecord
+    stream_wm: int = NO_STREAM_TIME
 
 
 class Tick(msgspec.Struct, frozen=True, array_like=True):
@@ -63,6 +71,9 @@ class Handover(msgspec.Struct, frozen=True, array_like=True):
 
     state: Any
     position: str = ""
+    #: the linking event's time and its partition's watermark (see :class:`In`)
+    ts: int = NO_STREAM_TIME
+    stream_wm: int = NO_STREAM_TIME
 
 
 def position_key(position: str) -> tuple[str, int]:
@@ -115,7 +126,79 @@ class WriteCheckpoint(msgspec.Struct, frozen=True, array_like=True):
     data: bytes
 
 
-SinkOp = WriteProfile | DropProfile | WriteLink | WriteBoundaries | WriteCheckpoint
+class WriteSegments(msgspec.Struct, frozen=True, array_like=True):
+    """Replace customer ``key``'s memberships: segment -> since (epoch ms)."""
+
+    key: str
+    members: dict[str, int]
+
+
+class IndexSegment(msgspec.Struct, frozen=True, array_like=True):
+    """Customer ``customer_id`` is in ``segment`` since ``since`` (``None``: not any more)."""
+
+    segment: str
+    customer_id: str
+    since: int | None
+
+
+SinkOp = (
+    WriteProfile
+    | DropProfile
+    | WriteLink
+    | WriteBoundaries
+    | WriteCheckpoint
+    | WriteSegments
+    | IndexSegment
+)
+
+
+class SegmentEvent(msgspec.Struct, frozen=True):
+    """One segment transition of a customer (the ``segment-events`` record, see
+    :func:`encode_segment_event`)."""
+
+    customer_id: str
+    segment: str
+    direction: str
+    at: int
+    reason: dict[str, Any]
+    backfill: bool = False
+
+    @property
+    def transition_id(self) -> str:
+        """Deterministic: the same across replays and resumes."""
+        from features.segments import transition_id
+
+        return transition_id("c:" + self.customer_id, self.segment, self.direction, self.at)
+
+
+def segment_event_document(e: SegmentEvent, now_ms: int) -> dict[str, Any]:
+    """The record as published (``emitted_at`` is the only wall-clock field)."""
+    return {
+        "transition_id": e.transition_id,
+        "customer_id": e.customer_id,
+        "segment": e.segment,
+        "direction": e.direction,
+        "at": format_ts(e.at),
+        "at_ms": e.at,
+        "emitted_at": format_ts(now_ms),
+        "reason": {k: v for k, v in e.reason.items() if k != "values"},
+        "values": e.reason.get("values", {}),
+        "backfill": e.backfill,
+    }
+
+
+def encode_segment_event(e: SegmentEvent, now_ms: int | None = None) -> bytes:
+    """One ``segment-events`` record as JSON (without the newline).
+
+    >>> ev = SegmentEvent("42", "lapsed_30d", "entered", 1_767_225_600_000,
+    ...                   {"rule": "entry", "values": {"days_since_last_seen": 30.0}})
+    >>> doc = orjson.loads(encode_segment_event(ev, now_ms=0))
+    >>> doc["at"], doc["values"], len(doc["transition_id"])
+    ('2026-01-01T00:00:00Z', {'days_since_last_seen': 30.0}, 32)
+    """
+    if now_ms is None:
+        now_ms = int(time.time() * 1000)
+    return orjson.dumps(segment_event_document(e, now_ms), default=str)
 
 
 def decode_record(rec: RawRecord, max_future_ms: int = 0) -> In | Rejected:

@@ -19,11 +19,13 @@ from dataflows import metrics
 from dataflows.deadletters import DeadLetterFileSink, DeadLetterKafkaSink, kafka_error_kind
 from dataflows.records import (
     DropProfile,
+    IndexSegment,
     SinkOp,
     WriteBoundaries,
     WriteCheckpoint,
     WriteLink,
     WriteProfile,
+    WriteSegments,
 )
 from dataflows.reproject import ProjectionGuard, Reprojection
 from dataflows.retry import Fallback, Retrier, SinkGaveUp, SinkOptions
@@ -99,6 +101,10 @@ def _target(op: SinkOp) -> str:
         return "rfm"
     if isinstance(op, WriteCheckpoint):
         return "model:" + op.target
+    if isinstance(op, WriteSegments):
+        return op.key + ":segments"
+    if isinstance(op, IndexSegment):
+        return f"seg:{op.segment}:{op.customer_id}"
     return op.key
 
 
@@ -173,6 +179,10 @@ class _RedisPartition(StatelessSinkPartition[SinkOp]):
                 w.link(batch, op.anonymous_id, op.customer_id)
             elif isinstance(op, WriteCheckpoint):
                 w.checkpoint(batch, op.target, op.version, op.data)
+            elif isinstance(op, WriteSegments):
+                w.segments(batch, op.key, op.members)
+            elif isinstance(op, IndexSegment):
+                w.index(batch, op.segment, op.customer_id, op.since)
             else:
                 w.boundaries(batch, op.data)
         self._send(batch)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import heapq
 import pickle
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from features import rfm
 from features.clock import EventClock
@@ -27,6 +27,9 @@ from features.identity import DeviceState
 from features.profile import ProfileState
 from models import labels as lb
 from models.online import OnlineModel
+
+if TYPE_CHECKING:
+    from dataflows.steps.segments import SegmentState
 
 #: A held example in a model owner's heap: its learning order, then the example.
 Held = tuple[int, str, int, lb.Tied]
@@ -58,12 +61,13 @@ class DeviceSnapshot:
 
 @dataclass
 class ProfileSnapshot:
-    """One customer of the profile step."""
+    """One customer of the profile step (format 2 added the segment memberships)."""
 
     state: ProfileState | None
     labels: lb.PendingLabels | None
     dirty: bool = False
-    v: int = 1
+    segments: SegmentState | None = None
+    v: int = 2
 
 
 @dataclass

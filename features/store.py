@@ -80,6 +80,28 @@ def link_key(anonymous_id: str) -> str:
     return f"{NAMESPACE}:{{a:{anonymous_id}}}:link"
 
 
+def segments_key(key: str) -> str:
+    """Redis key of a customer's memberships (a hash: segment -> since, epoch ms), under the
+    customer's hash tag: read with the profile in one round trip.
+
+    >>> segments_key("c:42")
+    'nb:{c:42}:segments'
+    """
+    return f"{NAMESPACE}:{{{key}}}:segments"
+
+
+def members_key(segment: str) -> str:
+    """Redis key of a segment's membership index: a sorted set of customer ids scored by the
+    time they entered. One key per segment, so in Redis Cluster each index lives in its
+    segment's slot (hash tag ``{seg:<name>}``); it is written separately from the customers'
+    keys, one ``ZADD``/``ZREM`` per transition (absolute: a replay converges).
+
+    >>> members_key("at_risk")
+    'nb:{seg:at_risk}:members'
+    """
+    return f"{NAMESPACE}:{{seg:{segment}}}:members"
+
+
 Command = tuple[str | bytes | int, ...]
 
 
@@ -115,7 +137,7 @@ class ProfileWriter:
         if is_device(key):
             batch.append(("DEL", profile_key(key), link_key(key[2:])))
         else:
-            batch.append(("DEL", profile_key(key)))
+            batch.append(("DEL", profile_key(key), segments_key(key)))
 
     def link(self, batch: list[Command], anonymous_id: str, customer_id: str) -> None:
         """Point the device at its customer; its anonymous profile goes."""
@@ -127,6 +149,20 @@ class ProfileWriter:
     def checkpoint(self, batch: list[Command], target: str, version: int, data: bytes) -> None:
         """Publish a model checkpoint; the current one becomes the previous (the fallback)."""
         batch.append(("EVALSHA", self._checkpoint_sha, 3, *model_keys(target), data, version))
+
+    def segments(self, batch: list[Command], key: str, members: Mapping[str, int]) -> None:
+        """Replace a customer's memberships (segment -> since)."""
+        flat = chain.from_iterable((name, str(since)) for name, since in sorted(members.items()))
+        batch.append(("EVALSHA", self._replace_sha, 1, segments_key(key), *flat))
+
+    def index(
+        self, batch: list[Command], segment: str, customer_id: str, since: int | None
+    ) -> None:
+        """Add a customer to a segment's index (``since``) or remove it (``None``)."""
+        if since is None:
+            batch.append(("ZREM", members_key(segment), customer_id))
+        else:
+            batch.append(("ZADD", members_key(segment), since, customer_id))
 
     def boundaries(self, batch: list[Command], data: bytes) -> None:
         """Publish RFM boundaries."""

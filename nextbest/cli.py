@@ -60,6 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(args, settings)
     except UsageError as exc:
         die(str(exc))
+    except ConfigError as exc:  # (found when a command loads a config file: segments, webhooks)
+        die(f"config error: {exc}")
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

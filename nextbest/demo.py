@@ -111,7 +111,7 @@ def _sample_customer(url: str) -> str | None:
 
 def run_demo(settings: Settings, events: int | None, customers: int, port: int | None) -> int:
     """Run the demo; bounded when ``events`` is given (prints the summary and exits)."""
-    from dataflows.deadletters import DeadLetterFileSink
+    from dataflows.deadletters import DeadLetterFileSink, SegmentEventsFileSink
     from dataflows.flow import FlowStats, build_flow
     from dataflows.metrics import serve_metrics
     from dataflows.sinks import RedisSink
@@ -147,7 +147,10 @@ def run_demo(settings: Settings, events: int | None, customers: int, port: int |
             RedisSink(url, sink_options(settings)),
             DeadLetterFileSink(dead_letter, sink_options(settings)),
             source_label="simulator",
-            config=flow_config(settings),
+            config=flow_config(settings, redis_url=url),
+            segment_sink=SegmentEventsFileSink(
+                home / "segment-events.jsonl", sink_options(settings)
+            ),
         )
         t0 = time.perf_counter()
         with Progress(lambda: progress_line(stats, t0), interval=2.0):

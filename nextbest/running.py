@@ -5,6 +5,7 @@ Shared by the commands (``nextbest.commands``) and the demo (``nextbest.demo``).
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 import threading
 import time
@@ -14,7 +15,9 @@ from typing import Any, NoReturn
 
 import orjson
 
-from nextbest.settings import Settings
+from nextbest.settings import ConfigError, Settings
+
+log = logging.getLogger(__name__)
 
 
 def _die(msg: str, code: int) -> NoReturn:
@@ -73,12 +76,60 @@ def print_summary(summary: dict[str, Any], as_json: bool, dead_letter: str | Non
 
 
 def flow_config(
-    settings: Settings, write_interval_ms: int | None = None, models: bool = True
+    settings: Settings,
+    write_interval_ms: int | None = None,
+    models: bool = True,
+    redis_url: str | None = None,
+    segments: bool = True,
 ) -> Any:
-    """The flow's configuration: the settings, with the command's flags."""
-    if write_interval_ms is None:
-        return settings.flow_config(models=models)
-    return settings.flow_config(models=models, write_interval_ms=write_interval_ms)
+    """The flow's configuration: the settings, with the command's flags; with ``segments``
+    (and ``NEXTBEST_SEGMENTS`` not ``off``) the segment definitions, and the models and RFM
+    boundaries published in ``redis_url`` for the rules that read scores and tiers."""
+    extra: dict[str, Any] = {"models": models}
+    if write_interval_ms is not None:
+        extra["write_interval_ms"] = write_interval_ms
+    if segments:
+        extra["segments"] = segment_context(settings, redis_url)
+    return settings.flow_config(**extra)
+
+
+def segment_context(settings: Settings, redis_url: str | None = None) -> Any:
+    """The segments for the flow: definitions (a bad file stops the command with the file,
+    segment and field named), the published models (else the priors) and RFM boundaries."""
+    if settings.segments == "off":
+        return None
+    import redis
+
+    from dataflows.steps.segments import SegmentContext
+    from features.segments import SegmentConfigError, load_segments
+    from features.store import BOUNDARIES_KEY, _boundaries
+    from models.targets import NAMES, prior_of
+    from serving.scoring import ModelSet
+
+    try:
+        segs = load_segments(settings.segments, NAMES)
+    except SegmentConfigError as exc:
+        raise ConfigError(f"NEXTBEST_SEGMENTS: {exc}") from None
+    models = ModelSet()
+    bounds = None
+    if redis_url is not None:
+        client = redis.Redis.from_url(redis_url)
+        try:
+            models.refresh(client)
+            bounds = _boundaries(client.get(BOUNDARIES_KEY))  # type: ignore[arg-type]
+        except redis.RedisError as exc:
+            log.warning("segments: no models or RFM boundaries from Redis (%s): priors", exc)
+        finally:
+            client.close()
+    loaded = {t: lm.model for t, lm in models.models.items()}
+
+    def scorer(target: str, feats: dict[str, float]) -> float:
+        model = loaded.get(target)
+        if model is not None:
+            return model.predict(feats)[0]
+        return prior_of(target)(feats)
+
+    return SegmentContext(segs, bounds, scorer)
 
 
 @contextlib.contextmanager
@@ -139,7 +190,7 @@ def kafka_flow(
 ) -> Any:
     """The flow over the input topics, with the sinks' policy from the settings. Without
     ``layout`` the topics' layout is read when the flow starts (and watched)."""
-    from dataflows.deadletters import DeadLetterKafkaSink
+    from dataflows.deadletters import DeadLetterKafkaSink, SegmentEventsKafkaSink
     from dataflows.flow import build_flow
     from dataflows.sinks import RedisSink
     from dataflows.sources import KafkaTopicsSource, StoppableSource
@@ -158,5 +209,6 @@ def kafka_flow(
         RedisSink(redis_url, options),
         DeadLetterKafkaSink(brokers, settings.topic_dead_letter, options),
         source_label="kafka",
-        config=flow_config(settings),
+        config=flow_config(settings, redis_url=redis_url),
+        segment_sink=SegmentEventsKafkaSink(brokers, settings.topic_segment_events, options),
     )

@@ -219,6 +219,13 @@ SPECS: dict[str, Spec] = {
         "Directory of Bytewax recovery snapshots for `run` and `replay` (created and initialised "
         "when missing). Unset: no snapshots; a restart starts from empty state.",
     ),
+    "segments": Spec(
+        "NEXTBEST_SEGMENTS",
+        None,
+        _nonempty,
+        "Segment definitions (YAML; format in the README, JSON Schema in "
+        "`schemas/json/segments.schema.json`). Unset: the built-in segments; `off`: no segments.",
+    ),
     "snapshot_interval_s": Spec(
         "NEXTBEST_SNAPSHOT_INTERVAL",
         "5",
@@ -352,6 +359,7 @@ class Settings:
     allowed_lateness_ms: int
     retention_days: int
     recovery_dir: str | None
+    segments: str | None
     snapshot_interval_s: int
     write_interval_ms: int
     churn_horizon_days: int

@@ -1,5 +1,7 @@
 """A fixed arrival sequence gives the same result however the stream is cut into batches.
 
+(Redis projections, dead letters and segment transitions.)
+
 Lateness, duplicates, identity hand-overs and everything else are decided in arrival order (the
 source's order: file line, partition offset), never by sorting a batch by event time. The
 property runs the whole flow (real Redis) over random arrival sequences — several customers and
@@ -21,8 +23,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dataflows.flow import build_flow
-from dataflows.records import RawRecord, Rejected
+from dataflows.records import RawRecord, Rejected, SegmentEvent
 from dataflows.sinks import RedisSink
+from dataflows.steps.segments import SegmentContext
+from features.segments import parse_segments
 from tests.conftest import flow_config
 from tests.test_golden import digests
 
@@ -59,6 +63,30 @@ class BatchesSource(FixedPartitionedSource[RawRecord, int]):
     def build_part(self, step_id: str, for_part: str, resume: int | None) -> _Batches:
         return _Batches(self.batches, resume or 0)
 
+
+#: Segments over what these histories change: carts, views, purchases, recency, windows.
+SEGMENTS = SegmentContext(
+    parse_segments(
+        """
+segments:
+  - name: cart_abandoned
+    description: cart left 30 minutes
+    entry: {feature: cart_abandoned, op: eq, value: true}
+    exit: {feature: cart_items, op: eq, value: 0}
+  - name: busy
+    description: 3 page views in an hour, after 20 minutes of it
+    entry: {feature: page_views_1h, op: ge, value: 3}
+    min_duration: 20m
+  - name: quiet
+    description: no event for 2 hours
+    entry: {feature: days_since_last_seen, op: ge, value: 0.0833}
+  - name: buyer_then_quiet
+    description: bought, and quiet
+    entry: {all: [{feature: purchases_total, op: ge, value: 1}, {segment: quiet}]}
+""",
+        "test.yaml",
+    )
+)
 
 CUSTOMERS = ["c1", "c2", "c3"]
 DEVICES = ["d1", "d2"]
@@ -109,10 +137,18 @@ def _run(lines: list[bytes], cuts: list[int], url: str) -> dict[str, Any]:
     client = redis.Redis.from_url(url)
     client.flushdb()
     dead: list[Rejected] = []
-    cfg = flow_config(lateness_ms=LATENESS, checkpoint_interval_ms=10**12)
-    run_main(build_flow(BatchesSource(batches), RedisSink(url), TestingSink(dead), config=cfg))
+    transitions: list[SegmentEvent] = []
+    cfg = flow_config(lateness_ms=LATENESS, checkpoint_interval_ms=10**12, segments=SEGMENTS)
+    run_main(build_flow(BatchesSource(batches), RedisSink(url), TestingSink(dead), config=cfg,
+                        segment_sink=TestingSink(transitions)))  # fmt: skip
     got = digests(client, _dead_file(dead))
     got["dead"] = sorted((r.error.reason, r.record.position) for r in dead)
+    per_customer: dict[str, list[tuple[str, str, str, int]]] = {}
+    for t in transitions:  # in order per customer
+        per_customer.setdefault(t.customer_id, []).append(
+            (t.transition_id, t.segment, t.direction, t.at)
+        )
+    got["transitions"] = per_customer
     client.flushdb()
     return got
 

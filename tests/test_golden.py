@@ -66,15 +66,21 @@ def _sha(parts: list[bytes]) -> str:
     return h.hexdigest()
 
 
-def digests(client: redis.Redis, dead_letter: Path) -> dict[str, Any]:
+def digests(
+    client: redis.Redis, dead_letter: Path, segment_events: Path | None = None
+) -> dict[str, Any]:
     """Digests of every key and value, of the dead letters and of each model checkpoint."""
     keys = sorted(k for k in client.scan_iter(count=1000) if k != b"nb:projection")
     parts: list[bytes] = []
     checkpoints: dict[str, str] = {}
     for key in keys:
-        if client.type(key) == b"hash":
+        kind = client.type(key)
+        if kind == b"hash":
             fields = sorted(client.hgetall(key).items())
             parts.append(key + b"\0" + b"\0".join(f + b"=" + v for f, v in fields))
+        elif kind == b"zset":  # a segment's membership index
+            members = client.zrange(key, 0, -1, withscores=True)
+            parts.append(key + b"\0" + b"\0".join(m + b"=%d" % s for m, s in members))
         else:
             value = client.get(key) or b""
             parts.append(key + b"\0" + value)
@@ -86,7 +92,15 @@ def digests(client: redis.Redis, dead_letter: Path) -> dict[str, Any]:
         doc.pop("rejected_at_ms")
         doc["position"] = doc["position"].replace(str(dead_letter.parent) + "/", "")
         dead.append(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS))
+    transitions = []
+    if segment_events is not None and segment_events.exists():
+        for line in segment_events.read_bytes().splitlines():
+            doc = orjson.loads(line)
+            doc.pop("emitted_at")
+            transitions.append(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS))
     return {
+        "segment_events": len(transitions),
+        "segment_events_sha256": _sha(transitions),
         "keys": len(keys),
         "redis": _sha(parts),
         "dead_letters": len(dead),
@@ -109,7 +123,8 @@ def test_replay_output_equals_the_recorded_digests(redis_url: str, tmp_path: Pat
     out = nextbest_cli("replay", str(src), "--json", "--dead-letter", str(dead), env=env,
                        timeout=600)  # fmt: skip
     summary = orjson.loads(out.stdout)
-    got = {"lines": n, "read": summary["read"], **digests(client, dead)}
+    events = tmp_path / "home" / "segment-events.jsonl"
+    got = {"lines": n, "read": summary["read"], **digests(client, dead, events)}
     client.flushdb()
     if os.environ.get("NEXTBEST_GOLDEN_RECORD") == "1":
         GOLDEN.write_text(json.dumps(got, indent=2, sort_keys=True) + "\n")

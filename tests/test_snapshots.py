@@ -30,7 +30,7 @@ def test_profile_step_resumes_from_format_0_and_round_trips() -> None:
     assert snap.state.key == "c:c1" and snap.state.purchases_total == 1
     logic = ProfileLogic(snap, CFG)
     again = sn.load_profile(logic.snapshot())
-    assert again.v == 1 and again.state == snap.state and again.dirty == snap.dirty
+    assert again.v == 2 and again.state == snap.state and again.dirty == snap.dirty
     assert pf.to_fields(again.state) == pf.to_fields(snap.state)
 
 

@@ -104,7 +104,10 @@ def label_timers(key: str, day: int, horizons: lb.Horizons) -> list[tuple[str, s
 
 
 def clock_requests(
-    retention_ms: int, horizons: lb.Horizons | None = None, idle_days: int = 0
+    retention_ms: int,
+    horizons: lb.Horizons | None = None,
+    idle_days: int = 0,
+    wake: tuple[tuple[int, ...], tuple[int, ...]] = ((), ()),
 ) -> Callable[[list[Keyed]], list[tuple[str, ClockRequest]]]:
     """Condense a batch of keyed items into clock requests: per shard the timers of its keys to
     (re)set, and to every shard the newest ts (see :func:`broadcast`).
@@ -113,16 +116,23 @@ def clock_requests(
     the :func:`label_timers` of every UTC day with events and, with ``idle_days``, ``idle`` at the
     end of the first idle snapshot day (``idle_days`` after the newest event's day; see
     :func:`models.labels.on_idle`), which :class:`ClockLogic` moves on by ``idle_days`` each
-    time it fires.
+    time it fires; with ``wake`` (segments: offsets after the newest event, and after the newest
+    purchase, see :func:`dataflows.steps.segments.wake_offsets`) ``seg:e<i>`` and ``seg:p<i>``
+    at those times.
     """
+    after_event, after_purchase = wake
 
     def condense(batch: list[Keyed]) -> list[tuple[str, ClockRequest]]:
         newest_by_key: dict[str, int] = {}
+        purchase_by_key: dict[str, int] = {}
         days: set[tuple[str, int]] = set()
         newest = None
         for key, (_, item) in batch:
             if isinstance(item, In):
                 ts = item.event.ts
+                is_purchase = after_purchase and item.event.type == "purchase"
+                if is_purchase and purchase_by_key.get(key, -1) < ts:
+                    purchase_by_key[key] = ts
             elif isinstance(item, Handover):
                 ts = pf.last_event_ts(item.state)
             else:
@@ -136,6 +146,10 @@ def clock_requests(
         if newest is None:
             return []
         timers = [(k, RETENTION, ts + retention_ms) for k, ts in newest_by_key.items()]
+        for i, off in enumerate(after_event):
+            timers.extend((k, f"seg:e{i}", ts + off) for k, ts in newest_by_key.items())
+        for i, off in enumerate(after_purchase):
+            timers.extend((k, f"seg:p{i}", ts + off) for k, ts in purchase_by_key.items())
         if horizons is not None:
             for key, day in days:
                 timers.extend(label_timers(key, day, horizons))
@@ -191,10 +205,13 @@ class ClockLogic(StatefulBatchLogic[Any, ClockOut, Any]):
         owners: bool = False,
         queue: list[str] | None = None,
         shard: int = 0,
+        final_ticks: bool = False,
     ) -> None:
         self.clock = clock
         #: which shard this is (learned from the requests; 0 for a resumed single owner)
         self.shard = shard
+        #: tick every key at the end of the input even without horizons (segments catch up)
+        self.final_ticks = final_ticks
         #: the newest event time seen by the previous call (the next advance)
         self.pending = pending
         self.recovery = recovery
@@ -244,6 +261,20 @@ class ClockLogic(StatefulBatchLogic[Any, ClockOut, Any]):
     def on_notify(self) -> tuple[Iterable[tuple[str, Any]], bool]:
         return self._reproject(), RETAIN
 
+    def _idle_days_taken_at_an_event(self, key: str, deadline: int) -> None:
+        """A customer came back before their idle timer fired: the profile step takes the idle
+        snapshots of the days they stayed away at that event; set those days' label timers
+        (the idle timer would have), so their labels mature on time, not at a later tick."""
+        old = self.clock.deadline(key, IDLE)
+        if old is None or old >= deadline or self.horizons is None or not self.idle_ms:
+            return
+        every = self.idle_ms // lb.DAY_MS
+        first = old // lb.DAY_MS - 1  # the first idle snapshot day of the old schedule
+        event_day = deadline // lb.DAY_MS - 1 - every
+        for day in range(first, event_day, every):
+            for k, label_kind, at in label_timers(key, day, self.horizons):
+                self.clock.set_timer(k, label_kind, at)
+
     def _fired(self, due: list[tuple[str, str, int]], keys: set[str]) -> list[tuple[str, str, int]]:
         """Collect the keys of fired timers; re-arm idle timers (returns what became due again)."""
         clock = self.clock
@@ -267,6 +298,8 @@ class ClockLogic(StatefulBatchLogic[Any, ClockOut, Any]):
         for timers, ts, shard in values:
             self.shard = shard
             for key, kind, deadline in timers:
+                if kind == IDLE:
+                    self._idle_days_taken_at_an_event(key, deadline)
                 clock.set_timer(key, kind, deadline)
             if newest is None or ts > newest:
                 newest = ts
@@ -289,7 +322,7 @@ class ClockLogic(StatefulBatchLogic[Any, ClockOut, Any]):
 
     def on_eof(self) -> tuple[Iterable[tuple[str, Any]], bool]:
         ticks = self._advance(self.pending)
-        if self.horizons is not None:
+        if self.horizons is not None or self.final_ticks:
             wm = self.clock.watermark
             keys = self.clock.keys() | {k for k, _ in ticks}
             ticks = [(key, Tick(wm)) for key in sorted(keys)]
@@ -325,8 +358,13 @@ def add_clock(
     with ``owners`` one for the model and RFM owners, under ``MODEL_TIME``).
     """
     idle_days = cfg.idle_snapshot_days if horizons is not None else 0
+    wake: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())
+    if owners and cfg.segments is not None:
+        from dataflows.steps.segments import wake_offsets
+
+        wake = wake_offsets(cfg.segments.segments)
     requests = op.flat_map_batch(
-        f"{step_id}_requests", keyed, clock_requests(cfg.retention_ms, horizons, idle_days)
+        f"{step_id}_requests", keyed, clock_requests(cfg.retention_ms, horizons, idle_days, wake)
     )
     told = op.flat_map(f"{step_id}_broadcast", observed, broadcast)
     inputs = op.merge(f"{step_id}_inputs", requests, told)
@@ -335,7 +373,8 @@ def add_clock(
     def build(resume: Any) -> ClockLogic:
         snap = load_clock(resume, cfg.lateness_ms)
         return ClockLogic(snap.clock, cfg.recovery, step_id, horizons, idle_days, snap.pending,
-                          reprojection, rate, owners, snap.queue, snap.shard)  # fmt: skip
+                          reprojection, rate, owners, snap.queue, snap.shard,
+                          final_ticks=bool(wake[0] or wake[1]))  # fmt: skip
 
     ticks = op.stateful_batch(step_id, inputs, build)
     return op.map(f"{step_id}_route", ticks, lambda kv: (kv[1][0], kv[1]))

@@ -65,7 +65,7 @@ class DeviceLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
                 if kind == "customer":
                     out.append(Route(customer_key(action[1]), item))
                 elif kind == "merge":
-                    handover = Handover(action[2], item.record.position)
+                    handover = Handover(action[2], item.record.position, ev.ts, item.stream_wm)
                     out.append(Route(customer_key(action[1]), handover))
                 elif kind == "link":
                     out.append(WriteLink(self.state.anonymous_id, action[1]))

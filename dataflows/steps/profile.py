@@ -11,21 +11,27 @@ from dataflows import metrics
 from dataflows.config import FlowConfig
 from dataflows.effects import Examples, RfmChange
 from dataflows.records import (
+    NO_STREAM_TIME,
     DropProfile,
     Handover,
     In,
+    IndexSegment,
     Reproject,
+    SegmentEvent,
     SinkOp,
     Tick,
     WriteProfile,
+    WriteSegments,
     late,
     position_key,
 )
 from dataflows.snapshots import ProfileSnapshot, dump
 from dataflows.steps import DISCARD, RETAIN, Out
+from dataflows.steps import segments as sg
 from dataflows.steps.debounce import Debounced
 from features import profile as pf
 from features import rfm
+from features.segments import Transition
 from models import labels as lb
 from models.features import state_features
 
@@ -87,6 +93,7 @@ class ProfileLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
         self.labels: lb.PendingLabels | None
         snap = resume or ProfileSnapshot(None, None)
         self.state, self.labels, self.dirty = snap.state, snap.labels, snap.dirty
+        self.seg: sg.SegmentState | None = snap.segments
         self.cfg = cfg
         self.interval = cfg.write_interval_ms / 1000
 
@@ -119,6 +126,7 @@ class ProfileLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
         money = _touches_money([item for _, item in values])
         old_point = rfm_point(self.state) if money and self.state is not None else None
         changed = reproject = False
+        transitions: list[Transition] = []
         for key, item in values:
             if isinstance(item, Reproject):
                 reproject = True
@@ -128,18 +136,27 @@ class ProfileLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
                 examples.extend(self._tick(item))
                 if self._expired(item):
                     _emit_examples(examples, out, self.labels, skipped)
+                    self._segments_gone(out, transitions)
                     return self._drop(out, old_point if money else None), DISCARD
+                self._catch_up(item.watermark, transitions)
                 continue
             if self.state is None:
                 self.state = pf.new_state(key)
                 self.labels = lb.PendingLabels(key)
                 metrics.PROFILES_CREATED.labels("customer").inc()
             if isinstance(item, Handover):
+                self._catch_up(max(item.stream_wm, item.ts - 1), transitions)
                 pf.merge_into(self.state, item.state)
                 changed = True
                 continue
-            changed |= self._ingest(item, out, examples)
+            # flips the stream has passed, or that came before this event
+            self._catch_up(max(item.stream_wm, item.event.ts - 1), transitions)
+            if self._ingest(item, out, examples):
+                changed = True
+                self._evaluate(item.event.ts, transitions)
         _emit_examples(examples, out, self.labels, skipped)
+        if transitions:
+            self._publish(out, transitions)
         if self.state is None:  # only ticks for a key with no profile (any more)
             return out, DISCARD
         if reproject:
@@ -158,6 +175,11 @@ class ProfileLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
         assert self.state is not None and self.labels is not None
         ev = item.event
         labels = self.labels
+        if self.cfg.models and item.stream_wm > NO_STREAM_TIME:
+            # Labels matured by the stream's watermark at this event's arrival: a function of
+            # the arrival order, so a purchase late for the stream finds the same labels
+            # however the ticks came (ticks only make maturity prompt for quiet customers).
+            examples.extend(self._tick(Tick(item.stream_wm)))
         # A training snapshot (first event of the day) describes the customer just before it.
         # Idle snapshots of the days the customer stayed away come first, from the same state.
         cfg = self.cfg
@@ -194,6 +216,45 @@ class ProfileLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
             out.append(late(item))
         return False
 
+    def _catch_up(self, until: int, transitions: list[Transition]) -> None:
+        """Realise the memberships' flips by time alone up to ``until``."""
+        ctx, seg, state = self.cfg.segments, self.seg, self.state
+        if ctx is not None and seg is not None and state is not None:
+            transitions.extend(sg.catch_up(ctx, state, seg, until))
+
+    def _evaluate(self, ts: int, transitions: list[Transition]) -> None:
+        """Step the memberships after an applied event."""
+        ctx, state = self.cfg.segments, self.state
+        if ctx is None or state is None:
+            return
+        if self.seg is None:
+            self.seg = sg.SegmentState()
+        transitions.extend(sg.on_event(ctx, state, self.seg, ts))
+
+    def _segments_gone(self, out: list[Out], transitions: list[Transition]) -> None:
+        """Retention drops the profile: it leaves every segment, at its retention deadline."""
+        seg, state = self.seg, self.state
+        if seg is None or state is None:
+            return
+        at = max(pf.last_event_ts(state) + self.cfg.retention_ms, seg.at or 0)
+        for name in sorted(seg.members()):
+            transitions.append(Transition(name, "exited", at, {"rule": "retention"}))
+        seg.records = {}
+        if transitions:
+            self._publish(out, transitions)
+
+    def _publish(self, out: list[Out], transitions: list[Transition]) -> None:
+        """The transitions, the memberships and the segment indexes that changed."""
+        assert self.state is not None
+        key = self.state.key
+        cid = key[2:]
+        members = self.seg.members() if self.seg is not None else {}
+        for t in transitions:
+            out.append(SegmentEvent(cid, t.segment, t.direction, t.at, t.reason))
+        for name in dict.fromkeys(t.segment for t in transitions):
+            out.append(IndexSegment(name, cid, members.get(name)))
+        out.append(WriteSegments(key, members))
+
     def _drop(self, out: list[Out], known_point: rfm.RfmPoint | None) -> list[Out]:
         assert self.state is not None
         metrics.PROFILES_DROPPED.inc()
@@ -206,4 +267,4 @@ class ProfileLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
     def snapshot(self) -> Any:
         if not self.cfg.recovery:
             return None
-        return dump(ProfileSnapshot(self.state, self.labels, self.dirty))
+        return dump(ProfileSnapshot(self.state, self.labels, self.dirty, self.seg))

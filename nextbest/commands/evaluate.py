@@ -50,7 +50,7 @@ def cmd_evaluate(args: argparse.Namespace, settings: Settings) -> int:
                 events,
                 truth,
                 settings,
-                flow_config(settings, REPLAY_WRITE_INTERVAL_MS),
+                flow_config(settings, REPLAY_WRITE_INTERVAL_MS, segments=False),
                 run_flow,
                 holdout_days=args.holdout_days,
             )

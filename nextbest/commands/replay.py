@@ -52,7 +52,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     """Run the profile flow over JSONL files to their end and print a summary."""
-    from dataflows.deadletters import DeadLetterFileSink
+    from dataflows.deadletters import DeadLetterFileSink, SegmentEventsFileSink
     from dataflows.flow import FlowStats, build_flow
     from dataflows.metrics import serve_metrics
     from dataflows.sinks import RedisSink
@@ -66,15 +66,18 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     dead_letter = (
         Path(args.dead_letter) if args.dead_letter else settings.home_path / "dead-letter.jsonl"
     )
+    segment_events = settings.home_path / "segment-events.jsonl"
     with redis_url(settings) as url:
         serve_metrics(settings.metrics_port)
         stats = FlowStats()
         options = sink_options(settings)
+        cfg = flow_config(settings, args.write_interval, models=not args.no_models, redis_url=url)
         flow = build_flow(
             JsonlFilesSource(paths, settings.batch_size),
             RedisSink(url, options),
             DeadLetterFileSink(dead_letter, options),
-            config=flow_config(settings, args.write_interval, models=not args.no_models),
+            config=cfg,
+            segment_sink=SegmentEventsFileSink(segment_events, options),
         )
         t0 = time.perf_counter()
         show = not args.json and sys.stderr.isatty()
@@ -86,5 +89,7 @@ def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
             run_flow(flow, settings)
         summary = stats.as_dict(time.perf_counter() - t0)
     summary["dead_letter_file"] = str(dead_letter)
+    if cfg.segments is not None:
+        summary["segment_events_file"] = str(segment_events)
     print_summary(summary, args.json, str(dead_letter))
     return 0
