@@ -50,6 +50,11 @@ def serve_metrics(port: int) -> bool:
 DUPLICATES = Counter(
     "nextbest_events_duplicate_total", "Events ignored because their event_id was already seen."
 )
+SEGMENT_TRANSITIONS = Counter(
+    "nextbest_segment_transitions_total",
+    "Segment transitions, by segment (names from the segment definitions) and direction.",
+    ["segment", "direction"],
+)
 PROFILES_CREATED = Counter(
     "nextbest_profiles_created_total",
     "Profiles created, by kind (customer, anonymous).",

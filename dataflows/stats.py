@@ -30,6 +30,7 @@ _NAMES: Final = {
     "duplicates": "nextbest_events_duplicate",
     "created": "nextbest_profiles_created",
     "dropped": "nextbest_profiles_dropped",
+    "transitions": "nextbest_segment_transitions",
 }
 _BY_NAME: Final = {v: k for k, v in _NAMES.items()}
 
@@ -43,7 +44,9 @@ def _values() -> dict[str, Counter[str]]:
             continue
         for sample in metric.samples:
             if sample.name.endswith("_total"):
-                label = next(iter(sample.labels.values()), "")
+                labels = sample.labels
+                # (transitions are counted by direction)
+                label = labels.get("direction") or next(iter(labels.values()), "")
                 out[field][label] += int(sample.value)
     return out
 
@@ -95,6 +98,16 @@ class FlowStats:
         return sum(self._delta("dropped").values())
 
     @property
+    def entered(self) -> int:
+        """Segment entries."""
+        return self._delta("transitions")["entered"]
+
+    @property
+    def exited(self) -> int:
+        """Segment exits."""
+        return self._delta("transitions")["exited"]
+
+    @property
     def accepted(self) -> int:
         """Records that became applied (or ignored duplicate) events: read minus dead letters."""
         return self.read - sum(self.dead_lettered.values())
@@ -115,6 +128,8 @@ class FlowStats:
             "customers": now["created"]["customer"],
             "visitors": now["created"]["anonymous"],
             "dropped_by_retention": sum(now["dropped"].values()),
+            "segment_entries": now["transitions"]["entered"],
+            "segment_exits": now["transitions"]["exited"],
             "seconds": round(seconds, 3),
             "events_per_s": round(read / seconds, 1) if seconds > 0 else 0.0,
         }

@@ -55,7 +55,8 @@ def progress_line(stats: Any, t0: float) -> str:
     dead = sum(stats.dead_lettered.values())
     return (
         f"  {stats.read:>10,} events  {stats.read / dt:>9,.0f} ev/s  "
-        f"customers {stats.customers:,}  visitors {stats.visitors:,}  dead letters {dead:,}"
+        f"customers {stats.customers:,}  visitors {stats.visitors:,}  dead letters {dead:,}  "
+        f"segments +{stats.entered:,}/-{stats.exited:,}"
     )
 
 

@@ -251,6 +251,7 @@ class ProfileLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
         members = self.seg.members() if self.seg is not None else {}
         for t in transitions:
             out.append(SegmentEvent(cid, t.segment, t.direction, t.at, t.reason))
+            metrics.SEGMENT_TRANSITIONS.labels(t.segment, t.direction).inc()
         for name in dict.fromkeys(t.segment for t in transitions):
             out.append(IndexSegment(name, cid, members.get(name)))
         out.append(WriteSegments(key, members))
