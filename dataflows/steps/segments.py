@@ -70,10 +70,21 @@ class SegmentState:
 
 
 def _score_at(ctx: SegmentContext, state: pf.ProfileState) -> Callable[[str, int], float] | None:
+    """Scores of the state as of a time; the model inputs are computed once per time."""
     scorer = ctx.scorer
     if scorer is None:
         return None
-    return lambda target, t: scorer(target, state_features(state, t))
+    inputs: dict[int, dict[str, float]] = {}
+
+    def score_at(target: str, t: int) -> float:
+        feats = inputs.get(t)
+        if feats is None:
+            if len(inputs) > 64:
+                inputs.clear()
+            feats = inputs[t] = state_features(state, t)
+        return scorer(target, feats)
+
+    return score_at
 
 
 def catch_up(

@@ -55,7 +55,7 @@ True
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from functools import partial
 from typing import Any, Final
 
@@ -100,8 +100,31 @@ def document_at(
     if targets:
         if score_at is None:
             raise ValueError("the rules read scores: pass score_at")
-        doc["scores"] = {tg: {"probability": score_at(tg, t)} for tg in sorted(targets)}
+        doc["scores"] = _Scores(sorted(targets), score_at, t)
     return doc
+
+
+class _Scores(Mapping[str, float]):
+    """The scores of a document, each computed when a rule first reads it (an ``all`` whose
+    first condition is false never asks for the model)."""
+
+    def __init__(self, targets: list[str], score_at: ScoreAt, t: int) -> None:
+        self._targets, self._score_at, self._t = targets, score_at, t
+        self._got: dict[str, float] = {}
+
+    def __getitem__(self, target: str) -> float:
+        if target not in self._targets:
+            raise KeyError(target)
+        got = self._got.get(target)
+        if got is None:
+            got = self._got[target] = self._score_at(target, self._t)
+        return got
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._targets)
+
+    def __len__(self) -> int:
+        return len(self._targets)
 
 
 def _window_times(view: ProfileView, name: str, lo: int, hi: int, out: set[int]) -> None:

@@ -39,6 +39,7 @@ Examples
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -98,22 +99,35 @@ def transition_id(customer: str, segment: str, direction: str, at: int) -> str:
     return hashlib.sha256(raw).hexdigest()[:32]
 
 
-def _values(
-    seg: Segment, doc: Mapping[str, Any], members: Mapping[str, Membership]
-) -> dict[str, Any]:
+@functools.lru_cache(maxsize=4096)
+def _reads(seg: Segment) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The features and segments a segment's rules read, sorted (computed once per segment)."""
     names: set[str] = set()
     refs: set[str] = set()
     for rule in seg.rules:
         names |= features_of(rule)
         refs |= segments_of(rule)
-    out: dict[str, Any] = {n: read(doc, n) for n in sorted(names)}
-    for r in sorted(refs):
+    return tuple(sorted(names)), tuple(sorted(refs))
+
+
+def _values(
+    seg: Segment, doc: Mapping[str, Any], members: Mapping[str, Membership]
+) -> dict[str, Any]:
+    names, refs = _reads(seg)
+    out: dict[str, Any] = {n: read(doc, n) for n in names}
+    for r in refs:
         out[f"segment.{r}"] = members.get(r, NOT_MEMBER).member
     return out
 
 
-def decide(seg: Segment, doc: Mapping[str, Any], members: Mapping[str, Membership]) -> Decision:
-    """The truths of one segment's rules on a document, given the other segments' memberships."""
+def decide(
+    seg: Segment,
+    doc: Mapping[str, Any],
+    members: Mapping[str, Membership],
+    with_values: bool = True,
+) -> Decision:
+    """The truths of one segment's rules on a document, given the other segments' memberships
+    (and, ``with_values``, every value they read; else ``values`` is empty)."""
 
     def value(name: str) -> Any:
         return read(doc, name)
@@ -123,7 +137,7 @@ def decide(seg: Segment, doc: Mapping[str, Any], members: Mapping[str, Membershi
 
     entry = holds(seg.entry, value, member)
     exit_ = None if seg.exit is None else holds(seg.exit, value, member)
-    return Decision(entry, exit_, _values(seg, doc, members))
+    return Decision(entry, exit_, _values(seg, doc, members) if with_values else {})
 
 
 def evaluate(
@@ -186,10 +200,25 @@ def advance(
     """
     members: dict[str, Membership] = {}
     out: list[Transition] = []
+
+    def value(name: str) -> Any:
+        return read(doc, name)
+
+    def member(name: str) -> bool:
+        return members.get(name, NOT_MEMBER).member
+
     for seg in segments.order:
-        d = decide(seg, doc, members)
         old = memberships.get(seg.name, NOT_MEMBER)
-        new, direction, when = step(seg, old, d.entry, d.exit, at)
+        # Only the rules :func:`step` looks at (a rule not read may read a score for nothing):
+        # a member with an exit rule needs only that; a non-member the exit rule only if the
+        # entry rule holds. (The values read go into a transition's reason.)
+        exit_: bool | None
+        if old.member and seg.exit is not None:
+            entry, exit_ = True, holds(seg.exit, value, member)
+        else:
+            entry = holds(seg.entry, value, member)
+            exit_ = None if seg.exit is None or not entry else holds(seg.exit, value, member)
+        new, direction, when = step(seg, old, entry, exit_, at)
         if new != NOT_MEMBER:
             members[seg.name] = new
         if direction is not None:
@@ -198,7 +227,8 @@ def advance(
             cond = _rule_text(seg.exit) if by_exit else _rule_text(seg.entry)
             if direction == EXITED and seg.exit is None:
                 cond = "not " + cond
-            reason: dict[str, Any] = {"rule": rule, "condition": cond, "values": d.values}
+            values = _values(seg, doc, members)
+            reason: dict[str, Any] = {"rule": rule, "condition": cond, "values": values}
             if direction == ENTERED and seg.min_duration_ms:
                 reason["held_since"] = when - seg.min_duration_ms
             out.append(Transition(seg.name, direction, when, reason))
