@@ -111,8 +111,35 @@ def dump(client: redis.Redis) -> dict[bytes, Any]:
         if key in (b"nb:rfm:boundaries", b"nb:projection") or key.startswith(b"nb:{model:"):
             continue
         kind = client.type(key)
-        out[key] = client.hgetall(key) if kind == b"hash" else client.get(key)
+        if kind == b"hash":
+            out[key] = client.hgetall(key)
+        elif kind == b"zset":  # a segment's membership index
+            out[key] = client.zrange(key, 0, -1, withscores=True)
+        else:
+            out[key] = client.get(key)
     return out
+
+
+def consume_all(brokers: str, topic: str, quiet: float = 5.0, timeout: float = 90) -> list[bytes]:
+    """Every message value of a one-partition topic, from the start until nothing more comes for
+    ``quiet`` seconds (the embedded broker's high watermark can lag the last batch)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": brokers, "group.id": f"chaos-{time.time_ns()}",
+                         "enable.auto.commit": False})  # fmt: skip
+    try:
+        consumer.assign([TopicPartition(topic, 0, 0)])
+        out: list[bytes] = []
+        deadline = time.monotonic() + timeout
+        last = time.monotonic()
+        while time.monotonic() - last < quiet and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is not None and msg.error() is None:
+                out.append(msg.value())
+                last = time.monotonic()
+        return out
+    finally:
+        consumer.close()
 
 
 def differences(a: dict[bytes, Any], b: dict[bytes, Any]) -> list[Any]:

@@ -23,6 +23,7 @@ import redis
 
 from nextbest.runtime import ensure_topics, free_port, start_redis, stop_redis
 from tests.chaos import (
+    consume_all,
     differences,
     dump,
     produce,
@@ -46,6 +47,7 @@ class Reference:
     records: list[bytes]  # the topic, sentinel included
     keys: dict[bytes, Any]
     env: dict[str, str]  # the environment of every run but NEXTBEST_REDIS_URL, HOME, ports
+    transitions: list[tuple[str, str]]  # (customer, transition id), in topic order
 
 
 @pytest.fixture(scope="module")
@@ -58,13 +60,14 @@ def reference(
 
     lines = list(generate(SimConfig(customers=600, days=20, seed=11, bad_rate=0.01)))
     last_ts = max(e.ts for e in map(decode_event, lines) if isinstance(e, Event))
-    ensure_topics(kafka_brokers, [TOPIC, "chaos-dead"], 1)
+    ensure_topics(kafka_brokers, [TOPIC, "chaos-dead", "chaos-segments-ref"], 1)
     produce(kafka_brokers, TOPIC, [*lines, *sentinel_lines(last_ts, 1)])
     env = {
         "NEXTBEST_KAFKA_BROKERS": kafka_brokers,
         "NEXTBEST_TOPIC_CLICKSTREAM": TOPIC,
         "NEXTBEST_TOPIC_TRANSACTIONS": TOPIC,
         "NEXTBEST_TOPIC_DEAD_LETTER": "chaos-dead",
+        "NEXTBEST_TOPIC_SEGMENT_EVENTS": "chaos-segments-ref",
         "NEXTBEST_ALLOWED_LATENESS": "365d",
     }
     tmp = tmp_path_factory.mktemp("chaos-reference")
@@ -80,7 +83,27 @@ def reference(
     assert summary["read"] == len(lines) + 1
     keys = dump(client)
     assert len(keys) > 600
-    return Reference(lines + sentinel_lines(last_ts, 1), keys, env)
+    transitions = _transitions(kafka_brokers, "chaos-segments-ref")
+    assert len(transitions) > 100 and len(set(transitions)) == len(transitions)
+    return Reference(lines + sentinel_lines(last_ts, 1), keys, env, transitions)
+
+
+def _transitions(brokers: str, topic: str) -> list[tuple[str, str]]:
+    """(customer, transition id) of every record on a segment-events topic, in topic order."""
+    import orjson
+
+    return [(d["customer_id"], d["transition_id"])
+            for d in map(orjson.loads, consume_all(brokers, topic))]  # fmt: skip
+
+
+def _first_seen_by_customer(records: list[tuple[str, str]]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    seen: set[str] = set()
+    for customer, tid in records:
+        if tid not in seen:
+            seen.add(tid)
+            out.setdefault(customer, []).append(tid)
+    return out
 
 
 def _assert_same(ref: Reference, client: redis.Redis) -> None:
@@ -132,9 +155,10 @@ def test_several_sigkills_give_the_uninterrupted_result(
     rng = random.Random(8)
     log = tmp_path / "run.log"
     topic = "chaos-kill"  # the same records in the same order as the reference's topic
-    ensure_topics(kafka_brokers, [topic], 1)
+    ensure_topics(kafka_brokers, [topic, "chaos-segments-kill"], 1)
     env = {**reference.env, "NEXTBEST_TOPIC_CLICKSTREAM": topic,
            "NEXTBEST_TOPIC_TRANSACTIONS": topic, "NEXTBEST_REDIS_URL": url,
+           "NEXTBEST_TOPIC_SEGMENT_EVENTS": "chaos-segments-kill",
            "NEXTBEST_HOME": str(tmp_path / "home"),
            "NEXTBEST_RECOVERY_DIR": str(tmp_path / "recovery"),
            "NEXTBEST_SNAPSHOT_INTERVAL": "1"}  # fmt: skip
@@ -158,6 +182,11 @@ def test_several_sigkills_give_the_uninterrupted_result(
     resumed = stop_run(proc, log)
     assert 0 < resumed["read"] < len(records)  # it resumed from a snapshot
     _assert_same(reference, client)
+    # every segment transition at least once; a repeat only with the same id (around a resume);
+    # per customer the same sequence once the repeats are dropped
+    got = _transitions(kafka_brokers, "chaos-segments-kill")
+    assert set(got) == set(reference.transitions)
+    assert _first_seen_by_customer(got) == _first_seen_by_customer(reference.transitions)
 
 
 def test_redis_restarted_empty_is_healed(

@@ -162,6 +162,11 @@ class ProfileLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
         if reproject:
             self.dirty = True
             out.extend(self.flush(force=True))
+            if self.seg is not None:  # the memberships and this customer's index entries
+                members = self.seg.members()
+                cid = self.state.key[2:]
+                out.extend(IndexSegment(name, cid, since) for name, since in members.items())
+                out.append(WriteSegments(self.state.key, members))
         if changed:
             self.dirty = True
             out.extend(self.flush(force=False))
