@@ -7,6 +7,8 @@ Keys are namespaced and Redis Cluster compatible: all of one customer's keys sha
 ``nb:{a:<anonymous_id>}:profile``   hash: an anonymous device's profile, until it is linked
 ``nb:{a:<anonymous_id>}:link``      string: the customer the device is linked to now
 ``nb:rfm:boundaries``               string: RFM quintile boundaries of the live population
+``nb:{c:<customer_id>}:segments``   hash: the customer's memberships, segment -> since (ms)
+``nb:{seg:<name>}:members``         sorted set: a segment's members scored by since (ms)
 ==================================  =========================================================
 
 Writes are absolute: a profile is replaced whole by one registered Lua script call (``DEL`` +
@@ -23,7 +25,7 @@ import hashlib
 import time
 from collections.abc import Iterable, Mapping
 from itertools import chain
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import hiredis
 import redis
@@ -259,6 +261,56 @@ def read_link(client: redis.Redis, anonymous_id: str) -> str | None:
     """The customer a device is linked to, if any."""
     v = client.get(link_key(anonymous_id))
     return v.decode() if isinstance(v, bytes) else v
+
+
+class StoredProfile(NamedTuple):
+    """A partition key's stored view, the RFM boundaries, and its segment memberships
+    (segment -> since, epoch ms; empty for a device or a customer in no segment)."""
+
+    view: ProfileView | None
+    bounds: RfmBoundaries | None
+    segments: dict[str, int]
+
+
+def decode_memberships(raw: Mapping[Any, Any] | None) -> dict[str, int]:
+    """A stored memberships hash as segment -> since (ms); unreadable fields are skipped.
+
+    >>> decode_memberships({b"at_risk": b"1000", b"odd": b"x"})
+    {'at_risk': 1000}
+    """
+    out: dict[str, int] = {}
+    for k, v in (raw or {}).items():
+        name = k.decode() if isinstance(k, bytes) else str(k)
+        try:
+            out[name] = int(v)
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
+def _queue_stored(pipe: Any, key: str) -> None:
+    pipe.hgetall(profile_key(key))
+    pipe.get(BOUNDARIES_KEY)
+    pipe.hgetall(segments_key(key))
+
+
+def _stored(results: list[Any]) -> StoredProfile:
+    raw, bounds, members = results
+    return StoredProfile(_view(raw), _boundaries(bounds), decode_memberships(members))
+
+
+def read_stored_profile(client: redis.Redis, key: str) -> StoredProfile:
+    """:func:`read_profile` plus the key's segment memberships, still one round trip."""
+    pipe = client.pipeline(transaction=False)
+    _queue_stored(pipe, key)
+    return _stored(pipe.execute())
+
+
+async def aread_stored_profile(client: aioredis.Redis, key: str) -> StoredProfile:
+    """Async :func:`read_stored_profile` (one round trip), for serving."""
+    pipe = client.pipeline(transaction=False)
+    _queue_stored(pipe, key)
+    return _stored(await pipe.execute())
 
 
 async def aread_profile(

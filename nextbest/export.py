@@ -21,6 +21,17 @@ Formats
     ``top_categories`` (joined by ``|``), ``rfm_r``, ``rfm_f``, ``rfm_m``, ``rfm_segment`` and,
     per target, ``<target>_probability``, ``<target>_source`` and ``<target>_model_version``.
     Missing values are empty cells; booleans are ``true``/``false``.
+
+JSONL rows of customers carry ``segments`` (each current membership with ``since``), read in the
+same pipelined round trip as the profiles.
+
+The targeted list (``--segment NAME``)
+--------------------------------------
+:func:`export_segment` walks only that segment's membership index (``nb:{seg:<name>}:members``,
+in order of ``(since, customer id)``, pages of :data:`PAGE` as ``GET /v1/segments/{name}/members``
+does), reads the page's profiles and memberships with one pipelined round trip, and writes each
+member's row (as above) plus ``segment`` and ``segment_since`` (when it entered, RFC 3339; CSV:
+two more columns at the end). A member whose profile is gone by the time it is read is skipped.
 """
 
 from __future__ import annotations
@@ -37,11 +48,19 @@ import redis
 from features.profile import LayoutError, from_fields
 from features.registry import BY_NAME, CSV_FEATURES
 from features.rfm import RfmBoundaries
-from features.store import BOUNDARIES_KEY, NAMESPACE
+from features.store import (
+    BOUNDARIES_KEY,
+    NAMESPACE,
+    decode_memberships,
+    profile_key,
+    segments_key,
+)
 from models.labels import TARGETS
+from schemas.events import format_ts
 from serving.scoring import ModelSet
+from serving.segments import decode_cursor, members_page
 
-__all__ = ["CSV_COLUMNS", "FORMATS", "PAGE", "export_profiles"]
+__all__ = ["CSV_COLUMNS", "FORMATS", "PAGE", "SEGMENT_COLUMNS", "export_profiles", "export_segment"]
 
 #: Keys asked of each ``SCAN`` call (and read per pipelined round trip).
 PAGE: Final = 1000
@@ -60,6 +79,10 @@ CSV_COLUMNS: Final[tuple[str, ...]] = (
     *_RFM,
     *(f"{t}_{part}" for t in TARGETS for part in ("probability", "source", "model_version")),
 )
+
+
+#: The targeted list's CSV header: :data:`CSV_COLUMNS`, the segment and when the member entered.
+SEGMENT_COLUMNS: Final[tuple[str, ...]] = (*CSV_COLUMNS, "segment", "segment_since")
 
 
 def _cell(v: Any) -> Any:
@@ -142,15 +165,18 @@ def export_profiles(
             pipe = client.pipeline(transaction=False)
             for k in keys:
                 pipe.hgetall(k)
+                pipe.hgetall(_segments_key_of(k))
             chunk: list[str] = []
-            for raw in pipe.execute():
+            got = pipe.execute()
+            for raw, members in zip(got[0::2], got[1::2], strict=True):
                 if not raw:
                     continue  # deleted between SCAN and HGETALL
                 try:
                     v = from_fields(raw)
                 except LayoutError:
                     continue
-                doc = models.document(v, as_of_ms, bounds)
+                segs = decode_memberships(members) if v.key.startswith("c:") else None
+                doc = models.document(v, as_of_ms, bounds, segments=segs)
                 if writer is not None:
                     writer.writerow(csv_row(doc))
                 else:
@@ -167,5 +193,66 @@ def export_profiles(
                 )
     if progress:
         print(f"\r  {n:>12,} profiles", file=sys.stderr, flush=True)
+    out.flush()
+    return n
+
+
+def _segments_key_of(key: bytes | str) -> str:
+    """The memberships key beside a profile key.
+
+    >>> _segments_key_of(b"nb:{c:42}:profile")
+    'nb:{c:42}:segments'
+    """
+    k = key.decode() if isinstance(key, bytes) else key
+    return k[: -len("profile")] + "segments"
+
+
+def export_segment(
+    client: redis.Redis,
+    out: IO[str],
+    segment: str,
+    as_of_ms: int,
+    fmt: str = "jsonl",
+) -> int:
+    """Write the members of ``segment`` (the targeted list) as of ``as_of_ms``; return the rows
+    written. The caller checks that the segment is configured."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}")
+    models = ModelSet()
+    models.refresh(client)
+    bounds = _boundaries(client.get(BOUNDARIES_KEY))
+    writer = csv.writer(out, lineterminator="\n") if fmt == "csv" else None
+    if writer is not None:
+        writer.writerow(SEGMENT_COLUMNS)
+    n = 0
+    cursor = None
+    while True:
+        page, nxt = members_page(client, segment, cursor, PAGE)
+        pipe = client.pipeline(transaction=False)
+        for cid, _ in page:
+            pipe.hgetall(profile_key(f"c:{cid}"))
+            pipe.hgetall(segments_key(f"c:{cid}"))
+        got = pipe.execute()
+        chunk: list[str] = []
+        for (_, since), raw, members in zip(page, got[0::2], got[1::2], strict=True):
+            if not raw:
+                continue  # left the store since the index was read
+            try:
+                v = from_fields(raw)
+            except LayoutError:
+                continue
+            doc = models.document(v, as_of_ms, bounds, segments=decode_memberships(members))
+            doc["segment"] = segment
+            doc["segment_since"] = format_ts(since)
+            if writer is not None:
+                writer.writerow([*csv_row(doc), segment, doc["segment_since"]])
+            else:
+                chunk.append(orjson.dumps(doc).decode())
+            n += 1
+        if chunk:
+            out.write("\n".join(chunk) + "\n")
+        if nxt is None:
+            break
+        cursor = decode_cursor(nxt)
     out.flush()
     return n

@@ -1,6 +1,7 @@
 """The HTTP API: an app factory whose ``lifespan`` owns the Redis pool, its routes, and a runner.
 
-Routes: ``GET /v1/customers/{customer_id}/profile``, ``GET /healthz``, ``GET /readyz``,
+Routes: ``GET /v1/customers/{customer_id}/profile``, ``GET /v1/segments``,
+``GET /v1/segments/{name}/members`` (:mod:`serving.segments`), ``GET /healthz``, ``GET /readyz``,
 ``GET /metrics``, plus FastAPI's ``/openapi.json`` and ``/docs``. Every error body is
 ``{"error": code, "detail": text}`` (see :mod:`serving.errors`).
 
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from importlib.metadata import PackageNotFoundError, version
@@ -27,14 +27,18 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
-from features.store import aread_link, aread_profile
+from features.store import aread_link, aread_stored_profile
 from schemas.events import MAX_ID_LEN
-from schemas.events import parse_as_of as parse_as_of_text
 from schemas.keys import customer_key, device_key
 from serving.bodies import HealthBody, ProfileBody, ReadyBody, VisitorBody
+from serving.deps import NowDep, RedisDep, parse_as_of
+from serving.deps import get_now_ms as get_now_ms  # re-exported: tests override it
+from serving.deps import get_redis as get_redis  # re-exported: tests override it
 from serving.errors import ApiError, error_responses, install_error_handlers
 from serving.metrics import CONTENT_TYPE, HttpMetrics, MetricsMiddleware
 from serving.scoring import ModelSet
+from serving.segments import load_definitions, refresh_member_gauge
+from serving.segments import router as segments_router
 
 log = logging.getLogger(__name__)
 
@@ -88,52 +92,12 @@ def redact_url(url: str) -> str:
     return parts._replace(netloc=netloc).geturl()
 
 
-def get_redis(request: Request) -> aioredis.Redis:
-    """Dependency: the app's Redis client (created by the lifespan)."""
-    client = getattr(request.app.state, "redis", None)
-    if client is None:
-        raise RuntimeError("no Redis client: run the app with its lifespan")
-    return cast(aioredis.Redis, client)
-
-
-def get_now_ms() -> int:
-    """Dependency: the wall clock in epoch milliseconds (the default ``as_of``)."""
-    return time.time_ns() // 1_000_000
-
-
-def parse_as_of(raw: str) -> int:
-    """Epoch ms from an ``as_of`` query value (RFC 3339 with a zone, or epoch milliseconds).
-
-    A ``+hh:mm`` zone whose ``+`` arrived unencoded (decoded as a space) is accepted.
-
-    >>> parse_as_of("2026-01-02T03:04:05Z"), parse_as_of("1767323045000")
-    (1767323045000, 1767323045000)
-    >>> parse_as_of("2026-01-02T04:04:05 01:00")
-    1767323045000
-    >>> parse_as_of("yesterday")  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    serving.errors.ApiError: as_of 'yesterday': expected RFC 3339 with a zone ...
-    """
-    ms = parse_as_of_text(raw)
-    if ms is None:
-        raise ApiError(
-            422,
-            "bad_as_of",
-            f"as_of {raw[:40]!r}: expected RFC 3339 with a zone (e.g. 2026-01-02T03:04:05Z) "
-            "or epoch milliseconds, between 1970-01-01 and 2100-01-01",
-        )
-    return ms
-
-
 def get_models(request: Request) -> ModelSet:
     """The loaded models (reloaded in the background as checkpoints are published)."""
     return cast(ModelSet, request.app.state.models)
 
 
-RedisDep = Annotated[aioredis.Redis, Depends(get_redis)]
 ModelsDep = Annotated[ModelSet, Depends(get_models)]
-NowDep = Annotated[int, Depends(get_now_ms)]
 
 router = APIRouter()
 
@@ -162,10 +126,10 @@ async def get_profile(
 ) -> dict[str, Any]:
     """The stored profile rendered as of ``as_of`` (one Redis round trip)."""
     as_of_ms = now_ms if as_of is None else parse_as_of(as_of)
-    view, bounds = await aread_profile(redis, customer_key(customer_id))
+    view, bounds, segments = await aread_stored_profile(redis, customer_key(customer_id))
     if view is None:
         raise ApiError(404, "not_found", f"no profile for customer {customer_id!r}")
-    return models.document(view, as_of_ms, bounds)
+    return models.document(view, as_of_ms, bounds, segments=segments)
 
 
 @router.get(
@@ -193,10 +157,10 @@ async def get_visitor_profile(
     as_of_ms = now_ms if as_of is None else parse_as_of(as_of)
     linked = await aread_link(redis, anonymous_id)
     key = customer_key(linked) if linked else device_key(anonymous_id)
-    view, bounds = await aread_profile(redis, key)
+    view, bounds, segments = await aread_stored_profile(redis, key)
     if view is None:
         raise ApiError(404, "not_found", f"no profile for visitor {anonymous_id!r}")
-    return models.document(view, as_of_ms, bounds, resolved_from=anonymous_id)
+    return models.document(view, as_of_ms, bounds, resolved_from=anonymous_id, segments=segments)
 
 
 @router.get("/v1/models", tags=["models"], summary="The online models and their quality")
@@ -240,7 +204,11 @@ async def readyz(redis: RedisDep) -> ReadyBody | JSONResponse:
     summary="Prometheus metrics",
 )
 async def metrics(request: Request) -> Response:
-    """The app's metrics in the Prometheus text exposition format."""
+    """The app's metrics in the Prometheus text exposition format (the segment sizes are
+    refreshed from Redis at most every few seconds)."""
+    client = request.app.state.redis
+    if client is not None:
+        await refresh_member_gauge(request.app, client)
     registry = cast(HttpMetrics, request.app.state.metrics)
     return Response(registry.render(), media_type=CONTENT_TYPE)
 
@@ -268,12 +236,16 @@ class ServingSettings(Protocol):
     def redis_url(self) -> str | None: ...
     @property
     def log_level(self) -> str: ...
+    @property
+    def segments(self) -> str | None: ...
 
 
 def create_app(settings: ServingSettings, redis_url: str | None = None) -> FastAPI:
     """Build the app; its lifespan opens (and closes) the Redis pool on ``redis_url``.
 
     ``redis_url`` defaults to ``settings.redis_url``; the caller resolves an embedded Redis.
+    The segment definitions (``settings.segments``) are loaded here: a bad file raises
+    :class:`features.segments.SegmentConfigError`.
     """
     url = redis_url or settings.redis_url
     if not url:
@@ -303,9 +275,11 @@ def create_app(settings: ServingSettings, redis_url: str | None = None) -> FastA
     app.state.settings = settings
     app.state.metrics = HttpMetrics()
     app.state.models = ModelSet()
+    app.state.segments = load_definitions(settings.segments)
     app.state.redis = None
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(segments_router)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app
 

@@ -10,6 +10,15 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 
+class MembershipBody(BaseModel):
+    """One current segment membership."""
+
+    since: str = Field(
+        description="Event time the customer entered the segment (RFC 3339, UTC).",
+        examples=["2026-01-02T03:04:05Z"],
+    )
+
+
 class ProfileBody(BaseModel):
     """A customer's profile as of a time (``features.profile.render``).
 
@@ -32,6 +41,12 @@ class ProfileBody(BaseModel):
     revenue_total: float = Field(description="Purchase totals minus refund totals.")
     counts: dict[str, int] = Field(
         description="Events by type.", examples=[{"page_view": 3, "purchase": 1}]
+    )
+    segments: dict[str, MembershipBody] = Field(
+        default_factory=dict,
+        description="The customer's current segment memberships (as the dataflow last "
+        "evaluated them) with the time each was entered.",
+        examples=[{"cart_abandoned": {"since": "2026-01-02T03:34:05Z"}}],
     )
 
 

@@ -1,8 +1,9 @@
 """Error bodies and handlers: every error the API returns is ``{"error": code, "detail": text}``.
 
 ``error`` is machine readable and drawn from a small fixed set (``not_found``, ``bad_as_of``,
-``validation_error``, ``method_not_allowed``, ``redis_unavailable``, ``redis_error``,
-``internal_error``, ``http_<status>``); ``detail`` is for humans.
+``unknown_segment``, ``bad_cursor``, ``validation_error``, ``method_not_allowed``,
+``redis_unavailable``, ``redis_error``, ``internal_error``, ``http_<status>``); ``detail`` is for
+humans.
 """
 
 from __future__ import annotations

@@ -72,6 +72,14 @@ class HttpMetrics:
             registry=self.registry,
         )
 
+        self.segment_members = Gauge(
+            "nextbest_segment_members",
+            "Current members of each configured segment (ZCARD of its index, refreshed at most "
+            "every few seconds).",
+            ("segment",),
+            registry=self.registry,
+        )
+
     def observe_models(self, rows: list[dict[str, Any]]) -> None:
         """Export the loaded models' version and metrics (label values: the model names)."""
         for row in rows:

@@ -9,6 +9,7 @@ score with the documented prior (``"source": "prior"``) and say why in ``status`
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,7 @@ from models.features import features_from_document
 from models.labels import TARGETS
 from models.online import CheckpointError, OnlineModel, checkpoint_meta
 from models.targets import prior_of
+from schemas.events import format_ts
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,15 @@ def _decode(current: Any, previous: Any, target: str) -> LoadedModel:
         return LoadedModel(target, model, int(meta.get("version", 0)), status, meta)
     status = "; ".join([*problems, "scoring with the prior"]) if problems else LoadedModel.status
     return LoadedModel(target, status=status)
+
+
+def segments_field(segments: Mapping[str, int]) -> dict[str, dict[str, str]]:
+    """The profile document's ``segments``: each membership with ``since`` (RFC 3339).
+
+    >>> segments_field({"lapsed_30d": 1_767_225_600_000})
+    {'lapsed_30d': {'since': '2026-01-01T00:00:00Z'}}
+    """
+    return {name: {"since": format_ts(since)} for name, since in sorted(segments.items())}
 
 
 class ModelSet:
@@ -111,10 +122,18 @@ class ModelSet:
         as_of_ms: int,
         bounds: RfmBoundaries | None,
         resolved_from: str | None = None,
+        segments: Mapping[str, int] | None = None,
     ) -> dict[str, Any]:
-        """The public profile document with its ``scores``: what every reader returns."""
+        """The public profile document with its ``scores``: what every reader returns.
+
+        With ``segments`` (the stored memberships, segment -> since in ms), the document
+        carries ``"segments": {name: {"since": RFC 3339}}``: the memberships as the dataflow
+        last evaluated them (not recomputed at ``as_of``).
+        """
         doc = profile_document(v, as_of_ms, bounds, resolved_from)
         doc["scores"] = self.scores(doc)
+        if segments is not None:
+            doc["segments"] = segments_field(segments)
         return doc
 
     def describe(self) -> list[dict[str, Any]]:

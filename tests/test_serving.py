@@ -75,6 +75,7 @@ def test_profile_returns_rendered_state(api: TestClient, redis_client: redis.Red
     assert resp.status_code == 200, resp.text
     body = resp.json()
     scores = body.pop("scores")
+    assert body.pop("segments") == {}  # in no segment (none stored)
     assert body == profile_document(view(state), T0 + 75_355_000, None)
     assert {s["source"] for s in scores.values()} == {"prior"}  # no model checkpoint yet
     expected = {

@@ -16,9 +16,10 @@ from nextbest.commands import (
     profile,
     replay,
     run,
+    segments,
     serve,
     simulate,
 )
 
 #: The commands in the order ``nextbest --help`` lists them.
-COMMANDS = (replay, run, deliver, serve, profile, simulate, export, evaluate, demo)
+COMMANDS = (replay, run, deliver, serve, profile, segments, simulate, export, evaluate, demo)

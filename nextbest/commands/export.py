@@ -1,4 +1,5 @@
-"""``nextbest export``: every profile with its scores as of a time (JSONL or CSV), streamed."""
+"""``nextbest export``: every profile with its scores as of a time (JSONL or CSV), streamed;
+with ``--segment NAME`` only that segment's members (the targeted list)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ex.add_argument(
         "--include-anonymous", action="store_true", help="also anonymous visitors' profiles"
     )
+    ex.add_argument(
+        "--segment",
+        metavar="NAME",
+        help="only the members of this segment, with segment_since (the targeted list)",
+    )
     ex.set_defaults(func=cmd_export)
 
 
@@ -29,13 +35,18 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     """Write every profile with its scores as of a time (JSONL or CSV), streamed."""
     import redis
 
-    from nextbest.export import FORMATS, export_profiles
+    from nextbest.commands.segments import configured_segment
+    from nextbest.export import FORMATS, export_profiles, export_segment
     from nextbest.runtime import redis_url
     from schemas.events import format_ts
 
     as_of = as_of_ms("export", args.as_of)
     if args.format not in FORMATS:
         raise UsageError(f"export: unknown --format {args.format!r} (jsonl or csv)")
+    if args.segment is not None:
+        if args.include_anonymous:
+            raise UsageError("export: --segment lists customers: drop --include-anonymous")
+        configured_segment("export", settings, args.segment)
     out_path = Path(args.out) if args.out else None
     if out_path is not None and not out_path.parent.is_dir():
         raise UsageError(f"export: no such directory: {out_path.parent}")
@@ -48,17 +59,21 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
             if out_path is not None
             else sys.stdout
         )
-        n = export_profiles(
-            client,
-            out,
-            as_of,
-            args.format,
-            include_anonymous=args.include_anonymous,
-            progress=sys.stderr.isatty(),
-        )
+        if args.segment is not None:
+            n = export_segment(client, out, args.segment, as_of, args.format)
+        else:
+            n = export_profiles(
+                client,
+                out,
+                as_of,
+                args.format,
+                include_anonymous=args.include_anonymous,
+                progress=sys.stderr.isatty(),
+            )
     where = str(out_path) if out_path is not None else "stdout"
+    what = "profiles" if args.segment is None else f"members of {args.segment}"
     print(
-        f"exported {n:,} profiles ({args.format}) as of {format_ts(as_of)} -> {where} "
+        f"exported {n:,} {what} ({args.format}) as of {format_ts(as_of)} -> {where} "
         f"in {time.perf_counter() - t0:.1f} s",
         file=sys.stderr,
     )

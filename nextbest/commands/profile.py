@@ -25,7 +25,7 @@ def cmd_profile(args: argparse.Namespace, settings: Settings) -> int:
     """Print one profile as JSON, computed as of a time."""
     import redis
 
-    from features.store import read_link, read_profile
+    from features.store import read_link, read_stored_profile
     from nextbest.runtime import redis_url
     from schemas.keys import customer_key, device_key
     from serving.scoring import ModelSet
@@ -45,7 +45,7 @@ def cmd_profile(args: argparse.Namespace, settings: Settings) -> int:
             else:
                 key = customer_key(args.id)
                 what = f"customer {args.id!r}"
-            view, bounds = read_profile(client, key)
+            view, bounds, segments = read_stored_profile(client, key)
             models = ModelSet()
             if view is not None:
                 models.refresh(client)
@@ -54,6 +54,6 @@ def cmd_profile(args: argparse.Namespace, settings: Settings) -> int:
     if view is None:
         print(f"nextbest: no profile for {what}", file=sys.stderr)
         return EXIT_NOT_FOUND
-    doc = models.document(view, as_of, bounds, resolved_from)
+    doc = models.document(view, as_of, bounds, resolved_from, segments)
     sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
     return 0

@@ -18,9 +18,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     """Serve the HTTP API until stopped."""
+    from nextbest.commands.segments import definitions
     from nextbest.runtime import redis_url
     from serving.app import run_server
 
+    definitions(settings)  # a bad segments file stops here (exit 2), before anything starts
     host = args.host or settings.host
     port = args.port or settings.port
     with (
