@@ -109,8 +109,41 @@ def _sample_customer(url: str) -> str | None:
     return None
 
 
-def run_demo(settings: Settings, events: int | None, customers: int, port: int | None) -> int:
-    """Run the demo; bounded when ``events`` is given (prints the summary and exits)."""
+def port_taken(port: int) -> bool:
+    """Whether something on this machine already listens on 127.0.0.1:``port``.
+
+    >>> import socket
+    >>> s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(); busy = s.getsockname()[1]
+    >>> port_taken(busy), s.close()
+    (True, None)
+    """
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _clean(url: str) -> None:
+    """Start from an empty store: delete every nextbest key (the demo's own data)."""
+    client: redis.Redis = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match="nb:*", count=1000))
+        for i in range(0, len(keys), 1000):
+            client.delete(*keys[i : i + 1000])
+    finally:
+        client.close()
+
+
+def run_demo(
+    settings: Settings,
+    events: int | None,
+    customers: int,
+    port: int | None,
+    keep: bool = False,
+) -> int:
+    """Run the demo; bounded when ``events`` is given (prints the summary and exits). Each demo
+    starts from an empty store unless ``keep``."""
     from dataflows.deadletters import DeadLetterFileSink, SegmentEventsFileSink
     from dataflows.flow import FlowStats, build_flow
     from dataflows.metrics import serve_metrics
@@ -133,7 +166,19 @@ def run_demo(settings: Settings, events: int | None, customers: int, port: int |
     # longer than the churn horizon (90 days), so that the churn model sees customers churn
     cfg = SimConfig(customers=customers, days=150, seed=7, bad_rate=0.005)
     dead_letter = home / "dead-letter.jsonl"
+    for what, p in (("API", port), ("metrics", settings.metrics_port)):
+        if p and port_taken(p):
+            print(f"nextbest demo: port {p} ({what}) is already in use on this machine; stop "
+                  f"what uses it or choose another (--port, NEXTBEST_METRICS_PORT)",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+    segment_events = home / "segment-events.jsonl"
+    if not keep:
+        for f in (dead_letter, segment_events):
+            f.unlink(missing_ok=True)
     with redis_url(settings) as url, _api_server(url, port, home) as base:
+        if not keep:
+            _clean(url)
         serve_metrics(settings.metrics_port)
         print(f"nextbest demo: Redis {url}; API {base} (docs: {base}/docs)", file=sys.stderr)
         print(
@@ -148,27 +193,29 @@ def run_demo(settings: Settings, events: int | None, customers: int, port: int |
             DeadLetterFileSink(dead_letter, sink_options(settings)),
             source_label="simulator",
             config=flow_config(settings, redis_url=url),
-            segment_sink=SegmentEventsFileSink(
-                home / "segment-events.jsonl", sink_options(settings)
-            ),
+            segment_sink=SegmentEventsFileSink(segment_events, sink_options(settings)),
         )
         t0 = time.perf_counter()
         with Progress(lambda: progress_line(stats, t0), interval=2.0):
             run_flow(flow)
         summary = stats.as_dict(time.perf_counter() - t0)
         print_summary(summary, False, str(dead_letter))
+        print(f"segment transitions: {segment_events}", file=sys.stderr)
+        if events is not None:  # bounded: the API stops with us, so no curl lines for it
+            return 0
         cid = _sample_customer(url) or "c-1"
         print("\nTry:")
         print(f"  curl -s {base}/v1/customers/{cid}/profile")
         print(f"  curl -s '{base}/v1/customers/{cid}/profile?as_of=2026-02-01T00:00:00Z'")
         print(f"  curl -s {base}/v1/models")
+        print(f"  curl -s {base}/v1/segments")
+        print(f"  curl -s '{base}/v1/segments/cart_abandoned/members?limit=5'")
         print(f"  curl -s {base}/readyz")
         print(f"  curl -s {base}/metrics | grep nextbest_")
         print(f"  open {base}/docs")
         sys.stdout.flush()
-        if events is None:
-            print("\nThe API keeps serving; press Ctrl-C to stop.", file=sys.stderr, flush=True)
-            with contextlib.suppress(KeyboardInterrupt):
-                while True:
-                    time.sleep(3600)
+        print("\nThe API keeps serving; press Ctrl-C to stop.", file=sys.stderr, flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            while True:
+                time.sleep(3600)
     return 0

@@ -318,8 +318,23 @@ def test_demo_bounded(tmp_path: Path) -> None:
         env={"NEXTBEST_HOME": str(tmp_path), "NEXTBEST_METRICS_PORT": "0"},
     )
     assert "read 3,000 events" in out.stdout
-    assert f"curl -s http://127.0.0.1:{port}/v1/customers/" in out.stdout
+    # bounded: the API stopped with the demo, so no curl lines point at it
+    assert "curl" not in out.stdout
     assert not (tmp_path / "redis" / "state.json").exists()
+    assert (tmp_path / "segment-events.jsonl").stat().st_size > 0
+
+
+def test_demo_stops_when_its_port_is_taken(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {"NEXTBEST_HOME": str(tmp_path), "NEXTBEST_METRICS_PORT": "0"}
+        out = nextbest_cli("demo", "--events", "100", "--port", str(port), env=env, check=False)
+    assert out.returncode == 2
+    assert f"port {port} (API) is already in use" in out.stderr
 
 
 def _readme() -> str:

@@ -23,6 +23,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     d.add_argument(
         "--port", type=port_number, default=None, help="API port (default $NEXTBEST_PORT)"
     )
+    d.add_argument(
+        "--keep", action="store_true", help="keep the store of the previous demo (default: clean)"
+    )
     d.set_defaults(func=cmd_demo)
 
 
@@ -31,4 +34,5 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from nextbest.demo import run_demo
 
     with sigterm_as_interrupt():
-        return run_demo(settings, events=args.events, customers=args.customers, port=args.port)
+        return run_demo(settings, events=args.events, customers=args.customers, port=args.port,
+                        keep=args.keep)  # fmt: skip
