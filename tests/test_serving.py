@@ -157,7 +157,7 @@ def test_clock_is_an_overridable_dependency(redis_url: str, redis_client: redis.
 
 
 @pytest.mark.parametrize(
-    "as_of", ["yesterday", "2026-01-02T03:04:05", "99", "", "2026-13-02T03:04:05Z"]
+    "as_of", ["yesterday", "2026-01-02T03:04:05", "-99", "", "2026-13-02T03:04:05Z"]
 )
 def test_bad_as_of_is_422(api: TestClient, redis_client: redis.Redis, as_of: str) -> None:
     _store_customer(redis_client, "c1")
@@ -382,3 +382,9 @@ def test_real_server_over_http(redis_url: str, redis_client: redis.Redis) -> Non
     assert proc.returncode in (0, -signal.SIGTERM), stderr
     assert "Application shutdown complete" in stderr
     assert "Traceback" not in stderr
+
+
+def test_as_of_from_1970_on_is_accepted(api: TestClient) -> None:
+    """Legacy history reaches back before 2000: an ``as_of`` in 1995 is a valid read."""
+    answer = api.get("/v1/customers/nobody/profile?as_of=1995-06-01T00:00:00Z")
+    assert answer.status_code == 404 and answer.json()["error"] != "bad_as_of"
