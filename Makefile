@@ -33,6 +33,7 @@ bench: $(STAMP)
 
 schemas: $(STAMP)
 	$(BIN)/python -m schemas.jsonschema --write
+	$(BIN)/python -m features.segments.schema --write
 
 readme: $(STAMP)
 	$(BIN)/python -m nextbest.settings
