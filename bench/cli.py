@@ -368,6 +368,13 @@ def render(r: dict[str, Any]) -> str:
             )
         else:
             add(f"    no event became visible ({_n(c['produced'])} produced)")
+        seg = c.get("segment_transitions", {}).get("event_driven_ms", {})
+        if seg.get("count"):
+            add(
+                f"    event -> its segment transition on segment-events: p50 {seg['p50']:.1f} ms  "
+                f"p99 {seg['p99']:.1f} ms  max {seg['max']:.1f} ms  (n={_n(seg['count'])}; "
+                f"aim p99 <= 1000 ms: {_aim(seg['p99'] <= 1000)})"
+            )
         iso = c["isolated"]
         if iso.get("count"):
             add(

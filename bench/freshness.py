@@ -57,6 +57,7 @@ from schemas.events import TRANSACTION_TYPES, Event, decode_event
 TOPIC_CLICKSTREAM = "clickstream"
 TOPIC_TRANSACTIONS = "transactions"
 TOPIC_DEAD_LETTER = "dead-letter"
+TOPIC_SEGMENT_EVENTS = "segment-events"
 KEYSPACE_PREFIX = b"__keyspace@0__:"
 KEYSPACE_PATTERN = "__keyspace@0__:nb:*"
 WARMUP_CUSTOMER = "bench-warmup"
@@ -249,6 +250,42 @@ class KeyspaceListener:
         self._client.close()
 
 
+def transition_latencies(brokers: str, produced: set[tuple[str, int]]) -> dict[str, Any]:
+    """Event-to-transition latency: a transition caused by an event has ``at`` = that event's
+    ``ts``, which the bench sets to its produce time (ms), so ``emitted_at - at`` is the time
+    from producing the event to writing its transition (same machine, same clock). Transitions
+    by time alone (a flip) are not caused by a measured event: counted, not timed."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from schemas.events import parse_ts
+
+    consumer = Consumer({"bootstrap.servers": brokers, "group.id": f"bench-{time.time_ns()}",
+                         "enable.auto.commit": False})  # fmt: skip
+    lat: list[float] = []
+    flips = 0
+    try:
+        meta = consumer.list_topics(TOPIC_SEGMENT_EVENTS, timeout=10).topics.get(
+            TOPIC_SEGMENT_EVENTS
+        )
+        parts = list(meta.partitions) if meta is not None and meta.partitions else []
+        consumer.assign([TopicPartition(TOPIC_SEGMENT_EVENTS, p, 0) for p in parts])
+        last = time.monotonic()
+        while parts and time.monotonic() - last < 3.0:
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error() is not None:
+                continue
+            last = time.monotonic()
+            doc = orjson.loads(msg.value() or b"{}")
+            emitted = parse_ts(doc["emitted_at"])
+            if (doc["customer_id"], doc["at_ms"]) in produced and emitted is not None:
+                lat.append(float(emitted - doc["at_ms"]))
+            else:
+                flips += 1
+    finally:
+        consumer.close()
+    return {"event_driven_ms": summary(lat), "other": flips}
+
+
 @contextlib.contextmanager
 def _run_process(services: Services) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
     """``nextbest run --json --quiet`` as a subprocess; SIGTERM (then SIGKILL) on exit."""
@@ -345,6 +382,7 @@ def measure_freshness(
     finally:
         client.close()
     ensure_topics(services.brokers, [TOPIC_CLICKSTREAM, TOPIC_TRANSACTIONS, TOPIC_DEAD_LETTER], 3)
+    produced: set[tuple[str, int]] = set()  # (customer id, ts) of the measured events
     tracker = Tracker()
     listener = KeyspaceListener(services.redis_url, tracker)
     listener.start()
@@ -371,6 +409,8 @@ def measure_freshness(
                         customer_profile_key(ev.customer_id),
                     )
                 tracker.expect(_keys_of(ev, links), kind, time.perf_counter())
+                if ev.customer_id is not None:
+                    produced.add((ev.customer_id, ev.doc["ts"]))
                 producer.produce(ev.topic, ev.kafka_key, value)
 
             def check() -> None:
@@ -425,6 +465,7 @@ def measure_freshness(
         "producer": {**producer.stats(), "batch_tick_ms": tick * 1000, "unflushed": unsent},
         "transport": transport,
         "run_summary": run_summary,
+        "segment_transitions": transition_latencies(services.brokers, produced),
     }
     if lat:
         s = result["latency_ms"]

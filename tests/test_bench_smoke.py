@@ -83,6 +83,8 @@ def test_bench_quick_json() -> None:
     assert fresh["measured"] <= fresh["produced"]
     assert fresh["measured"] >= 0.9 * fresh["produced"], fresh
     assert fresh["transport"]["latency_ms"]["count"] > 0
+    seg = fresh["segment_transitions"]
+    assert seg["event_driven_ms"]["count"] + seg["other"] > 0  # segments are on by default
     assert isinstance(fresh["meets_aim"], bool)
 
     memory = report["memory"]

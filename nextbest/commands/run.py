@@ -41,9 +41,10 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from nextbest.runtime import ensure_topics, kafka_brokers, redis_url
 
     with redis_url(settings) as url, kafka_brokers(settings) as brokers:
-        ensure_topics(
-            brokers, [*settings.topics, settings.topic_dead_letter], settings.topic_partitions
-        )
+        outputs = [settings.topic_dead_letter]
+        if settings.segments != "off":
+            outputs.append(settings.topic_segment_events)
+        ensure_topics(brokers, [*settings.topics, *outputs], settings.topic_partitions)
         serve_metrics(settings.metrics_port)
         stats = FlowStats()
         t0 = time.perf_counter()
@@ -58,7 +59,12 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             parts = ", ".join(f"{t} ({n} partitions)" for t, (n, _) in layout.items())
             print(
                 f"nextbest run: consuming {parts} from {brokers}; profiles -> {url}; "
-                f"dead letters -> {settings.topic_dead_letter}",
+                f"dead letters -> {settings.topic_dead_letter}"
+                + (
+                    f"; segment transitions -> {settings.topic_segment_events}"
+                    if settings.segments != "off"
+                    else ""
+                ),
                 file=sys.stderr,
                 flush=True,
             )
