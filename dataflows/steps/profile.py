@@ -108,10 +108,13 @@ class ProfileLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
         cfg, wm = self.cfg, tick.watermark
         if not cfg.models:
             return lb.on_watermark(labels, wm)
-        n = len(lb.idle_days(labels, wm // lb.DAY_MS, cfg.idle_snapshot_days))
+        # no idle snapshot after the retention deadline (the profile is dropped there; as the
+        # clock's idle timers stop there): bounds the work when the watermark jumps far ahead
+        before_day = min(wm, pf.last_event_ts(state) + cfg.retention_ms) // lb.DAY_MS
+        n = len(lb.idle_days(labels, before_day, cfg.idle_snapshot_days))
         if n:
             metrics.SNAPSHOT_IDLE.inc(n)
-        return lb.on_idle(labels, wm // lb.DAY_MS, cfg.idle_snapshot_days,
+        return lb.on_idle(labels, before_day, cfg.idle_snapshot_days,
                           lambda ts: state_features(state, ts), cfg.horizons, wm)  # fmt: skip
 
     def _expired(self, tick: Tick) -> bool:
@@ -225,6 +228,9 @@ class ProfileLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
         """Realise the memberships' flips by time alone up to ``until``."""
         ctx, seg, state = self.cfg.segments, self.seg, self.state
         if ctx is not None and seg is not None and state is not None:
+            # (never past the retention deadline: the profile is dropped there; this also bounds
+            # the work when the watermark jumps, e.g. after an event from the far future)
+            until = min(until, pf.last_event_ts(state) + self.cfg.retention_ms)
             transitions.extend(sg.catch_up(ctx, state, seg, until))
 
     def _evaluate(self, ts: int, transitions: list[Transition]) -> None:

@@ -99,9 +99,9 @@ def catch_up(
     score_at = _score_at(ctx, state)
     while True:
         at = seg.at
-        # (with score rules: at most a day ahead, a time to look again: scores at day ticks)
+        # (scores are sampled at day ticks over the whole gap, in one search)
         flip = next_flip(ctx.segments, view, at, seg.records, score_at=score_at,
-                         bounds=ctx.bounds, horizon=until - at, score_horizon=DAY)  # fmt: skip
+                         bounds=ctx.bounds, horizon=until - at)  # fmt: skip
         if flip is None or flip > until:
             break
         doc = document_at(ctx.segments, view, flip, ctx.bounds, score_at)
