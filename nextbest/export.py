@@ -137,6 +137,22 @@ def _boundaries(raw: Any) -> RfmBoundaries | None:
         return None
 
 
+def _start(
+    client: redis.Redis, out: IO[str], fmt: str, header: tuple[str, ...]
+) -> tuple[ModelSet, RfmBoundaries | None, Any]:
+    """What an export needs first: the format checked, the models and RFM boundaries loaded
+    once, and a CSV writer with its header (``None`` for JSONL)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown format {fmt!r}")
+    models = ModelSet()
+    models.refresh(client)
+    bounds = _boundaries(client.get(BOUNDARIES_KEY))
+    writer = csv.writer(out, lineterminator="\n") if fmt == "csv" else None
+    if writer is not None:
+        writer.writerow(header)
+    return models, bounds, writer
+
+
 def export_profiles(
     client: redis.Redis,
     out: IO[str],
@@ -150,14 +166,7 @@ def export_profiles(
     Profiles whose hash cannot be decoded (an older layout) are skipped, as ``nextbest profile``
     reports them absent.
     """
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}")
-    models = ModelSet()
-    models.refresh(client)
-    bounds = _boundaries(client.get(BOUNDARIES_KEY))
-    writer = csv.writer(out, lineterminator="\n") if fmt == "csv" else None
-    if writer is not None:
-        writer.writerow(CSV_COLUMNS)
+    models, bounds, writer = _start(client, out, fmt, CSV_COLUMNS)
     n = 0
     t0 = last = time.monotonic()
     for pattern in _patterns(include_anonymous):
@@ -216,14 +225,7 @@ def export_segment(
 ) -> int:
     """Write the members of ``segment`` (the targeted list) as of ``as_of_ms``; return the rows
     written. The caller checks that the segment is configured."""
-    if fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}")
-    models = ModelSet()
-    models.refresh(client)
-    bounds = _boundaries(client.get(BOUNDARIES_KEY))
-    writer = csv.writer(out, lineterminator="\n") if fmt == "csv" else None
-    if writer is not None:
-        writer.writerow(SEGMENT_COLUMNS)
+    models, bounds, writer = _start(client, out, fmt, SEGMENT_COLUMNS)
     n = 0
     cursor = None
     while True:
