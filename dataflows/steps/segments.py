@@ -95,7 +95,7 @@ def catch_up(
     if seg.at is None or until <= seg.at:
         return []
     out: list[Transition] = []
-    view = pf.view(state)
+    view = pf.view(state, ctx.segments.series)
     score_at = _score_at(ctx, state)
     while True:
         at = seg.at
@@ -119,7 +119,7 @@ def on_event(
     evaluated at the last evaluation time: memberships never go back in time)."""
     at = ts if seg.at is None else max(seg.at, ts)
     score_at = _score_at(ctx, state)
-    doc = document_at(ctx.segments, pf.view(state), at, ctx.bounds, score_at)
+    doc = document_at(ctx.segments, pf.view(state, ctx.segments.series), at, ctx.bounds, score_at)
     seg.records, out = advance(ctx.segments, doc, seg.records, at)
     seg.at = at
     return out

@@ -32,13 +32,16 @@ def _sig(x: float) -> float:
     return float(f"{x:.9g}")
 
 
-def view(state: ProfileState) -> ProfileView:
+def view(state: ProfileState, series: frozenset[str] | None = None) -> ProfileView:
     """The state's current view: what :func:`to_fields` stores and :func:`render` needs.
 
     Parameters
     ----------
     state
         A profile state.
+    series
+        Only these series' buckets, and no interests (a partial view for readers that need no
+        more, e.g. segment rules); default: the whole view.
 
     Returns
     -------
@@ -57,6 +60,9 @@ def view(state: ProfileState) -> ProfileView:
     >>> v = view(s)
     >>> v.buckets["vw1h"], v.interests, v.last_seen_ts
     ({576: 1}, {'books': 1.0}, 86400000)
+    >>> part = view(s, frozenset({"vw1h"}))
+    >>> part.buckets, part.interests
+    ({'vw1h': {576: 1}}, {})
     """
     a = state.current
     newest = a.last
@@ -67,7 +73,8 @@ def view(state: ProfileState) -> ProfileView:
         cur_idx = -1
         low = 0
         d: dict[int, int] | None = None
-        for key in sorted(b):  # grouped by series, then by bucket
+        keys = b if series is None else (k for k in b if _NAMES[k >> KEY_SHIFT] in series)
+        for key in sorted(keys):  # grouped by series, then by bucket
             idx = key >> KEY_SHIFT
             if idx != cur_idx:
                 cur_idx = idx
@@ -81,6 +88,8 @@ def view(state: ProfileState) -> ProfileView:
                 d[k] = b[key]
         if a.sids or a.runs:
             for s in SESSION_SERIES:
+                if series is not None and s.name not in series:
+                    continue
                 g = s.gran
                 low = s.live_from(newest)
                 sd: dict[int, int] = {}
@@ -90,8 +99,9 @@ def view(state: ProfileState) -> ProfileView:
                         sd[k] = sd.get(k, 0) + 1
                 if sd:
                     buckets[s.name] = sd
-        f = 2.0 ** ((a.iref - newest) / _interest.HALF_LIFE_MS)
-        interests = {c: _sig(x * f) for c, x in a.interest.items()}
+        if series is None:
+            f = 2.0 ** ((a.iref - newest) / _interest.HALF_LIFE_MS)
+            interests = {c: _sig(x * f) for c, x in a.interest.items()}
     return ProfileView(
         key=state.key,
         first_seen_ts=a.first,

@@ -54,6 +54,7 @@ from typing import Any, Final
 
 import yaml
 
+from features.registry import BY_NAME
 from features.segments.catalog import DEFAULT_TARGETS
 from features.segments.rules import Cmp, Rule, RuleError, comparisons, parse_rule, segments_of
 from features.windows import DAY, HOUR, MINUTE, SECOND
@@ -136,6 +137,8 @@ class SegmentSet:
     targets: tuple[str, ...] = DEFAULT_TARGETS
     features: frozenset[str] = field(init=False)
     constants: Mapping[str, tuple[Cmp, ...]] = field(init=False)
+    #: The series (windowed features' buckets) the rules read.
+    series: frozenset[str] = field(init=False)
 
     def __post_init__(self) -> None:
         found: dict[str, list[Cmp]] = {}
@@ -145,6 +148,9 @@ class SegmentSet:
                     found.setdefault(c.feature, []).append(c)
         object.__setattr__(self, "features", frozenset(found))
         object.__setattr__(self, "constants", {k: tuple(v) for k, v in found.items()})
+        reads = (BY_NAME[n] for n in found if n in BY_NAME)
+        series = {s.name for f in reads for s in (f.series, f.minus) if s is not None}
+        object.__setattr__(self, "series", frozenset(series))
 
     @property
     def names(self) -> tuple[str, ...]:

@@ -175,15 +175,21 @@ def _monotone_times(
     def key(t: int) -> float:
         return _key(value(view, t))
 
-    found = [_first(lambda t: key(t) > _NEG, lo, hi)]
+    # the value at both ends bounds every crossing: search only the constants in between
+    k_lo, k_hi = key(lo), key(hi)
+    if k_lo == k_hi:
+        return
+    found = [_first(lambda t: key(t) > _NEG, lo, hi)] if k_lo == _NEG else []
     consts: set[float] = set()
     for c in cmps:
         if c.op != "exists":
             consts.update(c.value if isinstance(c.value, tuple) else (c.value,))
     for x in consts:
         fx = float(x)
-        found.append(_first(partial(_at_least, key, fx), lo, hi))
-        found.append(_first(partial(_above, key, fx), lo, hi))
+        if k_lo < fx <= k_hi:
+            found.append(_first(partial(_at_least, key, fx), lo, hi))
+        if k_lo <= fx < k_hi:
+            found.append(_first(partial(_above, key, fx), lo, hi))
     out.update(t for t in found if t is not None)
 
 
