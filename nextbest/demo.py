@@ -7,60 +7,100 @@ import itertools
 import os
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any, Final
 
+import orjson
 import redis
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from dataflows.records import RawRecord
+from dataflows.sources import StopRequest
+from nextbest.live import LiveShop
 from nextbest.settings import Settings
-from nextbest.simulator import SimConfig, generate
+from nextbest.simulator import SimConfig
 
 
-class _SimPartition(StatefulSourcePartition[RawRecord, int]):
-    def __init__(self, cfg: SimConfig, limit: int | None, resume: int | None, batch: int) -> None:
-        self._it: Iterator[bytes] = generate(cfg)
-        self._n = resume or 0
-        if self._n:
-            self._it = itertools.islice(self._it, self._n, None)
-        self._limit = limit
-        self._batch = batch
+class _ShopPartition(StatefulSourcePartition[RawRecord, None]):
+    """The shop's history as fast as the flow takes it, then its live events as they happen."""
+
+    def __init__(self, shop: LiveShop, plan: _Plan) -> None:
+        self._shop = shop
+        self._plan = plan
+        self._history: Iterator[bytes] | None = shop.history()
+        self._n = 0
+        self._live_until: float | None = None
 
     def next_batch(self) -> list[RawRecord]:
-        take = self._batch if self._limit is None else min(self._batch, self._limit - self._n)
-        out = [
-            RawRecord(line, f"sim:{self._n + i + 1}")
-            for i, line in enumerate(itertools.islice(self._it, max(take, 0)))
-        ]
-        if not out:
+        plan = self._plan
+        if plan.limit is not None and self._n >= plan.limit:
             raise StopIteration
+        take = plan.batch if plan.limit is None else min(plan.batch, plan.limit - self._n)
+        if self._history is not None:
+            lines = list(itertools.islice(self._history, take))
+            if lines:
+                out = [RawRecord(b, f"sim:{self._n + i + 1}") for i, b in enumerate(lines)]
+                self._n += len(out)
+                return out
+            self._history = None
+            if plan.live_for is not None and plan.live_for <= 0:
+                raise StopIteration
+            if plan.live_for is not None:
+                self._live_until = time.monotonic() + plan.live_for
+            plan.on_live()
+        if self._live_until is not None and time.monotonic() >= self._live_until:
+            raise StopIteration
+        out = [
+            RawRecord(b, f"live:{self._n + i + 1}") for i, b in enumerate(self._shop.due()[:take])
+        ]
         self._n += len(out)
         return out
 
-    def snapshot(self) -> int:
-        return self._n
+    def next_awake(self) -> datetime | None:
+        # live: look for due events ten times a second
+        if self._history is None:
+            return datetime.now(UTC) + timedelta(milliseconds=100)
+        return None
+
+    def snapshot(self) -> None:
+        return None  # the demo does not resume (the live part follows the wall clock)
 
 
-class SimulatorSource(FixedPartitionedSource[RawRecord, int]):
-    """The built-in simulator as a dataflow source (one partition, resumable by count)."""
+@dataclass
+class _Plan:
+    """How much of the shop to stream: ``limit`` events at most, the history and then
+    ``live_for`` seconds of live events (``None``: until stopped; 0: no live part)."""
 
-    def __init__(self, cfg: SimConfig, limit: int | None = None, batch_size: int = 1000) -> None:
-        self._cfg = cfg
-        self._limit = limit
-        self._batch = batch_size
+    limit: int | None
+    live_for: float | None
+    batch: int
+    on_live: Callable[[], None]
+
+
+class ShopSource(FixedPartitionedSource[RawRecord, None]):
+    """A :class:`~nextbest.live.LiveShop` as a dataflow source (one partition, not resumable)."""
+
+    def __init__(self, shop: LiveShop, plan: _Plan) -> None:
+        self._shop = shop
+        self._plan = plan
 
     def list_parts(self) -> list[str]:
-        return ["simulator"]
+        return ["shop"]
 
-    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _SimPartition:
-        return _SimPartition(self._cfg, self._limit, resume_state, self._batch)
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _ShopPartition:
+        return _ShopPartition(self._shop, self._plan)
 
 
 @contextlib.contextmanager
-def _api_server(redis_url: str, port: int, home: Path) -> Iterator[str]:
+def _api_server(
+    redis_url: str, port: int, home: Path
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """``nextbest serve`` in a child process on 127.0.0.1:port, sharing our Redis."""
     env = dict(os.environ, NEXTBEST_REDIS_URL=redis_url, NEXTBEST_LOG_LEVEL="WARNING")
     log = open(home / "demo-serve.log", "ab")  # noqa: SIM115 - handed to the child
@@ -89,7 +129,7 @@ def _api_server(redis_url: str, port: int, home: Path) -> Iterator[str]:
             if time.monotonic() > deadline:
                 raise RuntimeError("the API server did not start within 30 s")
             time.sleep(0.1)
-        yield base
+        yield base, proc
     finally:
         proc.terminate()
         try:
@@ -97,6 +137,10 @@ def _api_server(redis_url: str, port: int, home: Path) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+#: Days of history: longer than the churn horizon (90 days), so the churn model sees churn.
+DEMO_DAYS: Final = 120
 
 
 def _sample_customer(url: str) -> str | None:
@@ -135,24 +179,170 @@ def _clean(url: str) -> None:
         client.close()
 
 
+class _Watchdog:
+    """Checks every second that the demo's Redis answers and its API server runs; when one is
+    gone it says so and stops the flow; the demo then exits 1. A flow stalled on a dead Redis
+    cannot end cleanly (its sink waits for Redis), so after a grace period the demo stops the
+    API server and exits 1 at once."""
+
+    def __init__(self, url: str, api: subprocess.Popen[bytes], stop: StopRequest) -> None:
+        self._url, self._api, self._stop = url, api, stop
+        self.failed: str | None = None
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="demo-watchdog", daemon=True)
+
+    def _problem(self, client: redis.Redis, misses: int) -> tuple[str | None, int]:
+        if self._api.poll() is not None:
+            return f"the API server stopped (exit code {self._api.returncode})", misses
+        try:
+            client.ping()
+            return None, 0
+        except redis.RedisError as exc:
+            misses += 1
+            if misses >= 3:
+                return f"Redis at {self._url} stopped answering ({exc})", misses
+            return None, misses
+
+    def _loop(self) -> None:
+        client: redis.Redis = redis.Redis.from_url(self._url, socket_timeout=1)
+        misses = 0
+        try:
+            while not self._done.wait(1.0):
+                problem, misses = self._problem(client, misses)
+                if problem is not None:
+                    self.failed = problem
+                    print(f"\nnextbest demo: {problem}; stopping the demo", file=sys.stderr,
+                          flush=True)  # fmt: skip
+                    self._stop.set(problem, failed=True)
+                    if not self._done.wait(5.0):  # stalled: end here
+                        self._api.terminate()
+                        print("nextbest demo: stopped", file=sys.stderr, flush=True)
+                        os._exit(1)
+                    return
+        finally:
+            client.close()
+
+    def __enter__(self) -> _Watchdog:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+
+class _TransitionTail:
+    """Prints the segment transitions appended to the JSONL file from ``start_at`` on (the live
+    part of the demo): at most ``per_tick`` a second, then how many more there were."""
+
+    def __init__(self, path: Path, per_tick: int = 6) -> None:
+        self._path = path
+        self._per_tick = per_tick
+        self._offset = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="demo-transitions", daemon=True)
+
+    def start_here(self) -> None:
+        """Start printing from the current end of the file."""
+        self._offset = self._path.stat().st_size if self._path.exists() else 0
+        self._thread.start()
+
+    def _read(self) -> list[dict[str, object]]:
+        if not self._path.exists():
+            return []
+        with self._path.open("rb") as fh:
+            fh.seek(self._offset)
+            data = fh.read()
+        end = data.rfind(b"\n") + 1  # complete lines only
+        self._offset += end
+        return [orjson.loads(line) for line in data[:end].splitlines() if line]
+
+    def _loop(self) -> None:
+        while not self._done.wait(1.0):
+            got = self._read()
+            for t in got[: self._per_tick]:
+                print(transition_line(t), flush=True)
+            if len(got) > self._per_tick:
+                print(f"    ... and {len(got) - self._per_tick} more transitions", flush=True)
+
+    def stop(self) -> None:
+        self._done.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+
+def transition_line(t: dict[str, object]) -> str:
+    """One transition, as the demo prints it.
+
+    >>> transition_line({"at": "2026-11-29T23:41:02.250Z", "direction": "entered",
+    ...                  "segment": "cart_abandoned", "customer_id": "c-0000042",
+    ...                  "values": {"cart_abandoned": True, "cart_items": 2}})
+    '  23:41:02  + cart_abandoned        c-0000042  cart_abandoned=True cart_items=2'
+    >>> transition_line({"at": "2026-11-29T23:41:02Z", "direction": "exited", "segment": "at_risk",
+    ...                  "customer_id": "c-1", "values": {"score.churn": 0.58312}})
+    '  23:41:02  - at_risk               c-1  score.churn=0.583'
+    """
+    sign = "+" if t.get("direction") == "entered" else "-"
+    at = str(t.get("at", ""))[11:19]
+    values = t.get("values")
+    shown = ""
+    if isinstance(values, dict):
+        shown = " ".join(
+            f"{k}={round(v, 3) if isinstance(v, float) else v}" for k, v in list(values.items())[:3]
+        )
+    return f"  {at}  {sign} {t.get('segment', '?'):<20}  {t.get('customer_id', '?')}  {shown}"
+
+
+def _rate_line(stats: Any, t0: float) -> Callable[[], str]:
+    """The progress line, with the rate over the last interval (not the average since t0)."""
+    from nextbest.running import progress_line
+
+    last = [time.perf_counter(), 0]
+
+    def render() -> str:
+        now, read = time.perf_counter(), stats.read
+        rate = (read - last[1]) / max(now - last[0], 1e-9)
+        last[0], last[1] = now, read
+        return progress_line(stats, t0, rate)
+
+    return render
+
+
+def _print_hints(base: str, url: str) -> None:
+    cid = _sample_customer(url) or "c-1"
+    print("\nTry (while the demo runs):")
+    print(f"  curl -s {base}/v1/customers/{cid}/profile")
+    print(f"  curl -s {base}/v1/segments")
+    print(f"  curl -s '{base}/v1/segments/cart_abandoned/members?limit=5'")
+    print(f"  curl -s {base}/v1/models")
+    print(f"  curl -s {base}/readyz")
+    print(f"  curl -s {base}/metrics | grep nextbest_")
+    print(f"  open {base}/docs")
+    print("\nSegment transitions as they happen (+ entered, - exited):", flush=True)
+
+
 def run_demo(
     settings: Settings,
     events: int | None,
     customers: int,
     port: int | None,
     keep: bool = False,
+    live_for: float | None = None,
+    rate: float = 300.0,
 ) -> int:
-    """Run the demo; bounded when ``events`` is given (prints the summary and exits). Each demo
-    starts from an empty store unless ``keep``."""
+    """Run the demo: a shop whose history ends now is streamed through the dataflow, then stays
+    open with live events until Ctrl-C (or ``live_for`` seconds); ``events`` bounds the events
+    (no live part unless ``live_for``). Each demo starts from an empty store unless ``keep``."""
     from dataflows.deadletters import DeadLetterFileSink, SegmentEventsFileSink
     from dataflows.flow import FlowStats, build_flow
     from dataflows.metrics import serve_metrics
     from dataflows.sinks import RedisSink
+    from dataflows.sources import StoppableSource
+    from nextbest.commands.common import stop_on_signals
     from nextbest.running import (
         Progress,
         flow_config,
         print_summary,
-        progress_line,
         run_flow,
         sink_options,
     )
@@ -163,8 +353,10 @@ def run_demo(
     port = port or settings.port
     if events is not None:
         customers = max(50, min(customers, events // 40))
+        if live_for is None:
+            live_for = 0.0
     # longer than the churn horizon (90 days), so that the churn model sees customers churn
-    cfg = SimConfig(customers=customers, days=150, seed=7, bad_rate=0.005)
+    cfg = SimConfig(customers=customers, days=DEMO_DAYS, seed=7, bad_rate=0.005)
     dead_letter = home / "dead-letter.jsonl"
     for what, p in (("API", port), ("metrics", settings.metrics_port)):
         if p and port_taken(p):
@@ -176,46 +368,55 @@ def run_demo(
     if not keep:
         for f in (dead_letter, segment_events):
             f.unlink(missing_ok=True)
-    with redis_url(settings) as url, _api_server(url, port, home) as base:
+    stop = StopRequest()
+    with redis_url(settings) as url, _api_server(url, port, home) as (base, api):
         if not keep:
             _clean(url)
         serve_metrics(settings.metrics_port)
         print(f"nextbest demo: Redis {url}; API {base} (docs: {base}/docs)", file=sys.stderr)
+        shop = LiveShop(cfg, rate=rate)
         print(
-            f"streaming simulated events of {cfg.customers:,} customers over {cfg.days} days"
-            + (f" (first {events:,} events)" if events else ""),
+            f"streaming the history of {cfg.customers:,} simulated people over the {cfg.days} "
+            f"days up to now" + (f" (first {events:,} events)" if events else ""),
             file=sys.stderr,
         )
+        tail = _TransitionTail(segment_events)
+        t0 = time.perf_counter()
+
+        def on_live() -> None:
+            print(f"\nhistory streamed in {time.perf_counter() - t0:.0f} s; the shop is open: "
+                  f"about {rate:.0f} live events/s", file=sys.stderr, flush=True)  # fmt: skip
+            _print_hints(base, url)
+            tail.start_here()
+
         stats = FlowStats()
         flow = build_flow(
-            SimulatorSource(cfg, limit=events, batch_size=settings.batch_size),
+            StoppableSource(
+                ShopSource(shop, _Plan(events, live_for, settings.batch_size, on_live)), stop.event
+            ),
             RedisSink(url, sink_options(settings)),
             DeadLetterFileSink(dead_letter, sink_options(settings)),
             source_label="simulator",
             config=flow_config(settings, redis_url=url),
             segment_sink=SegmentEventsFileSink(segment_events, sink_options(settings)),
         )
-        t0 = time.perf_counter()
-        with Progress(lambda: progress_line(stats, t0), interval=2.0):
-            run_flow(flow)
+        with (
+            stop_on_signals(stop),
+            _Watchdog(url, api, stop) as watchdog,
+            Progress(_rate_line(stats, t0), interval=2.0),
+        ):
+            try:
+                run_flow(flow)
+            except Exception:
+                if watchdog.failed is None:
+                    raise
+            finally:
+                tail.stop()
+        if watchdog.failed is not None:
+            return 1
         summary = stats.as_dict(time.perf_counter() - t0)
+        if stop.why:
+            print(f"\nstopped ({stop.why})", file=sys.stderr)
         print_summary(summary, False, str(dead_letter))
         print(f"segment transitions: {segment_events}", file=sys.stderr)
-        if events is not None:  # bounded: the API stops with us, so no curl lines for it
-            return 0
-        cid = _sample_customer(url) or "c-1"
-        print("\nTry:")
-        print(f"  curl -s {base}/v1/customers/{cid}/profile")
-        print(f"  curl -s '{base}/v1/customers/{cid}/profile?as_of=2026-02-01T00:00:00Z'")
-        print(f"  curl -s {base}/v1/models")
-        print(f"  curl -s {base}/v1/segments")
-        print(f"  curl -s '{base}/v1/segments/cart_abandoned/members?limit=5'")
-        print(f"  curl -s {base}/readyz")
-        print(f"  curl -s {base}/metrics | grep nextbest_")
-        print(f"  open {base}/docs")
-        sys.stdout.flush()
-        print("\nThe API keeps serving; press Ctrl-C to stop.", file=sys.stderr, flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            while True:
-                time.sleep(3600)
     return 0

@@ -50,11 +50,13 @@ class Progress:
             self._thread.join()
 
 
-def progress_line(stats: Any, t0: float) -> str:
+def progress_line(stats: Any, t0: float, rate: float | None = None) -> str:
+    """The live progress line; ``rate``: events/s to show (default: the average since ``t0``)."""
     dt = max(time.perf_counter() - t0, 1e-9)
     dead = sum(stats.dead_lettered.values())
+    rate = stats.read / dt if rate is None else rate
     return (
-        f"  {stats.read:>10,} events  {stats.read / dt:>9,.0f} ev/s  "
+        f"  {stats.read:>10,} events  {rate:>9,.0f} ev/s  "
         f"customers {stats.customers:,}  visitors {stats.visitors:,}  dead letters {dead:,}  "
         f"segments +{stats.entered:,}/-{stats.exited:,}"
     )

@@ -525,15 +525,21 @@ class _Sim:
             ci = self.cat.category(r())
         return self.cat.product(ci, r())
 
-    def _session(self, p: _Person, day: int, out: list[_Ev], kind: str) -> None:
-        """Append one session's events. ``kind``: ``anon``, ``signup`` or ``member``."""
+    def _session(
+        self, p: _Person, day: int, out: list[_Ev], kind: str, start: int | None = None
+    ) -> None:
+        """Append one session's events. ``kind``: ``anon``, ``signup`` or ``member``; ``start``:
+        the session's first time (default: an hour of ``day`` drawn by the hourly traffic)."""
         rng = self.rng
         r = rng.random
         expo = rng.expovariate
         self.n_sessions += 1
         sid = f"s-{self.cfg.seed}-{self.n_sessions}"
-        hour = bisect_right(self.hour_cum, r() * self.hour_cum[-1])
-        t = self.start_ms + day * DAY_MS + min(hour, 23) * HOUR_MS + int(r() * HOUR_MS)
+        if start is None:
+            hour = bisect_right(self.hour_cum, r() * self.hour_cum[-1])
+            t = self.start_ms + day * DAY_MS + min(hour, 23) * HOUR_MS + int(r() * HOUR_MS)
+        else:
+            t = start
         owner = p.idx
         cid = p.cid if kind == "member" else None
         seq = self.seq

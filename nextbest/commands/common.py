@@ -88,6 +88,16 @@ def positive_int(raw: str) -> int:
     return v
 
 
+def positive_float(raw: str) -> float:
+    try:
+        v = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {raw!r}") from None
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {raw!r}")
+    return v
+
+
 def nonneg_int(raw: str) -> int:
     try:
         v = int(raw)

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import argparse
 
-from nextbest.commands.common import port_number, positive_int, sigterm_as_interrupt
+from nextbest.commands.common import (
+    port_number,
+    positive_float,
+    positive_int,
+    sigterm_as_interrupt,
+)
 from nextbest.settings import Settings
 
 
@@ -15,10 +20,23 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--events",
         type=positive_int,
         metavar="N",
-        help="bounded: stream about N events, print the summary and exit",
+        help="bounded: stream about N events of the history, print the summary and exit",
     )
     d.add_argument(
-        "--customers", type=positive_int, default=3000, metavar="N", help="population size"
+        "--customers", type=positive_int, default=1500, metavar="N", help="population size"
+    )
+    d.add_argument(
+        "--rate",
+        type=positive_float,
+        default=300.0,
+        metavar="R",
+        help="live events per second once the history is streamed (default 300)",
+    )
+    d.add_argument(
+        "--live-for",
+        type=positive_float,
+        metavar="S",
+        help="stop after S seconds of live events (default: until Ctrl-C)",
     )
     d.add_argument(
         "--port", type=port_number, default=None, help="API port (default $NEXTBEST_PORT)"
@@ -35,4 +53,4 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
     with sigterm_as_interrupt():
         return run_demo(settings, events=args.events, customers=args.customers, port=args.port,
-                        keep=args.keep)  # fmt: skip
+                        keep=args.keep, live_for=args.live_for, rate=args.rate)  # fmt: skip

@@ -1,0 +1,92 @@
+"""``nextbest demo`` lives now: the history ends at the wall clock, then live events flow, segment
+transitions are printed as they happen, and a dead Redis is said, not ignored."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import orjson
+
+from nextbest.runtime import free_port
+from schemas.events import parse_ts
+from tests.conftest import REPO
+
+
+def _spawn(home: Path, port: int, *extra: str) -> tuple[subprocess.Popen[bytes], Path]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEXTBEST_")}
+    env.update(NEXTBEST_HOME=str(home), NEXTBEST_METRICS_PORT="0")
+    log = home / "demo.log"
+    home.mkdir(parents=True, exist_ok=True)
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "nextbest", "demo", "--customers", "120", "--rate", "200",
+             "--port", str(port), *extra],
+            env=env, stdout=fh, stderr=fh, cwd=REPO,
+        )  # fmt: skip
+    return proc, log
+
+
+def _wait_for(log: Path, text: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in log.read_text(errors="replace"):
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"the demo exited ({proc.returncode}):\n{log.read_text()}")
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError(f"no {text!r} within {timeout}s:\n{log.read_text()}")
+
+
+def test_the_demo_shop_is_live_now(tmp_path: Path) -> None:
+    started_ms = int(time.time() * 1000)
+    port = free_port()
+    proc, log = _spawn(tmp_path, port)
+    try:
+        _wait_for(log, "the shop is open", proc)
+        base = f"http://127.0.0.1:{port}"
+        sizes = httpx.get(f"{base}/v1/segments", timeout=5)
+        assert sizes.status_code == 200 and sizes.json()["segments"]
+        # live events keep coming: the profiles' newest events follow the wall clock
+        _wait_for(log, "+ ", proc, timeout=60)  # a transition line printed live
+        time.sleep(3)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(60)
+    out = log.read_text()
+    assert rc == 0, out
+    assert "curl -s" in out and "Traceback" not in out and "panicked" not in out
+    assert "read " in out  # the summary after a clean stop
+    transitions = [
+        orjson.loads(line) for line in (tmp_path / "segment-events.jsonl").read_bytes().split(b"\n")
+        if line
+    ]  # fmt: skip
+    live = [t for t in transitions if (parse_ts(t["at"]) or 0) >= started_ms]
+    assert live, "no transition at a time after the demo started"
+    # and they were printed as they happened
+    printed = {(t["segment"], t["customer_id"]) for t in live}
+    lines = [ln.split() for ln in out.splitlines() if ln.startswith("  ") and " + " in ln]
+    assert any((parts[2], parts[3]) in printed for parts in lines if len(parts) >= 4), out
+
+
+def test_the_demo_says_when_its_redis_dies(tmp_path: Path) -> None:
+    proc, log = _spawn(tmp_path, free_port())
+    try:
+        _wait_for(log, "the shop is open", proc)
+        pid = json.loads((tmp_path / "redis" / "state.json").read_text())["pid"]
+        os.kill(pid, signal.SIGKILL)
+        rc = proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    out = log.read_text()
+    assert rc == 1, out
+    assert "stopped answering" in out and "stopping the demo" in out
+    assert "Traceback" not in out
