@@ -2,11 +2,12 @@
 
 One run simulates one file, starts its own Redis and broker in a temporary directory, measures
 (a) baseline, (b') the flow without models (``replay --no-models``), (b) full (models on),
-(a) baseline again, (d) memory (of what (b) wrote) and (c) freshness (with its transport baseline
-first), stops everything it started, and prints a readable report (``--json``: one JSON object on
-stdout). Progress goes to stderr. Aims are reported, never asserted; every ratio is against the
-baseline of the same run, and ``models`` compares (b) with (b') of the same run. The exit code is
-1 when a section could not be measured (its ``error`` says why), else 0.
+(a) baseline again, (d) memory (of what (b) wrote), (c) freshness (with its transport baseline
+first) and (e) timer-driven segment transitions (:mod:`bench.timers`), stops everything it
+started, and prints a readable report (``--json``: one JSON object on stdout). Progress goes to
+stderr. Aims are reported, never asserted; every ratio is against the baseline of the same run,
+and ``models`` compares (b) with (b') of the same run. The exit code is 1 when a section could
+not be measured (its ``error`` says why), else 0.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from bench.freshness import measure_freshness
 from bench.full import BenchError, run_replay
 from bench.memory import measure_memory
 from bench.services import running_services
+from bench.timers import measure_timer_latency
 from bench.workload import customers_for, make_workload
 
 log = logging.getLogger("bench")
@@ -250,6 +252,14 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
         _section(result, "freshness", freshness)
 
+        def timers() -> dict[str, Any]:
+            out = measure_timer_latency(svc, rate=args.rate, duration=max(duration, 6.0))
+            p99 = out.get("p99_ms")
+            out["meets_aim"] = p99 is not None and p99 <= 1000 and out["missing"] == 0
+            return out
+
+        _section(result, "timers", timers)
+
     if baseline is not None and full is not None and baseline["events_per_s"] > 0:
         base = float(baseline["events_per_s"])
         ratio = float(full["events_per_s_reported"]) / base
@@ -423,6 +433,22 @@ def render(r: dict[str, Any]) -> str:
                 )
     else:
         add("(d) memory     no profiles found in Redis")
+    add("")
+    e = r.get("timers", {})
+    if "error" in e:
+        add(f"(e) timers     ERROR: {e['error']}")
+    elif e:
+        lat = e["latency_ms"]
+        got = (
+            f"p50 {lat['p50']:.1f} ms  p99 {lat['p99']:.1f} ms  max {lat['max']:.1f} ms"
+            if lat.get("count")
+            else "none"
+        )
+        add(
+            f"(e) timers     watermark passes a flip -> its transition on segment-events: {got}  "
+            f"({_n(e['transitions'])} of {_n(e['carts'])} abandoned carts; event time x"
+            f"{e['event_time_speed']:g}; aim p99 <= 1000 ms: {_aim(e['meets_aim'])})"
+        )
     if r.get("errors"):
         add("")
         add(f"sections with errors: {', '.join(r['errors'])}")

@@ -277,13 +277,14 @@ def transition_line(t: dict[str, object]) -> str:
     >>> transition_line({"at": "2026-11-29T23:41:02.250Z", "direction": "entered",
     ...                  "segment": "cart_abandoned", "customer_id": "c-0000042",
     ...                  "values": {"cart_abandoned": True, "cart_items": 2}})
-    '  23:41:02  + cart_abandoned        c-0000042  cart_abandoned=True cart_items=2'
+    '  11-29 23:41:02  + cart_abandoned        c-0000042  cart_abandoned=True cart_items=2'
     >>> transition_line({"at": "2026-11-29T23:41:02Z", "direction": "exited", "segment": "at_risk",
     ...                  "customer_id": "c-1", "values": {"score.churn": 0.58312}})
-    '  23:41:02  - at_risk               c-1  score.churn=0.583'
+    '  11-29 23:41:02  - at_risk               c-1  score.churn=0.583'
     """
     sign = "+" if t.get("direction") == "entered" else "-"
-    at = str(t.get("at", ""))[11:19]
+    raw = str(t.get("at", ""))
+    at = f"{raw[5:10]} {raw[11:19]}"  # month-day and time (a flip realised late is older)
     values = t.get("values")
     shown = ""
     if isinstance(values, dict):

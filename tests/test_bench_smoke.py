@@ -93,3 +93,11 @@ def test_bench_quick_json() -> None:
     assert memory["encodings"] and sum(memory["encodings"].values()) == memory["sampled"]
     assert set(memory["encodings"]) <= {"listpack", "ziplist", "hashtable"}
     assert isinstance(memory["meets_aim"], bool)
+
+    timers = report["timers"]
+    # every abandoned cart entered cart_abandoned by its timer, exactly at its flip time
+    assert timers["transitions"] == timers["carts"] > 0, timers
+    assert timers["missing"] == 0
+    assert timers["at_minus_flip_ms"]["max"] == timers["at_minus_flip_ms"]["min"] == 0
+    assert timers["latency_ms"]["count"] == timers["carts"]
+    assert isinstance(timers["meets_aim"], bool)

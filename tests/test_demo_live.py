@@ -73,7 +73,7 @@ def test_the_demo_shop_is_live_now(tmp_path: Path) -> None:
     # and they were printed as they happened
     printed = {(t["segment"], t["customer_id"]) for t in live}
     lines = [ln.split() for ln in out.splitlines() if ln.startswith("  ") and " + " in ln]
-    assert any((parts[2], parts[3]) in printed for parts in lines if len(parts) >= 4), out
+    assert any((parts[3], parts[4]) in printed for parts in lines if len(parts) >= 5), out
 
 
 def test_the_demo_says_when_its_redis_dies(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="bounded: stream about N events of the history, print the summary and exit",
     )
     d.add_argument(
-        "--customers", type=positive_int, default=1500, metavar="N", help="population size"
+        "--customers", type=positive_int, default=1000, metavar="N", help="population size"
     )
     d.add_argument(
         "--rate",
