@@ -60,6 +60,15 @@ All ``days`` are simulated; events with ``ts`` in the last ``holdout_days`` days
 The truth file has one JSON line per customer registered before the holdout start (see
 :func:`simulate_to_file` for the fields).
 
+Scenarios
+---------
+Everything above is the default scenario, ``shop``. ``SimConfig.scenario`` (``nextbest simulate
+--scenario``) picks another population shape, defined in :mod:`nextbest.scenarios`: ``purchases``
+(a purchase-only transaction log of one acquisition cohort, buy-till-you-die), ``cohort`` (the
+shop's clickstream for one acquisition cohort that mostly churns within weeks) and ``drift`` (the
+shop with a base rate falling 4x over a year). Same contract, truth fields and determinism; their
+default length is 270 days of history plus the holdout (:func:`scenario_days`).
+
 Determinism: the same :class:`SimConfig` gives the same bytes. Bad lines come from a separate
 random stream, so the good events depend neither on ``bad_rate`` nor on ``holdout_days`` (except
 for which of them are written).
@@ -94,11 +103,13 @@ from schemas.events import TRANSACTION_TYPES, parse_ts
 
 __all__ = [
     "CATEGORIES",
+    "SCENARIOS",
     "SimConfig",
     "SimStats",
     "fast_format_ts",
     "generate",
     "produce_to_kafka",
+    "scenario_days",
     "simulate_to_file",
 ]
 
@@ -141,6 +152,15 @@ REFUND_SHARE: Final = 0.03
 DECLINE_FLOOR: Final = 0.15
 PROPENSITY_HORIZON_DAYS: Final = 7
 
+#: The scenarios (population shapes, see "Scenarios" above) with their default length: ``None``
+#: keeps ``SimConfig.days``; a number is the days of history, to which the holdout is added.
+SCENARIOS: Final[dict[str, int | None]] = {
+    "shop": None,
+    "purchases": 270,
+    "cohort": 270,
+    "drift": 270,
+}
+
 #: Relative traffic per UTC hour of day: quiet nights, busy evenings.
 HOUR_WEIGHTS: Final = (
     0.25, 0.15, 0.1, 0.08, 0.08, 0.12, 0.3, 0.55, 0.8, 0.95, 1.0, 1.05,
@@ -172,6 +192,9 @@ class SimConfig:
         Share of output lines that are malformed (rejected by ``decode_event``).
     start
         Event-time start, RFC 3339 with a zone.
+    scenario
+        The population's shape, one of :data:`SCENARIOS`: ``shop`` (the default, described
+        above), ``purchases``, ``cohort`` or ``drift`` (see :mod:`nextbest.scenarios`).
     """
 
     customers: int = 1000
@@ -180,6 +203,7 @@ class SimConfig:
     holdout_days: int = 0
     bad_rate: float = 0.0
     start: str = "2026-01-01T00:00:00Z"
+    scenario: str = "shop"
 
     def __post_init__(self) -> None:
         if self.customers < 0:
@@ -192,6 +216,9 @@ class SimConfig:
             raise ValueError("bad_rate must be in [0, 1)")
         if parse_ts(self.start) is None:
             raise ValueError(f"start is not an RFC 3339 timestamp with a zone: {self.start!r}")
+        if self.scenario not in SCENARIOS:
+            known = ", ".join(SCENARIOS)
+            raise ValueError(f"unknown scenario {self.scenario!r} (known: {known})")
 
     @property
     def start_ms(self) -> int:
@@ -209,6 +236,18 @@ class SimConfig:
     def end_ms(self) -> int:
         """End of the simulated period (exclusive)."""
         return self.start_ms + self.days * DAY_MS
+
+
+def scenario_days(scenario: str, holdout_days: int, days: int | None = None) -> int:
+    """The simulated days of a run: ``days`` if given, else the scenario's default length.
+
+    >>> scenario_days("shop", 7), scenario_days("purchases", 90), scenario_days("cohort", 7, 40)
+    (30, 360, 40)
+    """
+    if days is not None:
+        return days
+    history = SCENARIOS.get(scenario)
+    return SimConfig.days if history is None else history + holdout_days
 
 
 @dataclass
@@ -373,7 +412,17 @@ class _Person:
 
 
 class _Sim:
-    """The simulation state; :meth:`events` yields the events day by day, in ts order."""
+    """The simulation state; :meth:`events` yields the events day by day, in ts order.
+
+    This is the ``shop`` scenario; the others (:mod:`nextbest.scenarios`) are subclasses that
+    change the population's parameters below, the day factor or the whole process.
+    """
+
+    #: Segment shares among registered customers and their traits (see :data:`SEGMENT_TRAITS`).
+    segments: Sequence[tuple[str, float]] = SEGMENTS
+    segment_traits: dict[str, tuple[float, float, float]] = SEGMENT_TRAITS
+    #: Share of registered customers who exist before the start (the others sign up later).
+    existing_share: float = EXISTING_SHARE
 
     def __init__(self, cfg: SimConfig) -> None:
         self.cfg = cfg
@@ -410,8 +459,9 @@ class _Sim:
         rng = self.rng
         cfg = self.cfg
         people: list[_Person] = []
-        seg_names = [s for s, _ in SEGMENTS]
-        seg_cum = list(accumulate(w for _, w in SEGMENTS))
+        seg_names = [s for s, _ in self.segments]
+        seg_cum = list(accumulate(w for _, w in self.segments))
+        signup_days = self.signup_days()
         for i in range(cfg.customers):
             p = _Person(i)
             p.devices.append(self._device())
@@ -421,32 +471,25 @@ class _Sim:
             else:
                 p.cid = f"c-{i:07d}"
                 p.segment = seg_names[bisect_right(seg_cum, rng.random() * seg_cum[-1])]
-                rate, conv, hazard = SEGMENT_TRAITS[p.segment]
+                rate, conv, hazard = self.segment_traits[p.segment]
                 p.rate = rate * rng.lognormvariate(0.0, 0.5)
                 k = 12.0
                 p.conversion = min(0.9, rng.betavariate(conv * k, (1.0 - conv) * k))
                 p.hazard = min(0.5, hazard * rng.lognormvariate(0.0, 0.4))
                 p.ramp = rng.randint(7, 21)
-                if rng.random() < EXISTING_SHARE:
+                if rng.random() < self.existing_share:
                     p.signup_day = None
                     p.first_day = 0
                     active_from = 0
                 else:
-                    p.signup_day = rng.randrange(cfg.days)
+                    p.signup_day = rng.randrange(signup_days)
                     p.first_day = max(0, p.signup_day - rng.randrange(7))
                     active_from = p.signup_day + 1
                 u = rng.random()
                 p.churn_day = active_from + int(math.log1p(-u) / math.log1p(-p.hazard))
                 if rng.random() < 0.3:
                     p.devices.append(self._device())
-            n_pref = rng.choice((1, 2, 2, 3))
-            for _ in range(8 * n_pref):  # distinct, drawn by category popularity
-                ci = self.cat.category(rng.random())
-                if ci not in p.pref_cats:
-                    p.pref_cats.append(ci)
-                    if len(p.pref_cats) == n_pref:
-                        break
-            p.pref_cum = list(accumulate(rng.random() + 0.2 for _ in p.pref_cats))
+            self._preferences(p)
             people.append(p)
         # Shared devices: ~2 % of devices are also used by a second registered customer.
         reg = [p for p in people if p.cid is not None]
@@ -456,6 +499,22 @@ class _Sim:
                 a, b = rng.sample(reg, 2)
                 b.devices.append(a.devices[0])
         return people
+
+    def signup_days(self) -> int:
+        """New customers sign up on a day drawn uniformly from ``[0, signup_days())``."""
+        return self.cfg.days
+
+    def _preferences(self, p: _Person) -> None:
+        """Draw the person's 1-3 preferred categories and their weights."""
+        rng = self.rng
+        n_pref = rng.choice((1, 2, 2, 3))
+        for _ in range(8 * n_pref):  # distinct, drawn by category popularity
+            ci = self.cat.category(rng.random())
+            if ci not in p.pref_cats:
+                p.pref_cats.append(ci)
+                if len(p.pref_cats) == n_pref:
+                    break
+        p.pref_cum = list(accumulate(rng.random() + 0.2 for _ in p.pref_cats))
 
     # -- truth ----------------------------------------------------------------------------------
 
@@ -491,29 +550,30 @@ class _Sim:
         h0 = self.cfg.days - self.cfg.holdout_days
         return math.exp(-self.expected_purchases(p, range(h0, self.cfg.days)))
 
+    def truth_row(self, p: _Person) -> dict[str, Any]:
+        """The truth of one registered customer (fields: see :func:`simulate_to_file`)."""
+        churned = p.churn_day < self.cfg.days
+        return {
+            "customer_id": p.cid,
+            "segment": p.segment,
+            "churn_hazard": round(p.hazard, 6),
+            "purchase_propensity": round(self.purchase_propensity(p), 6),
+            "churn_probability": round(self.churn_probability(p), 6),
+            "churned": churned,
+            "churn_day": p.churn_day if churned else None,
+            "purchases_in_holdout": p.purchases_h,
+            "revenue_in_holdout": round(p.revenue_h, 2),
+            "active_in_holdout": p.active_h,
+            "events_before_holdout": p.n_pre,
+            "visit_rate": round(p.rate, 6),
+            "session_conversion": round(p.conversion, 6),
+            "signup_day": p.signup_day,
+            "preferred_categories": [_CATEGORY_NAMES[c] for c in p.pref_cats],
+        }
+
     def truth_rows(self) -> Iterator[bytes]:
-        days = self.cfg.days
         for p in self.registered:
-            churned = p.churn_day < days
-            yield orjson.dumps(
-                {
-                    "customer_id": p.cid,
-                    "segment": p.segment,
-                    "churn_hazard": round(p.hazard, 6),
-                    "purchase_propensity": round(self.purchase_propensity(p), 6),
-                    "churn_probability": round(self.churn_probability(p), 6),
-                    "churned": churned,
-                    "churn_day": p.churn_day if churned else None,
-                    "purchases_in_holdout": p.purchases_h,
-                    "revenue_in_holdout": round(p.revenue_h, 2),
-                    "active_in_holdout": p.active_h,
-                    "events_before_holdout": p.n_pre,
-                    "visit_rate": round(p.rate, 6),
-                    "session_conversion": round(p.conversion, 6),
-                    "signup_day": p.signup_day,
-                    "preferred_categories": [_CATEGORY_NAMES[c] for c in p.pref_cats],
-                }
-            )
+            yield orjson.dumps(self.truth_row(p))
 
     # -- sessions -------------------------------------------------------------------------------
 
@@ -757,6 +817,15 @@ class _Sim:
                 yield ev
 
 
+def _new_sim(cfg: SimConfig) -> _Sim:
+    """The simulation of ``cfg``'s scenario."""
+    if cfg.scenario == "shop":
+        return _Sim(cfg)
+    from nextbest.scenarios import scenario_sim  # here: nextbest.scenarios imports this module
+
+    return scenario_sim(cfg)
+
+
 # -- output ---------------------------------------------------------------------------------------
 
 _BAD_KINDS: Final = (
@@ -860,7 +929,7 @@ def generate(cfg: SimConfig) -> Iterator[bytes]:
     bytes
         One JSON line each, without a trailing newline.
     """
-    sim = _Sim(cfg)
+    sim = _new_sim(cfg)
     for line, _, _, _ in _lines(cfg, sim, truth=False):
         yield line
 
@@ -943,7 +1012,7 @@ def simulate_to_file(cfg: SimConfig, out: Path, truth: Path | None = None) -> Si
     """
     t0 = time.perf_counter()
     stats = SimStats()
-    sim = _Sim(cfg)
+    sim = _new_sim(cfg)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("wb") as f:
         _write_lines(f, _lines(cfg, sim, truth=truth is not None), stats)
@@ -1024,7 +1093,7 @@ def produce_to_kafka(
             "message.timeout.ms": 120_000,
         }
     )
-    sim = _Sim(cfg)
+    sim = _new_sim(cfg)
     for line, typ, key, ts in _lines(cfg, sim, truth=truth is not None):
         topic = tx_topic if typ in TRANSACTION_TYPES else click_topic
         kb = key.encode() if key is not None else None

@@ -15,7 +15,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     sm.add_argument(
         "--customers", type=positive_int, default=1000, metavar="N", help="population size"
     )
-    sm.add_argument("--days", type=positive_int, default=30, metavar="D", help="days of history")
+    sm.add_argument(
+        "--days",
+        type=positive_int,
+        metavar="D",
+        help="simulated days, holdout included (default: 30 for shop, 270 + H for the others)",
+    )
+    sm.add_argument(
+        "--scenario",
+        default="shop",
+        metavar="NAME",
+        help="population shape: shop (default: steady clickstream and purchases), purchases "
+        "(a transaction log of one acquisition cohort, buy-till-you-die), cohort (the shop's "
+        "clickstream for one cohort that mostly churns soon), drift (the shop with a strongly "
+        "drifting base rate); see nextbest/scenarios.py",
+    )
     sm.add_argument(
         "--seed", type=int, default=42, metavar="S", help="random seed (same seed, same bytes)"
     )
@@ -39,21 +53,33 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     """Simulate a shop population to a JSONL file or to the Kafka topics."""
-    from nextbest.simulator import SimConfig, produce_to_kafka, simulate_to_file
+    from nextbest.simulator import (
+        SCENARIOS,
+        SimConfig,
+        produce_to_kafka,
+        scenario_days,
+        simulate_to_file,
+    )
 
+    if args.scenario not in SCENARIOS:
+        raise UsageError(
+            f"simulate: unknown --scenario {args.scenario!r} (choose from {', '.join(SCENARIOS)})"
+        )
     if args.out is None and not args.kafka:
         raise UsageError("simulate: give --out FILE or --kafka")
     if not 0.0 <= args.bad_rate <= 1.0:
         raise UsageError("simulate: --bad-rate must be in [0, 1]")
-    if args.holdout_days >= args.days:
+    days = scenario_days(args.scenario, args.holdout_days, args.days)
+    if args.holdout_days >= days:
         raise UsageError("simulate: --holdout-days must be smaller than --days")
     try:
         cfg = SimConfig(
             customers=args.customers,
-            days=args.days,
+            days=days,
             seed=args.seed,
             holdout_days=args.holdout_days,
             bad_rate=args.bad_rate,
+            scenario=args.scenario,
         )
     except ValueError as exc:
         raise UsageError(f"simulate: {exc}") from None
@@ -78,7 +104,8 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     rate = stats.events / stats.seconds if stats.seconds else 0.0
     print(
         f"simulated {stats.events:,} events ({stats.bad:,} malformed) for {stats.customers:,} "
-        f"customers in {stats.seconds:.1f} s ({rate:,.0f} events/s) -> {where}",
+        f"customers over {days} days ({args.scenario}) in {stats.seconds:.1f} s "
+        f"({rate:,.0f} events/s) -> {where}",
         file=sys.stderr,
     )
     return 0
