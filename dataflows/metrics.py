@@ -87,8 +87,8 @@ EXAMPLES_OUT_OF_ORDER = Counter(
 MODEL_DRIFTS = Gauge("nextbest_model_drifts", "Drifts detected (ADWIN on the error).", ["model"])
 SNAPSHOTS = Counter(
     "nextbest_training_snapshots_total",
-    "Training snapshots taken: at a customer's first event of a day (event) or after 7 idle days "
-    "(idle).",
+    "Training snapshots taken (as of 00:00 of a customer's snapshot day, every 7 days): when the "
+    "customer's next event came (event) or at a clock tick (idle).",
     ["kind"],
 )
 SNAPSHOT_EVENT = SNAPSHOTS.labels("event")

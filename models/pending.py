@@ -150,14 +150,25 @@ class PendingLabels:
 
     ``pending[target]`` holds ``(deadline, snapshot)`` sorted by snapshot time, where
     ``deadline = snapshot.ts + H + 1`` (the horizon in force when the snapshot was taken);
-    ``last_day`` is the UTC day of the newest snapshot; ``skipped`` counts snapshots not kept
-    because a target was at its cap (see "Bounds" in the module docstring).
+    ``last_day`` is the UTC day of the newest snapshot (or, before the first, of the first
+    event: the schedule's start); ``skipped`` counts snapshots not kept because a target was at
+    its cap (see "Bounds" in the module docstring); ``bought`` the times of the purchases that
+    may fall in a pending snapshot's window (labels are given when the window closes).
     """
 
     key: str
     last_day: int = NO_DAY
     pending: dict[str, list[Pending]] = field(default_factory=_empty)
     skipped: int = 0
+    bought: list[int] = field(default_factory=list)
+
+    def __setstate__(self, state: object) -> None:
+        # a pickle from before ``bought`` (no purchases kept then) reads as having none
+        slots = state[1] if isinstance(state, tuple) else state
+        assert isinstance(slots, dict)
+        for name in ("key", "last_day", "pending", "skipped"):
+            setattr(self, name, slots[name])
+        self.bought = list(slots.get("bought", []))
 
 
 # Pickles (recovery snapshots, held examples) name these classes ``models.labels.<name>``, where

@@ -254,9 +254,9 @@ SPECS: dict[str, Spec] = {
     "idle_snapshot_days": Spec(
         "NEXTBEST_IDLE_SNAPSHOT_DAYS",
         "7",
-        _int_in(0, 3650),
-        "Training snapshots of a customer who stays away: one every this many days without an "
-        "event, as of the start of that day (0: only snapshots at events).",
+        _int_in(1, 3650),
+        "Training snapshots: one per customer every this many days, as of the start (00:00 UTC) "
+        "of that day, whether or not the customer has events (the days spread over customers).",
     ),
     "model_pipeline": Spec(
         "NEXTBEST_MODEL",

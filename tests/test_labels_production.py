@@ -1,16 +1,16 @@
-"""Labels and idle snapshots through the production scheduler, against the brute force.
+"""Labels and snapshots through the production scheduler, against the brute force.
 
 ``tests/test_models_labels.py`` checks the labelling *policy* (:mod:`models.labels`) under a
 reference scheduler of its own. This file drives what the dataflow runs: the clock shards
-(:func:`clock_requests`, :class:`ClockLogic`: per-day ``label:<target>:<day>`` timers and ``idle``
-timers, set one call behind), the profile step (:class:`ProfileLogic`, which takes the snapshots
-from the real profile state and matures labels on ticks), with the production configuration
-(:meth:`Settings.flow_config`). A Bytewax round is simulated by hand: random batch cuts, one
-clock call per batch with its requests and the batch's newest event time (what one worker does:
-both paths of a source batch reach the clock in the same activation), ticks delivered in the same
-round as the batch's events or one round later. The labels must be exactly the brute force's
-(every snapshot day, every idle day, one label each, none skipped), in time, and the examples
-(features included) must not depend on the schedule.
+(:func:`clock_requests`, :class:`ClockLogic`: ``idle`` timers at the snapshot days and their
+``label:<target>:<day>`` timers, set one call behind), the profile step (:class:`ProfileLogic`,
+which takes the snapshots from the real profile state and matures labels on ticks), with the
+production configuration (:meth:`Settings.flow_config`). A Bytewax round is simulated by hand:
+random batch cuts, one clock call per batch with its requests and the batch's newest event time
+(what one worker does: both paths of a source batch reach the clock in the same activation),
+ticks delivered in the same round as the batch's events or one round later. The labels must be
+exactly the brute force's (every snapshot day, one label each, none skipped), in time, and the
+examples (features included) must not depend on the schedule.
 
 Not covered, and a known hazard for several workers (issue 15): if the two paths of one batch
 reached a clock shard in two calls, the second call's ticks could overtake that batch's events
@@ -164,7 +164,7 @@ def _full(examples: list[Example]) -> list[tuple[Any, ...]]:
 
 
 @settings(max_examples=60, deadline=None)
-@given(timelines(), st.sampled_from([0, 1, 3, 7]), st.integers(0, 2**32), st.integers(0, 2**32))
+@given(timelines(), st.sampled_from([1, 3, 7]), st.integers(0, 2**32), st.integers(0, 2**32))
 def test_production_labels_equal_the_brute_force_whatever_the_schedule(
     case: tuple[list[Ev], Horizons, int], every: int, seed1: int, seed2: int
 ) -> None:
@@ -178,10 +178,10 @@ def test_production_labels_equal_the_brute_force_whatever_the_schedule(
         assert at <= e.label_ts + 4 * DAY_MS + lateness, (e, at)
     expected = [
         x
-        for x in brute_force(arrival, h, every, end_day=watermark // DAY_MS)
+        for x in brute_force(arrival, h, every, end_day=watermark // DAY_MS + 1)
         if x[2] < watermark  # matured by the end: resolved by a purchase, or horizon passed
     ]
     assert sorted(summary(got)) == expected
-    assert max(Counter((e.target, e.snapshot_ts // DAY_MS) for e in got).values()) == 1
+    assert max(Counter((e.target, e.snapshot_ts // DAY_MS) for e in got).values(), default=1) == 1
     again, _, _, _ = run(arrival, h, lateness, every, seed2)
     assert _full(again) == _full(got)

@@ -15,6 +15,7 @@ import serving.app as app_module
 from dataflows.flow import build_flow
 from dataflows.records import RawRecord, SinkOp, WriteCheckpoint
 from features.store import ProfileWriter, model_keys
+from models.labels import next_snapshot_day
 from models.online import OnlineModel, checkpoint_meta
 from nextbest.settings import Settings
 from serving.app import create_app
@@ -65,36 +66,44 @@ def snapshot_counts() -> tuple[float, float, float]:
     )
 
 
+def _schedule(every: int, until_day: int = 119) -> dict[str, list[int]]:
+    """Each customer's snapshot days: its grid days after its first event's day, up to the
+    final watermark's day (day 120 + 5 s - the 10 min lateness: day 119)."""
+    first = {"c:gone": 0, "c:buyer": 0} | {f"c:other{k}": 4 + k for k in range(5)}
+    d0 = T0 // DAY  # days since T0 here; the grid is on epoch days
+    return {
+        key: [
+            d - d0
+            for d in range(next_snapshot_day(key, d0 + day, every), d0 + until_day + 1, every)
+        ]
+        for key, day in first.items()
+    }
+
+
 def test_labels_mature_in_event_time_even_for_customers_who_never_return() -> None:
     before = snapshot_counts()
     final = checkpoints(stream())
     after = snapshot_counts()
-    # event snapshots: "gone" day 0, "buyer" days 0 and 3, "other*" 117 days; idle snapshots
-    # (every 7 days, up to the watermark at day 119.99): "gone" 7..112, "buyer" 10..115
-    assert [a - b for a, b in zip(after, before, strict=True)] == [120, 32, 0]
+    days = _schedule(7)
+    taken = [a - b for a, b in zip(after, before, strict=True)]
+    # every customer's snapshot days (every 7 days on its own grid), whether it came or not
+    assert taken[0] + taken[1] == sum(len(d) for d in days.values()) and taken[2] == 0
+    assert taken[1] >= len(days["c:gone"]) - 1  # "gone" never comes back: ticks take them
     churn = checkpoint_meta(final["churn"].data)["metrics"]
     prop = checkpoint_meta(final["propensity"].data)["metrics"]
-    # "gone" never came back: its day-0 snapshot matured by the watermark alone, churn = 1.
-    assert churn["positives"] >= 1
-    # "buyer" bought within 7 days of its day-0 snapshot: propensity = 1 (and churn = 0).
-    assert prop["positives"] >= 1 and churn["negatives"] >= 1
-    # Without idle snapshots: one per customer-day with events (3 + 117 days of "other"
-    # traffic). Every propensity horizon (7 d) but the last days' has passed; churn (90 d) only
-    # for the first 30.
-    no_idle = checkpoints(stream(), idle_days=0)
-    busy = checkpoint_meta(no_idle["propensity"].data)["metrics"]
-    assert 100 <= busy["examples_seen"] <= 3 + 117
-    assert 2 <= checkpoint_meta(no_idle["churn"].data)["metrics"]["examples_seen"] < 100
-    # Idle snapshots every 7 days for the two who stay away ("other*" come every 5 days), until
-    # the watermark (day 119.99): "gone" days 7..112, "buyer" days 10..115, all without a purchase
-    # after them; the propensity labels of those up to day ~112 have matured.
-    gained = prop["examples_seen"] - busy["examples_seen"]
-    assert 30 <= gained <= 32
-    assert prop["positives"] == busy["positives"]
-    assert prop["negatives"] == busy["negatives"] + gained
-    # churn: those of days <= 29 ("gone" 7..28, "buyer" 10..24) matured as churned
-    old_churn = checkpoint_meta(no_idle["churn"].data)["metrics"]
-    assert churn["positives"] == old_churn["positives"] + 7
+    # windows closed by the watermark (day 119.99): churn's (90 d) for the snapshots of days
+    # <= 29, propensity's (7 d) for those of days <= 112
+    assert churn["examples_seen"] == sum(1 for d in days.values() for x in d if x <= 29)
+    assert prop["examples_seen"] == sum(1 for d in days.values() for x in d if x <= 112)
+    # "gone" never bought: each of its matured snapshots is churned; "buyer" bought on day 3,
+    # which is in the window of its first snapshot only if that is on day 3 (it is after the
+    # first event): not churned then. Nobody else buys.
+    bought = [x for x in days["c:buyer"] if x <= 3]
+    assert churn["negatives"] == len(bought) and prop["positives"] == len(bought)
+    assert churn["positives"] == churn["examples_seen"] - len(bought)
+    # daily snapshots: about 7 times as many examples
+    daily = checkpoint_meta(checkpoints(stream(), idle_days=1)["propensity"].data)["metrics"]
+    assert daily["examples_seen"] == sum(1 for d in _schedule(1).values() for x in d if x <= 112)
 
 
 def test_replay_is_deterministic_to_the_checkpoint_byte() -> None:

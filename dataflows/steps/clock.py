@@ -112,20 +112,18 @@ def clock_requests(
     """Condense a batch of keyed items into clock requests: per shard the timers of its keys to
     (re)set, and to every shard the newest ts (see :func:`broadcast`).
 
-    Timers: ``retention`` at the key's newest event + retention; with ``horizons`` (customers),
-    the :func:`label_timers` of every UTC day with events and, with ``idle_days``, ``idle`` at the
-    end of the first idle snapshot day (``idle_days`` after the newest event's day; see
-    :func:`models.labels.on_idle`), which :class:`ClockLogic` moves on by ``idle_days`` each
-    time it fires; with ``wake`` (segments: offsets after the newest event, and after the newest
-    purchase, see :func:`dataflows.steps.segments.wake_offsets`) ``seg:e<i>`` and ``seg:p<i>``
-    at those times.
+    Timers: ``retention`` at the key's newest event + retention; with ``horizons`` (customers) and
+    ``idle_days``, ``idle`` at the start of the key's first snapshot day after its newest event
+    (:func:`models.labels.next_snapshot_day`), which :class:`ClockLogic` moves on by
+    ``idle_days`` each time it fires, setting that day's :func:`label_timers`; with ``wake``
+    (segments: offsets after the newest event, and after the newest purchase, see
+    :func:`dataflows.steps.segments.wake_offsets`) ``seg:e<i>`` and ``seg:p<i>`` at those times.
     """
     after_event, after_purchase = wake
 
     def condense(batch: list[Keyed]) -> list[tuple[str, ClockRequest]]:
         newest_by_key: dict[str, int] = {}
         purchase_by_key: dict[str, int] = {}
-        days: set[tuple[str, int]] = set()
         newest = None
         for key, (_, item) in batch:
             if isinstance(item, In):
@@ -139,8 +137,6 @@ def clock_requests(
                 continue
             if newest_by_key.get(key, -1) < ts:
                 newest_by_key[key] = ts
-            if horizons is not None:
-                days.add((key, ts // lb.DAY_MS))
             if newest is None or ts > newest:
                 newest = ts
         if newest is None:
@@ -150,13 +146,10 @@ def clock_requests(
             timers.extend((k, f"seg:e{i}", ts + off) for k, ts in newest_by_key.items())
         for i, off in enumerate(after_purchase):
             timers.extend((k, f"seg:p{i}", ts + off) for k, ts in purchase_by_key.items())
-        if horizons is not None:
-            for key, day in days:
-                timers.extend(label_timers(key, day, horizons))
-            if idle_days > 0:
-                step = idle_days * lb.DAY_MS
-                for k, ts in newest_by_key.items():
-                    timers.append((k, IDLE, (ts // lb.DAY_MS + 1) * lb.DAY_MS + step))
+        if horizons is not None and idle_days > 0:
+            for k, ts in newest_by_key.items():
+                day = lb.next_snapshot_day(k, ts // lb.DAY_MS, idle_days)
+                timers.append((k, IDLE, day * lb.DAY_MS))
         shard = {k: shard_of(k) for k in newest_by_key}
         by_shard: dict[int, list[tuple[str, str, int]]] = {}
         for timer in timers:
@@ -262,16 +255,14 @@ class ClockLogic(StatefulBatchLogic[Any, ClockOut, Any]):
         return self._reproject(), RETAIN
 
     def _idle_days_taken_at_an_event(self, key: str, deadline: int) -> None:
-        """A customer came back before their idle timer fired: the profile step takes the idle
-        snapshots of the days they stayed away at that event; set those days' label timers
-        (the idle timer would have), so their labels mature on time, not at a later tick."""
+        """A customer's event came before their idle timer fired: the profile step takes the
+        snapshots of the snapshot days up to the event's day at that event; set those days'
+        label timers (the idle timer would have), so their labels mature on time."""
         old = self.clock.deadline(key, IDLE)
         if old is None or old >= deadline or self.horizons is None or not self.idle_ms:
             return
         every = self.idle_ms // lb.DAY_MS
-        first = old // lb.DAY_MS - 1  # the first idle snapshot day of the old schedule
-        event_day = deadline // lb.DAY_MS - 1 - every
-        for day in range(first, event_day, every):
+        for day in range(old // lb.DAY_MS, deadline // lb.DAY_MS, every):
             for k, label_kind, at in label_timers(key, day, self.horizons):
                 self.clock.set_timer(k, label_kind, at)
 
@@ -283,7 +274,7 @@ class ClockLogic(StatefulBatchLogic[Any, ClockOut, Any]):
             keys.add(key)
             if kind != IDLE or self.horizons is None:
                 continue
-            for k, label_kind, at in label_timers(key, deadline // lb.DAY_MS - 1, self.horizons):
+            for k, label_kind, at in label_timers(key, deadline // lb.DAY_MS, self.horizons):
                 clock.set_timer(k, label_kind, at)
             nxt = deadline + self.idle_ms
             keep = clock.deadline(key, RETENTION)

@@ -108,9 +108,10 @@ class ProfileLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
         cfg, wm = self.cfg, tick.watermark
         if not cfg.models:
             return lb.on_watermark(labels, wm)
-        # no idle snapshot after the retention deadline (the profile is dropped there; as the
-        # clock's idle timers stop there): bounds the work when the watermark jumps far ahead
-        before_day = min(wm, pf.last_event_ts(state) + cfg.retention_ms) // lb.DAY_MS
+        # the snapshot days whose 00:00 the watermark passed; none after the retention deadline
+        # (the profile is dropped there; as the clock's idle timers stop there): bounds the work
+        # when the watermark jumps far ahead
+        before_day = min(wm, pf.last_event_ts(state) + cfg.retention_ms) // lb.DAY_MS + 1
         n = len(lb.idle_days(labels, before_day, cfg.idle_snapshot_days))
         if n:
             metrics.SNAPSHOT_IDLE.inc(n)
@@ -188,32 +189,24 @@ class ProfileLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
             # the arrival order, so a purchase late for the stream finds the same labels
             # however the ticks came (ticks only make maturity prompt for quiet customers).
             examples.extend(self._tick(Tick(item.stream_wm)))
-        # A training snapshot (first event of the day) describes the customer just before it.
-        # Idle snapshots of the days the customer stayed away come first, from the same state.
+        # The training snapshots of the customer's snapshot days up to this event's day (as of
+        # 00:00 of each: the state before this event), then the event (see models.labels).
         cfg = self.cfg
         learn = cfg.models
-        feats: dict[str, float] = {}
         idle: dict[int, dict[str, float]] = {}
-        if learn and lb.needs_snapshot(labels, ev.ts):
+        upto = ev.ts // lb.DAY_MS + 1
+        if learn:
             state = self.state
-            feats = state_features(state, ev.ts)
-            day = ev.ts // lb.DAY_MS
-            for d in lb.idle_days(labels, day, cfg.idle_snapshot_days):
+            for d in lb.idle_days(labels, upto, cfg.idle_snapshot_days):
                 idle[d * lb.DAY_MS] = state_features(state, d * lb.DAY_MS)
         status = pf.ingest(self.state, ev, cfg.lateness_ms)
         if status == pf.APPLIED:
             if learn:
                 if idle:
-                    metrics.SNAPSHOT_IDLE.inc(len(idle))
-                    lb.on_idle(labels, ev.ts // lb.DAY_MS, cfg.idle_snapshot_days,
-                               idle.__getitem__, cfg.horizons)  # fmt: skip
-                if feats:
-                    metrics.SNAPSHOT_EVENT.inc()
-                examples.extend(
-                    lb.on_event(
-                        labels, ev.ts, ev.type == "purchase", lambda: feats, self.cfg.horizons
-                    )
-                )
+                    metrics.SNAPSHOT_EVENT.inc(len(idle))
+                    lb.on_idle(labels, upto, cfg.idle_snapshot_days, idle.__getitem__,
+                               cfg.horizons)  # fmt: skip
+                lb.on_event(labels, ev.ts, ev.type == "purchase")
             if ev.anonymous_id is not None and ev.type in ("login", "signup"):
                 pf.record_link(self.state, ev.anonymous_id, ev.customer_id or "", ev.ts,
                                ev.event_id)  # fmt: skip
