@@ -166,7 +166,7 @@ class OnlineModel(ModelQuality):
         self.min_examples = min_examples
         self.window = window
         self.history_every = history_every
-        self.estimator: Any = make_pipeline(pipeline, seed)
+        self.estimator: Any = make_pipeline(pipeline, seed, target)
         self.examples_seen = 0
         self.positives = 0
         self.negatives = 0

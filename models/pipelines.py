@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from typing import Any, Final
 
 from river import compose, forest, linear_model, optim, preprocessing, tree
 
 #: Selectable pipelines (settings value -> description).
 PIPELINES: Final = {
-    "logreg": "StandardScaler | LogisticRegression (SGD 0.02, L2 1e-4)",
+    "logreg": "StandardScaler | LogisticRegression (SGD 0.01, L2 1e-4), monotone in recency and "
+    "purchases",
     "hat": "HoeffdingAdaptiveTreeClassifier",
     "arf": "ARFClassifier (10 trees)",
 }
@@ -28,7 +30,53 @@ def clip_z(x: dict[str, float]) -> dict[str, float]:
     return {k: Z_CLIP if v > Z_CLIP else -Z_CLIP if v < -Z_CLIP else v for k, v in x.items()}
 
 
-def make_pipeline(name: str, seed: int = 42) -> Any:
+#: The signs a target's ``logreg`` weights are held to (+1: never negative, -1: never positive),
+#: so that, all else equal, more days since the last purchase or visit never lowers churn and more
+#: purchases (at the same average order value, so also more revenue) never raise it (and the
+#: reverse for propensity). StandardScaler and :func:`clip_z`
+#: are non-decreasing in each input, so the sign of a weight is the sign of the score's slope.
+MONOTONE: Final[dict[str, dict[str, int]]] = {
+    "churn": {
+        "log_days_since_last_purchase": 1,
+        "log_days_since_last_seen": 1,
+        "log_purchases_total": -1,
+        "log_revenue_total": -1,
+    },
+    "propensity": {
+        "log_days_since_last_purchase": -1,
+        "log_days_since_last_seen": -1,
+        "log_purchases_total": 1,
+        "log_revenue_total": 1,
+    },
+}
+
+
+class MonotoneLogisticRegression(linear_model.LogisticRegression):  # type: ignore[misc]
+    """River's logistic regression with sign-constrained weights: after every step, a weight of
+    the wrong sign is set to 0 (projected SGD). A constrained input can then only move the score
+    the allowed way, however the examples are correlated.
+
+    >>> m = MonotoneLogisticRegression(signs={"x": 1}, optimizer=optim.SGD(0.5))
+    >>> for _ in range(50):                       # x and the label anti-correlated
+    ...     m.learn_one({"x": 1.0}, False)
+    ...     m.learn_one({"x": -1.0}, True)
+    >>> m.weights["x"]
+    0.0
+    """
+
+    def __init__(self, signs: dict[str, int] | None = None, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.signs = dict(signs or {})
+
+    def learn_one(self, x: dict[Hashable, Any], y: bool | str | int, w: float = 1.0) -> None:
+        super().learn_one(x, y, w)
+        weights = self._weights
+        for name, sign in self.signs.items():
+            if name in weights and weights[name] * sign < 0:
+                weights[name] = 0.0
+
+
+def make_pipeline(name: str, seed: int = 42, target: str | None = None) -> Any:
     """A fresh River estimator for a pipeline name.
 
     Parameters
@@ -37,6 +85,8 @@ def make_pipeline(name: str, seed: int = 42) -> Any:
         ``logreg``, ``hat`` or ``arf`` (see the module docstring).
     seed
         Seed of the randomised pipelines (``hat``, ``arf``); ``logreg`` is deterministic.
+    target
+        With ``logreg``, hold the weights of :data:`MONOTONE` ``[target]`` to their signs.
 
     Raises
     ------
@@ -46,7 +96,7 @@ def make_pipeline(name: str, seed: int = 42) -> Any:
     Examples
     --------
     >>> [type(step).__name__ for step in make_pipeline("logreg").steps.values()]
-    ['StandardScaler', 'FuncTransformer', 'LogisticRegression']
+    ['StandardScaler', 'FuncTransformer', 'MonotoneLogisticRegression']
     >>> type(make_pipeline("arf", seed=7)).__name__
     'ARFClassifier'
     >>> make_pipeline("svm")
@@ -58,7 +108,12 @@ def make_pipeline(name: str, seed: int = 42) -> Any:
         return compose.Pipeline(
             preprocessing.StandardScaler(),
             compose.FuncTransformer(clip_z),
-            linear_model.LogisticRegression(optimizer=optim.SGD(0.01), l2=1e-4, intercept_lr=0.01),
+            MonotoneLogisticRegression(
+                signs=MONOTONE.get(target or "", {}),
+                optimizer=optim.SGD(0.01),
+                l2=1e-4,
+                intercept_lr=0.01,
+            ),
         )
     if name == "hat":
         return tree.HoeffdingAdaptiveTreeClassifier(seed=seed)

@@ -41,6 +41,7 @@ from features.profile import LayoutError, ProfileView, from_fields, new_state, v
 from features.rfm import RfmBoundaries
 from features.store import BOUNDARIES_KEY, profile_key
 from models.evaluation import log_loss, roc_auc
+from models.labels import DAY_MS
 from models.targets import REGISTRY
 from nextbest.settings import Settings
 from schemas.events import parse_ts
@@ -131,14 +132,70 @@ def _auc(labels: list[int], scores: Iterable[float]) -> float | None:
         return None
 
 
+def calibration(labels: list[int], probs: list[float], min_n: int = 200) -> dict[str, Any]:
+    """Observed rate against mean score in each score decile (by rank, ties kept together as
+    sorted): a decile of at least ``min_n`` customers is ``ok`` when the observed rate is within
+    10 % of its mean score (relative).
+
+    >>> c = calibration([0, 1] * 1000, [0.5] * 2000)
+    >>> c["deciles"][0]["mean_score"], c["deciles"][0]["observed"], c["all_ok"]
+    (0.5, 0.5, True)
+    """
+    n = len(labels)
+    order = sorted(range(n), key=lambda i: probs[i])
+    deciles = []
+    for k in range(10):
+        idx = order[k * n // 10 : (k + 1) * n // 10]
+        if not idx:
+            continue
+        mean = sum(probs[i] for i in idx) / len(idx)
+        obs = sum(labels[i] for i in idx) / len(idx)
+        ok = None if len(idx) < min_n else abs(obs - mean) <= 0.1 * mean
+        deciles.append({"n": len(idx), "mean_score": round(mean, 4), "observed": round(obs, 4),
+                        "ok": ok})  # fmt: skip
+    judged = [d["ok"] for d in deciles if d["ok"] is not None]
+    return {"deciles": deciles, "judged": len(judged), "ok": sum(judged),
+            "all_ok": bool(judged) and all(judged)}  # fmt: skip
+
+
+def btyd_scores(views: list[ProfileView], as_of_ms: int, days: int) -> list[float] | None:
+    """The BG/NBD baseline (:mod:`models.btyd`): parameters fitted by maximum likelihood on these
+    customers' purchase histories as of ``as_of_ms``, then each customer's expected purchases in
+    the next ``days`` (0 for a customer who never bought). Times count from the customer's first
+    event, which is their first purchase in a transaction log (and earlier when they browsed
+    first: an approximation there). ``None`` when fewer than 20 customers bought."""
+    from models import btyd
+
+    hist: list[tuple[float, float, float] | None] = []
+    for v in views:
+        if not v.purchases_total or v.last_purchase_ts is None or v.first_seen_ts is None:
+            hist.append(None)
+            continue
+        origin = min(v.first_seen_ts, v.last_purchase_ts)
+        x = v.purchases_total - 1
+        t_x = (v.last_purchase_ts - origin) / DAY_MS if x > 0 else 0.0
+        age = max((as_of_ms - origin) / DAY_MS, t_x, 1e-6)
+        hist.append((float(x), t_x if x == 0 or t_x > 0 else 1e-6, age))
+    known = [h for h in hist if h is not None]
+    if len(known) < 20:
+        return None
+    params = btyd.fit([h[0] for h in known], [h[1] for h in known], [h[2] for h in known])
+    return [
+        0.0 if h is None else btyd.expected_purchases(params, float(days), h[0], h[1], h[2])
+        for h in hist
+    ]
+
+
 def target_report(
     labels: list[int],
     probs: list[float],
     oracle: list[float],
     recency: list[float],
     sources: Iterable[str],
+    btyd: list[float] | None = None,
 ) -> dict[str, Any]:
-    """The metrics of one target (``recency`` already oriented: higher = more likely positive)."""
+    """The metrics of one target (``recency`` and ``btyd`` already oriented: higher = more likely
+    positive)."""
     auc = _auc(labels, probs)
     oracle_auc = _auc(labels, oracle)
     ratio = (
@@ -153,8 +210,10 @@ def target_report(
         "log_loss": round(log_loss(labels, probs), 4) if labels else None,
         "oracle_auc": oracle_auc,
         "recency_auc": _auc(labels, recency),
+        "btyd_auc": _auc(labels, btyd) if btyd is not None else None,
         "ratio": ratio,
         "sources": dict(sorted(Counter(sources).items())),
+        "calibration": calibration(labels, probs),
     }
 
 
@@ -170,7 +229,8 @@ def score_truth(
     sources: dict[str, list[str]] = {t: [] for t in _ORACLE}
     recency: list[float | None] = []
     ids = [r["customer_id"] for r in truth]
-    for v in _views(client, ids):
+    views = list(_views(client, ids))
+    for v in views:
         doc = profile_document(v, as_of_ms, bounds)
         scores = models.scores(doc)
         for t in _ORACLE:
@@ -183,9 +243,16 @@ def score_truth(
     rec = [r if r is not None else never for r in recency]
     bought = [int(r["purchases_in_holdout"] >= 1) for r in truth]
     churned = [1 - b for b in bought]
+    btyd_churn = btyd_scores(views, as_of_ms, horizons["churn"])
+    btyd_prop = btyd_scores(views, as_of_ms, horizons["propensity"])
     out = {
         "churn": target_report(
-            churned, probs["churn"], [r["churn_probability"] for r in truth], rec, sources["churn"]
+            churned,
+            probs["churn"],
+            [r["churn_probability"] for r in truth],
+            rec,
+            sources["churn"],
+            None if btyd_churn is None else [-e for e in btyd_churn],
         ),
         "propensity": target_report(
             bought,
@@ -193,6 +260,7 @@ def score_truth(
             [r["purchase_propensity"] for r in truth],
             [-r for r in rec],
             sources["propensity"],
+            btyd_prop,
         ),
     }
     for t, rep in out.items():
@@ -266,19 +334,22 @@ def report_lines(report: dict[str, Any]) -> list[str]:
     """The human table of a report."""
     head = (
         f"{'target':<11} {'n':>8} {'pos':>8} {'AUC':>7} {'logloss':>8} {'oracle':>7} "
-        f"{'recency':>8} {'ratio':>7}  sources"
+        f"{'recency':>8} {'BG/NBD':>7} {'ratio':>7}  calibrated  sources"
     )
     lines = [head]
     for t in ("churn", "propensity"):
         r = report[t]
         src = ", ".join(f"{k} {v:,}" for k, v in r["sources"].items())
+        cal = r["calibration"]
         lines.append(
             f"{t:<11} {r['n']:>8,} {r['positives']:>8,} {_fmt(r['roc_auc']):>7} "
             f"{_fmt(r['log_loss']):>8} {_fmt(r['oracle_auc']):>7} {_fmt(r['recency_auc']):>8} "
-            f"{_fmt(r['ratio'], '.3f'):>7}  {src}"
+            f"{_fmt(r['btyd_auc']):>7} {_fmt(r['ratio'], '.3f'):>7}  "
+            f"{cal['ok']:>2}/{cal['judged']:<2} dec.  {src}"
         )
     lines.append(
         f"{report['events']:,} events, {report['customers']:,} customers, "
-        f"{report['seconds']:.1f} s; ratio = (AUC - 0.5) / (oracle - 0.5)"
+        f"{report['seconds']:.1f} s; ratio = (AUC - 0.5) / (oracle - 0.5); calibrated: score "
+        f"deciles of >= 200 customers whose observed rate is within 10 % of their mean score"
     )
     return lines
