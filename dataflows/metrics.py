@@ -68,6 +68,13 @@ WATERMARK = Gauge(
     "The event-time watermark (newest event time minus the allowed lateness), epoch seconds.",
     ["clock"],
 )
+BTYD_FITS = Counter(
+    "nextbest_btyd_fits_total",
+    "Buy-till-you-die (BG/NBD) population fits by the RFM owner (one per day of event time).",
+)
+BTYD_FIT_SECONDS = Gauge(
+    "nextbest_btyd_fit_seconds", "Wall seconds of the last buy-till-you-die population fit."
+)
 RFM_INCONSISTENT = Counter(
     "nextbest_rfm_inconsistent_updates_total",
     "RFM population updates that removed a point it did not hold (should stay 0).",

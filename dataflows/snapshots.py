@@ -26,6 +26,7 @@ from features.clock import EventClock
 from features.identity import DeviceState
 from features.profile import ProfileState
 from models import labels as lb
+from models.btyd import BgNbdParams, Histories
 from models.online import OnlineModel
 
 if TYPE_CHECKING:
@@ -93,6 +94,10 @@ class RfmSnapshot:
     pending: int = 0
     newest: int = 0
     v: int = 1
+    #: the buy-till-you-die histories, the last fit and its day (absent in older snapshots)
+    histories: Histories = field(default_factory=Histories)
+    btyd: BgNbdParams | None = None
+    btyd_day: int | None = None
 
 
 Snapshot = ClockSnapshot | DeviceSnapshot | ProfileSnapshot | ModelSnapshot | RfmSnapshot

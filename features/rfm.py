@@ -136,21 +136,26 @@ class RfmPoint(msgspec.Struct, frozen=True):
     last_purchase_ts: int
     frequency: int
     monetary: float
+    #: the customer's first event (the origin of its buy-till-you-die history)
+    first_ts: int | None = None
 
 
 def rfm_point(
-    purchases_total: int, revenue_total: float, last_purchase_ts: int | None
+    purchases_total: int,
+    revenue_total: float,
+    last_purchase_ts: int | None,
+    first_ts: int | None = None,
 ) -> RfmPoint | None:
     """The point of a profile, or ``None`` for a customer without a purchase.
 
     >>> rfm_point(2, 30.5, 1_767_225_600_000)
-    RfmPoint(last_purchase_ts=1767225600000, frequency=2, monetary=30.5)
+    RfmPoint(last_purchase_ts=1767225600000, frequency=2, monetary=30.5, first_ts=None)
     >>> rfm_point(0, -5.0, None) is None
     True
     """
     if purchases_total < 1 or last_purchase_ts is None:
         return None
-    return RfmPoint(int(last_purchase_ts), int(purchases_total), float(revenue_total))
+    return RfmPoint(int(last_purchase_ts), int(purchases_total), float(revenue_total), first_ts)
 
 
 def _increasing(name: str, cuts: Sequence[float]) -> None:
@@ -173,6 +178,10 @@ class RfmBoundaries(msgspec.Struct, frozen=True):
     population: int
     computed_at_ms: int
     v: int = BOUNDARIES_VERSION
+    #: the buy-till-you-die population parameters ``(r, alpha, a, b)`` (:mod:`models.btyd`,
+    #: days), fitted by the same owner once per day of event time, and the day they are as of
+    btyd: tuple[float, float, float, float] | None = None
+    btyd_day: int | None = None
 
     def __post_init__(self) -> None:
         _increasing("r", self.r)

@@ -16,6 +16,9 @@ Per target the report has ``n``, ``positives``, the model's ``roc_auc`` and ``lo
 the latent churn day, so they bound what any model of the observable history can reach), the
 ``recency_auc`` baseline (days since the last purchase for churn, its negative for propensity;
 customers who never bought get the largest recency seen, or 0 if none bought),
+``btyd_auc``, the buy-till-you-die baseline (BG/NBD expected purchases over the horizon, with
+the population parameters the dataflow published, ``btyd_source``: :func:`btyd_scores`),
+``calibration`` (observed rate against mean score per score decile: :func:`calibration`),
 ``ratio`` = (AUC - 0.5) / (oracle AUC - 0.5) (``None`` when the oracle is not above 0.5),
 ``sources`` (how many scores came from the model and how many from the prior), ``horizon_days``
 and, when ``--holdout-days`` is given, ``holdout_days`` and ``horizon_matches``. An AUC is
@@ -41,7 +44,6 @@ from features.profile import LayoutError, ProfileView, from_fields, new_state, v
 from features.rfm import RfmBoundaries
 from features.store import BOUNDARIES_KEY, profile_key
 from models.evaluation import log_loss, roc_auc
-from models.labels import DAY_MS
 from models.targets import REGISTRY
 from nextbest.settings import Settings
 from schemas.events import parse_ts
@@ -158,28 +160,27 @@ def calibration(labels: list[int], probs: list[float], min_n: int = 200) -> dict
             "all_ok": bool(judged) and all(judged)}  # fmt: skip
 
 
-def btyd_scores(views: list[ProfileView], as_of_ms: int, days: int) -> list[float] | None:
-    """The BG/NBD baseline (:mod:`models.btyd`): parameters fitted by maximum likelihood on these
-    customers' purchase histories as of ``as_of_ms``, then each customer's expected purchases in
-    the next ``days`` (0 for a customer who never bought). Times count from the customer's first
-    event, which is their first purchase in a transaction log (and earlier when they browsed
-    first: an approximation there). ``None`` when fewer than 20 customers bought."""
+def btyd_scores(
+    views: list[ProfileView], as_of_ms: int, days: int, bounds: RfmBoundaries | None = None
+) -> list[float] | None:
+    """The BG/NBD baseline (:mod:`models.btyd`): each customer's expected purchases in the next
+    ``days`` (0 for a customer who never bought) as of ``as_of_ms``, with the population
+    parameters the dataflow published with ``bounds`` or, without them, fitted here by maximum
+    likelihood on these customers' histories (:func:`models.btyd.history_of`). ``None`` when
+    neither is possible (fewer than 20 customers bought)."""
     from models import btyd
 
-    hist: list[tuple[float, float, float] | None] = []
-    for v in views:
-        if not v.purchases_total or v.last_purchase_ts is None or v.first_seen_ts is None:
-            hist.append(None)
-            continue
-        origin = min(v.first_seen_ts, v.last_purchase_ts)
-        x = v.purchases_total - 1
-        t_x = (v.last_purchase_ts - origin) / DAY_MS if x > 0 else 0.0
-        age = max((as_of_ms - origin) / DAY_MS, t_x, 1e-6)
-        hist.append((float(x), t_x if x == 0 or t_x > 0 else 1e-6, age))
-    known = [h for h in hist if h is not None]
-    if len(known) < 20:
-        return None
-    params = btyd.fit([h[0] for h in known], [h[1] for h in known], [h[2] for h in known])
+    hist = [
+        btyd.history_of(v.purchases_total, v.first_seen_ts, v.last_purchase_ts, as_of_ms)
+        for v in views
+    ]
+    if bounds is not None and bounds.btyd is not None:
+        params = btyd.BgNbdParams(*bounds.btyd)
+    else:
+        known = [h for h in hist if h is not None]
+        if len(known) < btyd.MIN_CUSTOMERS:
+            return None
+        params = btyd.fit([h[0] for h in known], [h[1] for h in known], [h[2] for h in known])
     return [
         0.0 if h is None else btyd.expected_purchases(params, float(days), h[0], h[1], h[2])
         for h in hist
@@ -243,8 +244,8 @@ def score_truth(
     rec = [r if r is not None else never for r in recency]
     bought = [int(r["purchases_in_holdout"] >= 1) for r in truth]
     churned = [1 - b for b in bought]
-    btyd_churn = btyd_scores(views, as_of_ms, horizons["churn"])
-    btyd_prop = btyd_scores(views, as_of_ms, horizons["propensity"])
+    btyd_churn = btyd_scores(views, as_of_ms, horizons["churn"], bounds)
+    btyd_prop = btyd_scores(views, as_of_ms, horizons["propensity"], bounds)
     out = {
         "churn": target_report(
             churned,
@@ -265,6 +266,7 @@ def score_truth(
     }
     for t, rep in out.items():
         rep["horizon_days"] = horizons[t]
+        rep["btyd_source"] = "dataflow" if bounds is not None and bounds.btyd else "fitted here"
     return out
 
 

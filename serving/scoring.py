@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import date
+from typing import Any, Final
 
 import redis
 import redis.asyncio as aioredis
@@ -131,7 +132,7 @@ class ModelSet:
         last evaluated them (not recomputed at ``as_of``).
         """
         doc = profile_document(v, as_of_ms, bounds, resolved_from)
-        doc["scores"] = self.scores(doc)
+        doc["scores"] = {**self.scores(doc), **btyd_scores(v, as_of_ms, bounds)}
         if segments is not None:
             doc["segments"] = segments_field(segments)
         return doc
@@ -157,3 +158,53 @@ class ModelSet:
                 }
             )
         return rows
+
+
+#: The horizon of ``scores.expected_purchases_90d``.
+EXPECTED_PURCHASES_DAYS: Final = 90
+
+
+def btyd_scores(v: ProfileView, as_of_ms: int, bounds: RfmBoundaries | None) -> dict[str, Any]:
+    """``p_alive`` and ``expected_purchases_90d`` of the buy-till-you-die model (BG/NBD,
+    :mod:`models.btyd`) with the population parameters the dataflow published with the RFM
+    boundaries; ``source`` ``"btyd"``, or ``"none"`` (null values) without parameters or without
+    a purchase. ``model_version`` is the day (UTC, ``YYYY-MM-DD``) the parameters are as of.
+
+    >>> from features.profile import ProfileView
+    >>> b = RfmBoundaries((1, 2, 3, 4), (1, 2, 3, 4), (1.0, 2.0, 3.0, 4.0), 100, 0,
+    ...                   btyd=(0.5, 60.0, 1.0, 1.4), btyd_day=20_000)
+    >>> v = ProfileView(key="c:1", first_seen_ts=0, last_seen_ts=0, last_purchase_ts=0,
+    ...                 events_total=1, purchases_total=1)
+    >>> s = btyd_scores(v, 30 * 86_400_000, b)
+    >>> s["p_alive"]["probability"], s["p_alive"]["source"], s["p_alive"]["model_version"]
+    (1.0, 'btyd', '2024-10-04')
+    >>> 0 < s["expected_purchases_90d"]["value"] < 5
+    True
+    >>> btyd_scores(v, 0, None)["p_alive"]
+    {'probability': None, 'source': 'none', 'model_version': None}
+    """
+    from models import btyd
+
+    params = None if bounds is None or bounds.btyd is None else btyd.BgNbdParams(*bounds.btyd)
+    hist = btyd.history_of(v.purchases_total, v.first_seen_ts, v.last_purchase_ts, as_of_ms)
+    if params is None or hist is None:
+        none = {"source": "none", "model_version": None}
+        return {"p_alive": {"probability": None, **none},
+                "expected_purchases_90d": {"value": None, **none}}  # fmt: skip
+    day = bounds.btyd_day if bounds is not None else None
+    version = None if day is None else str(date.fromordinal(date(1970, 1, 1).toordinal() + day))
+    x, t_x, age = hist
+    return {
+        "p_alive": {
+            "probability": round(btyd.p_alive(params, x, t_x, age), 6),
+            "source": "btyd",
+            "model_version": version,
+        },
+        "expected_purchases_90d": {
+            "value": round(
+                btyd.expected_purchases(params, float(EXPECTED_PURCHASES_DAYS), x, t_x, age), 6
+            ),
+            "source": "btyd",
+            "model_version": version,
+        },
+    }

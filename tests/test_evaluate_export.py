@@ -86,10 +86,17 @@ def test_replay_then_export_jsonl_and_csv(sim: tuple[Path, Path], tmp_path: Path
     assert len({r["customer_id"] for r in rows}) == n
     assert all(r["kind"] == "customer" and r["as_of"] == AS_OF for r in rows)
     for r in rows:
-        assert set(r["scores"]) == {"churn", "propensity"}
-        for s in r["scores"].values():
+        assert set(r["scores"]) == {"churn", "propensity", "p_alive", "expected_purchases_90d"}
+        for t in ("churn", "propensity"):
+            s = r["scores"][t]
             assert 0.0 <= s["probability"] <= 1.0 and s["source"] in ("model", "prior")
-    assert any(s["source"] == "model" for r in rows for s in r["scores"].values())
+        alive, expected = r["scores"]["p_alive"], r["scores"]["expected_purchases_90d"]
+        if alive["source"] == "btyd":  # the population fit the dataflow published
+            assert 0.0 <= alive["probability"] <= 1.0 and expected["value"] >= 0.0
+        else:  # a customer without a purchase
+            assert alive["source"] == "none" and alive["probability"] is None
+    assert any(r["scores"][t]["source"] == "model" for r in rows for t in ("churn", "propensity"))
+    assert any(r["scores"]["p_alive"]["source"] == "btyd" for r in rows)
     assert f"exported {n:,} profiles" in out.stderr
 
     # the same document as `nextbest profile`

@@ -173,8 +173,10 @@ def test_profile_scores_come_from_the_prior_until_a_model_exists(
     with TestClient(create_app(Settings.from_env({}), redis_url)) as api:
         body = api.get("/v1/customers/gone/profile").json()
     scores = body["scores"]
-    assert set(scores) == {"churn", "propensity"}
-    assert all(s["source"] == "prior" and 0 < s["probability"] < 1 for s in scores.values())
+    assert set(scores) == {"churn", "propensity", "p_alive", "expected_purchases_90d"}
+    assert all(scores[t]["source"] == "prior" and 0 < scores[t]["probability"] < 1
+               for t in ("churn", "propensity"))  # fmt: skip
+    assert scores["p_alive"]["source"] == "none"  # no purchase, no population fit
 
 
 def app_module_sink(url: str) -> Any:

@@ -297,8 +297,11 @@ def test_owners_publish_again_on_a_reprojection() -> None:
     cfg = flow_config()
     owner = RfmLogic(None, cfg)
     points = [(None, rfm_point(i + 1, 10.0 * i, 1_767_225_600_000 + i)) for i in range(20)]
-    out, _ = owner.on_batch(points)
-    assert list(out) == []  # fewer changes than rfm_publish_every
+    out, _ = owner.on_batch(points)  # a new day: the population fit is published with them
+    assert [type(o) for o in out] == [WriteBoundaries]
+    more = [(None, rfm_point(2, 10.0, 1_767_225_700_000 + i)) for i in range(20)]
+    out, _ = owner.on_batch(more)
+    assert list(out) == []  # the same day, fewer changes than rfm_publish_every
     out, _ = owner.on_batch([Reproject()])
     assert [type(o) for o in out] == [WriteBoundaries]
     model_owner = ModelLogic(None, cfg)

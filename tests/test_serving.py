@@ -77,7 +77,8 @@ def test_profile_returns_rendered_state(api: TestClient, redis_client: redis.Red
     scores = body.pop("scores")
     assert body.pop("segments") == {}  # in no segment (none stored)
     assert body == profile_document(view(state), T0 + 75_355_000, None)
-    assert {s["source"] for s in scores.values()} == {"prior"}  # no model checkpoint yet
+    assert {scores[t]["source"] for t in ("churn", "propensity")} == {"prior"}  # no checkpoint yet
+    assert scores["p_alive"]["source"] == "none"  # no buy-till-you-die fit published
     expected = {
         "customer_id": "42",
         "kind": "customer",

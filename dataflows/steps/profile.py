@@ -38,7 +38,8 @@ from models.features import state_features
 
 def rfm_point(state: pf.ProfileState) -> rfm.RfmPoint | None:
     """The customer's RFM point (None before the first purchase)."""
-    return rfm.rfm_point(state.purchases_total, state.revenue_total, state.last_purchase_ts)
+    return rfm.rfm_point(state.purchases_total, state.revenue_total, state.last_purchase_ts,
+                         state.current.first_seen_ts)  # fmt: skip
 
 
 def arrival_order(item: Any) -> tuple[int, str, int, int]:
