@@ -134,11 +134,13 @@ class WriteSegments(msgspec.Struct, frozen=True, array_like=True):
 
 
 class IndexSegment(msgspec.Struct, frozen=True, array_like=True):
-    """Customer ``customer_id`` is in ``segment`` since ``since`` (``None``: not any more)."""
+    """Customer ``customer_id`` is in ``segment`` since ``since`` (``None``: not any more; then
+    ``exited_at`` is when it left, for the segment's recent exits)."""
 
     segment: str
     customer_id: str
     since: int | None
+    exited_at: int | None = None
 
 
 SinkOp = (

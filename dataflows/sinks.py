@@ -182,7 +182,7 @@ class _RedisPartition(StatelessSinkPartition[SinkOp]):
             elif isinstance(op, WriteSegments):
                 w.segments(batch, op.key, op.members)
             elif isinstance(op, IndexSegment):
-                w.index(batch, op.segment, op.customer_id, op.since)
+                w.index(batch, op.segment, op.customer_id, op.since, op.exited_at)
             else:
                 w.boundaries(batch, op.data)
         self._send(batch)

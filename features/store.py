@@ -104,6 +104,22 @@ def members_key(segment: str) -> str:
     return f"{NAMESPACE}:{{seg:{segment}}}:members"
 
 
+#: Exits older than this (before the newest exit written) are trimmed from a segment's exits.
+EXITS_KEPT_MS: Final = 2 * 86_400_000
+
+
+def exits_key(segment: str) -> str:
+    """Redis key of a segment's recent exits: a sorted set of customer ids scored by the time
+    they last left (event time), trimmed to the :data:`EXITS_KEPT_MS` before the newest exit
+    written: what ``exits_24h`` counts. Same slot as the members (hash tag ``{seg:<name>}``),
+    but every command touches one key.
+
+    >>> exits_key("at_risk")
+    'nb:{seg:at_risk}:exits'
+    """
+    return f"{NAMESPACE}:{{seg:{segment}}}:exits"
+
+
 Command = tuple[str | bytes | int, ...]
 
 
@@ -158,11 +174,21 @@ class ProfileWriter:
         batch.append(("EVALSHA", self._replace_sha, 1, segments_key(key), *flat))
 
     def index(
-        self, batch: list[Command], segment: str, customer_id: str, since: int | None
+        self,
+        batch: list[Command],
+        segment: str,
+        customer_id: str,
+        since: int | None,
+        exited_at: int | None = None,
     ) -> None:
-        """Add a customer to a segment's index (``since``) or remove it (``None``)."""
+        """Add a customer to a segment's index (``since``) or remove it (``None``; with
+        ``exited_at``, record the exit in the segment's recent exits and trim the old ones)."""
         if since is None:
             batch.append(("ZREM", members_key(segment), customer_id))
+            if exited_at is not None:
+                key = exits_key(segment)
+                batch.append(("ZADD", key, exited_at, customer_id))
+                batch.append(("ZREMRANGEBYSCORE", key, "-inf", f"({exited_at - EXITS_KEPT_MS}"))
         else:
             batch.append(("ZADD", members_key(segment), since, customer_id))
 

@@ -9,9 +9,11 @@ The 24 h counts
 ---------------
 ``entries_24h`` counts the **current members whose ``since`` is within the 24 hours before
 ``as_of``** (``ZCOUNT`` on the index). A customer who entered and left again within the window is
-not counted: the index only holds current members. ``exits_24h`` is ``null``: exits are not kept
-in Redis (they are in the transitions output: the ``segment-events`` topic or
-``$NEXTBEST_HOME/segment-events.jsonl``).
+not counted: the index only holds current members. ``exits_24h`` counts the **customers whose
+last exit is within the window** (``ZCOUNT`` on ``nb:{seg:<name>}:exits``, which the dataflow
+keeps for the two days before its newest exit; a customer who left twice counts once). The
+complete history is the transitions output: the ``segment-events`` topic or
+``$NEXTBEST_HOME/segment-events.jsonl``.
 
 Paging
 ------
@@ -38,7 +40,7 @@ from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
 from redis.exceptions import RedisError
 
 from features.segments import Segment, SegmentSet, load_segments
-from features.store import members_key
+from features.store import exits_key, members_key
 from models.targets import NAMES
 from schemas.events import format_ts
 from serving.deps import NowDep, RedisDep, parse_as_of
@@ -50,8 +52,8 @@ MAX_LIMIT: Final = 1000
 #: The gauge ``nextbest_segment_members`` is refreshed at most this often (seconds).
 GAUGE_TTL_S: Final = 5.0
 EXITS_NOTE: Final = (
-    "not tracked in Redis: exits are in the transitions output (segment-events topic or "
-    "$NEXTBEST_HOME/segment-events.jsonl)"
+    "customers whose last exit is within the window (each counted once; the full history is "
+    "the transitions output: segment-events topic or $NEXTBEST_HOME/segment-events.jsonl)"
 )
 ENTRIES_NOTE: Final = (
     "current members whose since is within the window (from the index: a customer who entered "
@@ -206,14 +208,15 @@ def _queue_summary(pipe: Any, segments: SegmentSet, as_of_ms: int) -> None:
         key = members_key(seg.name)
         pipe.zcard(key)
         pipe.zcount(key, f"({as_of_ms - DAY_MS}", as_of_ms)
+        pipe.zcount(exits_key(seg.name), f"({as_of_ms - DAY_MS}", as_of_ms)
 
 
 def _summary(segments: SegmentSet, results: list[Any], as_of_ms: int) -> dict[str, Any]:
     rows = []
     for i, seg in enumerate(segments.order):
-        size, entries = results[2 * i], results[2 * i + 1]
+        size, entries, exits = results[3 * i : 3 * i + 3]
         rows.append({**definition(seg), "members": int(size), "entries_24h": int(entries),
-                     "exits_24h": None})  # fmt: skip
+                     "exits_24h": int(exits)})  # fmt: skip
     return {
         "as_of": format_ts(as_of_ms),
         "window": {
@@ -292,7 +295,8 @@ async def list_segments(
 ) -> dict[str, Any]:
     """Each configured segment: its definition (rules as text), its current size (``members``),
     ``entries_24h`` (current members who entered within the 24 h before ``as_of``; members who
-    entered and already left are not counted) and ``exits_24h`` (``null``: not tracked)."""
+    entered and already left are not counted) and ``exits_24h`` (customers whose last exit is
+    within it)."""
     as_of_ms = now_ms if as_of is None else parse_as_of(as_of)
     body = await asegments_summary(redis, segments, as_of_ms)
     gauge = request.app.state.metrics.segment_members

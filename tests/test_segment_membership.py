@@ -125,6 +125,13 @@ def test_list_segments_http_and_cli(
     seeded: dict[str, Any], client: redis.Redis, api: TestClient
 ) -> None:
     end = seeded["end"]
+    last_exit: dict[tuple[str, str], int] = {}
+    with (seeded["home"] / "segment-events.jsonl").open("rb") as fh:
+        for line in fh:
+            t = json.loads(line)
+            if t["direction"] == "exited":
+                key = (t["segment"], t["customer_id"])
+                last_exit[key] = max(last_exit.get(key, 0), t["at_ms"])
     body = api.get("/v1/segments").json()
     assert [s["name"] for s in body["segments"]] == list(NAMES)
     assert body["as_of"] == format_ts(end)
@@ -132,14 +139,19 @@ def test_list_segments_http_and_cli(
         index = _index(client, row["name"])
         assert row["members"] == len(index)
         assert row["entries_24h"] == sum(1 for _, s in index if end - DAY_MS < s <= end)
-        assert row["exits_24h"] is None
+        assert row["exits_24h"] == sum(
+            1
+            for (seg, _), at in last_exit.items()
+            if seg == row["name"] and end - DAY_MS < at <= end
+        )
         assert row["entry"] and row["description"]
     assert any(row["entries_24h"] > 0 for row in body["segments"])
+    assert any(row["exits_24h"] > 0 for row in body["segments"])
     as_of = format_ts(end)
     cli = nextbest_cli("segments", "--json", "--as-of", as_of, env=seeded["env"])
     assert json.loads(cli.stdout) == body
     table = nextbest_cli("segments", "--as-of", as_of, env=seeded["env"]).stdout
-    assert all(n in table for n in NAMES) and "exits_24h: not tracked" in table
+    assert all(n in table for n in NAMES) and "exits_24h: customers whose" in table
     # The gauge shows the sizes.
     metrics = api.get("/metrics").text
     for row in body["segments"]:

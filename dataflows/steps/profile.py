@@ -257,8 +257,10 @@ class ProfileLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
         for t in transitions:
             out.append(SegmentEvent(cid, t.segment, t.direction, t.at, t.reason))
             metrics.SEGMENT_TRANSITIONS.labels(t.segment, t.direction).inc()
+        exited = {t.segment: t.at for t in transitions if t.direction == "exited"}
         for name in dict.fromkeys(t.segment for t in transitions):
-            out.append(IndexSegment(name, cid, members.get(name)))
+            since = members.get(name)
+            out.append(IndexSegment(name, cid, since, exited.get(name) if since is None else None))
         out.append(WriteSegments(key, members))
 
     def _drop(self, out: list[Out], known_point: rfm.RfmPoint | None) -> list[Out]:

@@ -70,7 +70,7 @@ def _table(body: dict[str, Any]) -> str:
     ]
     lines.append(
         f"entries_24h: members who entered since {body['window']['from']} (and are still in); "
-        "exits_24h: not tracked"
+        "exits_24h: customers whose last exit is since then"
     )
     return "\n".join(lines)
 
