@@ -12,6 +12,7 @@ from typing import Any, Final, NamedTuple
 
 from dataflows.records import (
     DropProfile,
+    ExitSegment,
     IndexSegment,
     Rejected,
     SegmentEvent,
@@ -34,6 +35,7 @@ SINK_OPS: Final = (
     WriteCheckpoint,
     WriteSegments,
     IndexSegment,
+    ExitSegment,
 )
 
 

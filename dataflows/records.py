@@ -134,13 +134,20 @@ class WriteSegments(msgspec.Struct, frozen=True, array_like=True):
 
 
 class IndexSegment(msgspec.Struct, frozen=True, array_like=True):
-    """Customer ``customer_id`` is in ``segment`` since ``since`` (``None``: not any more; then
-    ``exited_at`` is when it left, for the segment's recent exits)."""
+    """Customer ``customer_id`` is in ``segment`` since ``since`` (``None``: not any more)."""
 
     segment: str
     customer_id: str
     since: int | None
-    exited_at: int | None = None
+
+
+class ExitSegment(msgspec.Struct, frozen=True, array_like=True):
+    """Customer ``customer_id`` last left ``segment`` at ``at`` (``None``: forget it, the
+    profile was dropped): the segment's exits index."""
+
+    segment: str
+    customer_id: str
+    at: int | None
 
 
 SinkOp = (
@@ -151,6 +158,7 @@ SinkOp = (
     | WriteCheckpoint
     | WriteSegments
     | IndexSegment
+    | ExitSegment
 )
 
 

@@ -19,6 +19,7 @@ from dataflows import metrics
 from dataflows.deadletters import DeadLetterFileSink, DeadLetterKafkaSink, kafka_error_kind
 from dataflows.records import (
     DropProfile,
+    ExitSegment,
     IndexSegment,
     SinkOp,
     WriteBoundaries,
@@ -105,6 +106,8 @@ def _target(op: SinkOp) -> str:
         return op.key + ":segments"
     if isinstance(op, IndexSegment):
         return f"seg:{op.segment}:{op.customer_id}"
+    if isinstance(op, ExitSegment):
+        return f"exit:{op.segment}:{op.customer_id}"
     return op.key
 
 
@@ -182,7 +185,9 @@ class _RedisPartition(StatelessSinkPartition[SinkOp]):
             elif isinstance(op, WriteSegments):
                 w.segments(batch, op.key, op.members)
             elif isinstance(op, IndexSegment):
-                w.index(batch, op.segment, op.customer_id, op.since, op.exited_at)
+                w.index(batch, op.segment, op.customer_id, op.since)
+            elif isinstance(op, ExitSegment):
+                w.exit(batch, op.segment, op.customer_id, op.at)
             else:
                 w.boundaries(batch, op.data)
         self._send(batch)

@@ -104,15 +104,12 @@ def members_key(segment: str) -> str:
     return f"{NAMESPACE}:{{seg:{segment}}}:members"
 
 
-#: Exits older than this (before the newest exit written) are trimmed from a segment's exits.
-EXITS_KEPT_MS: Final = 2 * 86_400_000
-
-
 def exits_key(segment: str) -> str:
-    """Redis key of a segment's recent exits: a sorted set of customer ids scored by the time
-    they last left (event time), trimmed to the :data:`EXITS_KEPT_MS` before the newest exit
-    written: what ``exits_24h`` counts. Same slot as the members (hash tag ``{seg:<name>}``),
-    but every command touches one key.
+    """Redis key of a segment's exits: a sorted set of customer ids scored by the time they last
+    left (event time; an absolute write of the customer's last exit, which its state keeps, so
+    a re-projection rewrites it): what ``exits_24h`` counts. A customer is removed when its
+    profile is dropped (retention), so the set holds at most the live customers. Same slot as
+    the members (hash tag ``{seg:<name>}``), but every command touches one key.
 
     >>> exits_key("at_risk")
     'nb:{seg:at_risk}:exits'
@@ -179,18 +176,19 @@ class ProfileWriter:
         segment: str,
         customer_id: str,
         since: int | None,
-        exited_at: int | None = None,
     ) -> None:
-        """Add a customer to a segment's index (``since``) or remove it (``None``; with
-        ``exited_at``, record the exit in the segment's recent exits and trim the old ones)."""
+        """Add a customer to a segment's index (``since``) or remove it (``None``)."""
         if since is None:
             batch.append(("ZREM", members_key(segment), customer_id))
-            if exited_at is not None:
-                key = exits_key(segment)
-                batch.append(("ZADD", key, exited_at, customer_id))
-                batch.append(("ZREMRANGEBYSCORE", key, "-inf", f"({exited_at - EXITS_KEPT_MS}"))
         else:
             batch.append(("ZADD", members_key(segment), since, customer_id))
+
+    def exit(self, batch: list[Command], segment: str, customer_id: str, at: int | None) -> None:
+        """Set a customer's last exit from a segment (``at``) or forget it (``None``)."""
+        if at is None:
+            batch.append(("ZREM", exits_key(segment), customer_id))
+        else:
+            batch.append(("ZADD", exits_key(segment), at, customer_id))
 
     def boundaries(self, batch: list[Command], data: bytes) -> None:
         """Publish RFM boundaries."""

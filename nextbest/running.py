@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, Final, NoReturn
 
 import orjson
 
@@ -96,11 +96,88 @@ def flow_config(
     return settings.flow_config(**extra)
 
 
+#: Under the recovery directory: the models and RFM boundaries segment rules read, as the run's
+#: first start found them (:func:`segment_context`), and the marker of a clean stop.
+CONTEXT_FILE: Final = "segment-context.msgpack"
+CLEAN_STOP_FILE: Final = "clean-stop"
+
+
+class _Published:
+    """What the segment rules need from Redis, as raw bytes by key (``get`` like a client)."""
+
+    def __init__(self, raw: dict[str, bytes | None]) -> None:
+        self.raw = raw
+
+    def get(self, key: str) -> bytes | None:
+        return self.raw.get(key)
+
+
+def _published(redis_url: str | None) -> dict[str, bytes | None]:
+    import redis
+
+    from features.store import BOUNDARIES_KEY, model_keys
+    from models.targets import NAMES
+
+    keys = [BOUNDARIES_KEY, *(k for t in NAMES for k in model_keys(t))]
+    if redis_url is None:
+        return {}
+    client = redis.Redis.from_url(redis_url)
+    try:
+        values = client.mget(keys)
+        return {k: v if isinstance(v, bytes) or v is None else str(v).encode()
+                for k, v in zip(keys, values, strict=True)}  # fmt: skip
+    except redis.RedisError as exc:
+        log.warning("segments: no models or RFM boundaries from Redis (%s): priors", exc)
+        return {}
+    finally:
+        client.close()
+
+
+def _pinned_published(settings: Settings, redis_url: str | None) -> dict[str, bytes | None]:
+    """The published models and boundaries the segment rules read. With a recovery directory
+    that holds snapshots and no clean-stop marker (the last run crashed), those the crashed run
+    read: a resume then gives the transitions the uninterrupted run would have. Otherwise
+    (first start, or after a clean stop) those in Redis now, kept for the next resume."""
+    import msgspec
+
+    if settings.recovery_dir is None:
+        return _published(redis_url)
+    rec = Path(settings.recovery_dir)
+    pin, clean = rec / CONTEXT_FILE, rec / CLEAN_STOP_FILE
+    resuming = any(rec.glob("part-*.sqlite3"))
+    if resuming and pin.exists() and not clean.exists():
+        try:
+            raw: dict[str, bytes | None] = msgspec.msgpack.decode(pin.read_bytes())
+            log.info("segments: resuming with the models and RFM boundaries of the run before")
+            return raw
+        except (OSError, msgspec.DecodeError) as exc:
+            log.warning("segments: cannot read %s (%s): reading Redis", pin, exc)
+    raw = _published(redis_url)
+    rec.mkdir(parents=True, exist_ok=True)
+    tmp = pin.with_suffix(".tmp")
+    tmp.write_bytes(msgspec.msgpack.encode(raw))
+    tmp.replace(pin)
+    clean.unlink(missing_ok=True)
+    return raw
+
+
+def mark_clean_stop(settings: Settings) -> None:
+    """The flow ended cleanly: the next start reads the newest models and boundaries for the
+    segment rules (see :func:`segment_context`)."""
+    if settings.recovery_dir is not None and Path(settings.recovery_dir).is_dir():
+        (Path(settings.recovery_dir) / CLEAN_STOP_FILE).touch()
+
+
 def segment_context(settings: Settings, redis_url: str | None = None) -> Any:
     """The segments for the flow: definitions (a bad file stops the command with the file,
-    segment and field named), the published models (else the priors) and RFM boundaries."""
+    segment and field named), the published models (else the priors) and RFM boundaries, as
+    Redis holds them when the run starts; with a recovery directory, a resume after a crash
+    keeps those the crashed run started with (a clean stop lets the next start take the newest),
+    so a crash changes no transition."""
     if settings.segments == "off":
         return None
+    from typing import cast
+
     import redis
 
     from dataflows.steps.segments import SegmentContext
@@ -113,17 +190,10 @@ def segment_context(settings: Settings, redis_url: str | None = None) -> Any:
         segs = load_segments(settings.segments, NAMES)
     except SegmentConfigError as exc:
         raise ConfigError(f"NEXTBEST_SEGMENTS: {exc}") from None
+    published = _Published(_pinned_published(settings, redis_url))
     models = ModelSet()
-    bounds = None
-    if redis_url is not None:
-        client = redis.Redis.from_url(redis_url)
-        try:
-            models.refresh(client)
-            bounds = _boundaries(client.get(BOUNDARIES_KEY))  # type: ignore[arg-type]
-        except redis.RedisError as exc:
-            log.warning("segments: no models or RFM boundaries from Redis (%s): priors", exc)
-        finally:
-            client.close()
+    models.refresh(cast(redis.Redis, published))
+    bounds = _boundaries(published.get(BOUNDARIES_KEY))
     loaded = {t: lm.model for t, lm in models.models.items()}
 
     def scorer(target: str, feats: dict[str, float]) -> float:
@@ -182,6 +252,7 @@ def run_flow(flow: Any, settings: Settings | None = None) -> None:
         epoch_interval=timedelta(seconds=settings.snapshot_interval_s),
         recovery_config=RecoveryConfig(db_dir),  # type: ignore[no-untyped-call]
     )
+    mark_clean_stop(settings)
 
 
 def kafka_flow(

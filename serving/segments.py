@@ -10,8 +10,8 @@ The 24 h counts
 ``entries_24h`` counts the **current members whose ``since`` is within the 24 hours before
 ``as_of``** (``ZCOUNT`` on the index). A customer who entered and left again within the window is
 not counted: the index only holds current members. ``exits_24h`` counts the **customers whose
-last exit is within the window** (``ZCOUNT`` on ``nb:{seg:<name>}:exits``, which the dataflow
-keeps for the two days before its newest exit; a customer who left twice counts once). The
+last exit is within the window** (``ZCOUNT`` on ``nb:{seg:<name>}:exits``, each customer's
+latest exit; a customer who left twice counts once; dropped profiles are not kept). The
 complete history is the transitions output: the ``segment-events`` topic or
 ``$NEXTBEST_HOME/segment-events.jsonl``.
 

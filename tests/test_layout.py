@@ -106,3 +106,13 @@ def test_domain_and_dataflow_modules_stay_small() -> None:
         if lines > MAX_LINES and "long on purpose" not in doc.lower():
             long.append((name, lines))
     assert long == []
+
+
+def test_every_sink_operation_is_routed_to_the_sink() -> None:
+    """An effect type missing from ``SINK_OPS`` would be dropped on its way to Redis."""
+    from typing import get_args
+
+    from dataflows.effects import SINK_OPS
+    from dataflows.records import SinkOp
+
+    assert set(get_args(SinkOp)) == set(SINK_OPS)

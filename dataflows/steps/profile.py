@@ -13,6 +13,7 @@ from dataflows.effects import Examples, RfmChange
 from dataflows.records import (
     NO_STREAM_TIME,
     DropProfile,
+    ExitSegment,
     Handover,
     In,
     IndexSegment,
@@ -170,6 +171,9 @@ class ProfileLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
             if self.seg is not None:  # the memberships and this customer's index entries
                 members = self.seg.members()
                 cid = self.state.key[2:]
+                out.extend(
+                    ExitSegment(name, cid, at) for name, at in sorted(self.seg.exits.items())
+                )
                 out.extend(IndexSegment(name, cid, since) for name, since in members.items())
                 out.append(WriteSegments(self.state.key, members))
         if changed:
@@ -254,13 +258,16 @@ class ProfileLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
         key = self.state.key
         cid = key[2:]
         members = self.seg.members() if self.seg is not None else {}
+        if self.seg is not None:
+            self.seg.note(transitions)
         for t in transitions:
             out.append(SegmentEvent(cid, t.segment, t.direction, t.at, t.reason))
             metrics.SEGMENT_TRANSITIONS.labels(t.segment, t.direction).inc()
-        exited = {t.segment: t.at for t in transitions if t.direction == "exited"}
+        exited = {t.segment for t in transitions if t.direction == "exited"}
         for name in dict.fromkeys(t.segment for t in transitions):
-            since = members.get(name)
-            out.append(IndexSegment(name, cid, since, exited.get(name) if since is None else None))
+            out.append(IndexSegment(name, cid, members.get(name)))
+            if name in exited and self.seg is not None:
+                out.append(ExitSegment(name, cid, self.seg.exits[name]))
         out.append(WriteSegments(key, members))
 
     def _drop(self, out: list[Out], known_point: rfm.RfmPoint | None) -> list[Out]:
@@ -268,6 +275,9 @@ class ProfileLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
         metrics.PROFILES_DROPPED.inc()
         point = known_point if known_point is not None else rfm_point(self.state)
         out.append(DropProfile(self.state.key))
+        if self.cfg.segments is not None:  # (its exits go too: the exits index stays bounded)
+            cid = self.state.key[2:]
+            out.extend(ExitSegment(name, cid, None) for name in self.cfg.segments.segments.names)
         if point is not None:
             out.append(RfmChange(point, None))
         return out

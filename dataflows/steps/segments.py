@@ -59,14 +59,26 @@ class SegmentContext(NamedTuple):
 
 @dataclass
 class SegmentState:
-    """A customer's memberships, evaluated up to event time ``at`` (``None``: never)."""
+    """A customer's memberships, evaluated up to event time ``at`` (``None``: never), and the
+    time of its last exit from each segment it ever left (the segment's exits index)."""
 
     records: dict[str, Membership] = field(default_factory=dict)
     at: int | None = None
+    exits: dict[str, int] = field(default_factory=dict)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # a snapshot from before ``exits`` kept none
+        self.__dict__.update({"exits": {}, **state})
 
     def members(self) -> dict[str, int]:
         """Current memberships: segment -> since (epoch ms)."""
         return {n: m.since for n, m in self.records.items() if m.member and m.since is not None}
+
+    def note(self, transitions: list[Transition]) -> None:
+        """Keep the time of each exit among ``transitions``."""
+        for t in transitions:
+            if t.direction == "exited" and t.at >= self.exits.get(t.segment, t.at):
+                self.exits[t.segment] = t.at
 
 
 def _score_at(ctx: SegmentContext, state: pf.ProfileState) -> Callable[[str, int], float] | None:
