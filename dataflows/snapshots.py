@@ -26,7 +26,8 @@ from features.clock import EventClock
 from features.identity import DeviceState
 from features.profile import ProfileState
 from models import labels as lb
-from models.btyd import BgNbdParams, Histories
+from models.btyd import BgNbdParams
+from models.btyd_histories import Histories
 from models.online import OnlineModel
 
 if TYPE_CHECKING:

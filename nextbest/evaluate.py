@@ -166,19 +166,19 @@ def btyd_scores(
     """The BG/NBD baseline (:mod:`models.btyd`): each customer's expected purchases in the next
     ``days`` (0 for a customer who never bought) as of ``as_of_ms``, with the population
     parameters the dataflow published with ``bounds`` or, without them, fitted here by maximum
-    likelihood on these customers' histories (:func:`models.btyd.history_of`). ``None`` when
+    likelihood on these customers' histories (:func:`models.btyd_histories.history_of`). ``None`` when
     neither is possible (fewer than 20 customers bought)."""
     from models import btyd
+    from models.btyd_histories import MIN_CUSTOMERS, history_of
 
     hist = [
-        btyd.history_of(v.purchases_total, v.first_seen_ts, v.last_purchase_ts, as_of_ms)
-        for v in views
+        history_of(v.purchases_total, v.first_seen_ts, v.last_purchase_ts, as_of_ms) for v in views
     ]
     if bounds is not None and bounds.btyd is not None:
         params = btyd.BgNbdParams(*bounds.btyd)
     else:
         known = [h for h in hist if h is not None]
-        if len(known) < btyd.MIN_CUSTOMERS:
+        if len(known) < MIN_CUSTOMERS:
             return None
         params = btyd.fit([h[0] for h in known], [h[1] for h in known], [h[2] for h in known])
     return [

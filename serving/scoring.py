@@ -184,9 +184,10 @@ def btyd_scores(v: ProfileView, as_of_ms: int, bounds: RfmBoundaries | None) -> 
     {'probability': None, 'source': 'none', 'model_version': None}
     """
     from models import btyd
+    from models.btyd_histories import history_of
 
     params = None if bounds is None or bounds.btyd is None else btyd.BgNbdParams(*bounds.btyd)
-    hist = btyd.history_of(v.purchases_total, v.first_seen_ts, v.last_purchase_ts, as_of_ms)
+    hist = history_of(v.purchases_total, v.first_seen_ts, v.last_purchase_ts, as_of_ms)
     if params is None or hist is None:
         none = {"source": "none", "model_version": None}
         return {"p_alive": {"probability": None, **none},

@@ -19,7 +19,8 @@ from dataflows.records import (
 from dataflows.snapshots import RfmSnapshot, dump
 from dataflows.steps import RETAIN, Out
 from features.rfm import RfmPoint
-from models.btyd import DAY_MS, BgNbdParams, Histories
+from models.btyd import BgNbdParams
+from models.btyd_histories import DAY_MS, Histories
 
 
 def _history(p: RfmPoint | None) -> tuple[int, int, int] | None:
