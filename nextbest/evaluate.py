@@ -166,8 +166,8 @@ def btyd_scores(
     """The BG/NBD baseline (:mod:`models.btyd`): each customer's expected purchases in the next
     ``days`` (0 for a customer who never bought) as of ``as_of_ms``, with the population
     parameters the dataflow published with ``bounds`` or, without them, fitted here by maximum
-    likelihood on these customers' histories (:func:`models.btyd_histories.history_of`). ``None`` when
-    neither is possible (fewer than 20 customers bought)."""
+    likelihood on these customers' histories (:func:`models.btyd_histories.history_of`).
+    ``None`` when neither is possible (fewer than 20 customers bought)."""
     from models import btyd
     from models.btyd_histories import MIN_CUSTOMERS, history_of
 
