@@ -72,6 +72,10 @@ BTYD_FITS = Counter(
     "nextbest_btyd_fits_total",
     "Buy-till-you-die (BG/NBD) population fits by the RFM owner (one per day of event time).",
 )
+BTYD_FIT_FAILURES = Counter(
+    "nextbest_btyd_fit_failures_total",
+    "Buy-till-you-die fits that failed numerically (the last parameters stay published).",
+)
 BTYD_FIT_SECONDS = Gauge(
     "nextbest_btyd_fit_seconds", "Wall seconds of the last buy-till-you-die population fit."
 )

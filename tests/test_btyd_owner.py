@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import orjson
+import pytest
 
 from dataflows.records import WriteBoundaries
 from dataflows.steps.rfm import RfmLogic
@@ -91,3 +92,20 @@ def test_scores_follow_the_published_parameters() -> None:
     ev_fresh = s_fresh["expected_purchases_90d"]["value"]
     assert ev_fresh > s_stale["expected_purchases_90d"]["value"] >= 0.0
     assert orjson.loads(orjson.dumps(s_fresh)) == s_fresh  # JSON-ready
+
+
+def test_a_failed_fit_keeps_the_last_parameters(monkeypatch: pytest.MonkeyPatch) -> None:
+    from models.btyd_histories import Histories
+
+    owner = RfmLogic(None, flow_config(rfm_publish_every=10**9))
+    owner.on_batch([(None, p) for p in _points(2000, seed=5)])
+    before = owner.btyd
+    assert before is not None
+
+    def broken(self: Histories, day: int, init: object = None) -> None:
+        raise ValueError("the optimiser diverged")
+
+    monkeypatch.setattr(Histories, "fit_at", broken)
+    nxt = RfmPoint((TODAY + 1) * DAY, 2, 20.0, first_ts=TODAY * DAY)
+    owner.on_batch([(None, nxt)])  # a new day: the fit fails, the flow goes on
+    assert owner.btyd == before and owner.btyd_day == TODAY + 1

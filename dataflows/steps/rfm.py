@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable
 from dataclasses import astuple
@@ -21,6 +22,8 @@ from dataflows.steps import RETAIN, Out
 from features.rfm import RfmPoint
 from models.btyd import BgNbdParams
 from models.btyd_histories import DAY_MS, Histories
+
+log = logging.getLogger(__name__)
 
 
 def _history(p: RfmPoint | None) -> tuple[int, int, int] | None:
@@ -74,7 +77,12 @@ class RfmLogic(StatefulBatchLogic[Any, Out, Any]):
         if self.newest <= 0 or (self.btyd_day is not None and day <= self.btyd_day):
             return False
         t0 = time.perf_counter()
-        params = self.histories.fit_at(day, init=self.btyd)
+        try:
+            params = self.histories.fit_at(day, init=self.btyd)
+        except (ValueError, ArithmeticError) as exc:  # a numerical corner: keep the last fit
+            log.warning("buy-till-you-die fit as of day %d failed (%s): keeping the last", day, exc)
+            metrics.BTYD_FIT_FAILURES.inc()
+            params = None
         metrics.BTYD_FIT_SECONDS.set(time.perf_counter() - t0)
         self.btyd_day = day
         if params is None:
