@@ -250,19 +250,14 @@ class KeyspaceListener:
         self._client.close()
 
 
-def transition_latencies(brokers: str, produced: set[tuple[str, int]]) -> dict[str, Any]:
-    """Event-to-transition latency: a transition caused by an event has ``at`` = that event's
-    ``ts``, which the bench sets to its produce time (ms), so ``emitted_at - at`` is the time
-    from producing the event to writing its transition (same machine, same clock). Transitions
-    by time alone (a flip) are not caused by a measured event: counted, not timed."""
+def segment_event_records(brokers: str, settle_s: float = 3.0) -> list[dict[str, Any]]:
+    """Every record on ``segment-events``, in partition order (read until nothing new came for
+    ``settle_s``)."""
     from confluent_kafka import Consumer, TopicPartition
-
-    from schemas.events import parse_ts
 
     consumer = Consumer({"bootstrap.servers": brokers, "group.id": f"bench-{time.time_ns()}",
                          "enable.auto.commit": False})  # fmt: skip
-    lat: list[float] = []
-    flips = 0
+    out: list[dict[str, Any]] = []
     try:
         meta = consumer.list_topics(TOPIC_SEGMENT_EVENTS, timeout=10).topics.get(
             TOPIC_SEGMENT_EVENTS
@@ -270,19 +265,32 @@ def transition_latencies(brokers: str, produced: set[tuple[str, int]]) -> dict[s
         parts = list(meta.partitions) if meta is not None and meta.partitions else []
         consumer.assign([TopicPartition(TOPIC_SEGMENT_EVENTS, p, 0) for p in parts])
         last = time.monotonic()
-        while parts and time.monotonic() - last < 3.0:
+        while parts and time.monotonic() - last < settle_s:
             msg = consumer.poll(0.5)
             if msg is None or msg.error() is not None:
                 continue
             last = time.monotonic()
-            doc = orjson.loads(msg.value() or b"{}")
-            emitted = parse_ts(doc["emitted_at"])
-            if (doc["customer_id"], doc["at_ms"]) in produced and emitted is not None:
-                lat.append(float(emitted - doc["at_ms"]))
-            else:
-                flips += 1
+            out.append(orjson.loads(msg.value() or b"{}"))
     finally:
         consumer.close()
+    return out
+
+
+def transition_latencies(brokers: str, produced: set[tuple[str, int]]) -> dict[str, Any]:
+    """Event-to-transition latency: a transition caused by an event has ``at`` = that event's
+    ``ts``, which the bench sets to its produce time (ms), so ``emitted_at - at`` is the time
+    from producing the event to writing its transition (same machine, same clock). Transitions
+    by time alone (a flip) are not caused by a measured event: counted, not timed."""
+    from schemas.events import parse_ts
+
+    lat: list[float] = []
+    flips = 0
+    for doc in segment_event_records(brokers):
+        emitted = parse_ts(doc["emitted_at"])
+        if (doc["customer_id"], doc["at_ms"]) in produced and emitted is not None:
+            lat.append(float(emitted - doc["at_ms"]))
+        else:
+            flips += 1
     return {"event_driven_ms": summary(lat), "other": flips}
 
 

@@ -28,13 +28,13 @@ import orjson
 from bench.freshness import (
     TOPIC_CLICKSTREAM,
     TOPIC_DEAD_LETTER,
-    TOPIC_SEGMENT_EVENTS,
     TOPIC_TRANSACTIONS,
     KeyspaceListener,
     Tracker,
     _check_alive,
     _run_process,
     _warm_up,
+    segment_event_records,
 )
 from bench.kafka import BenchProducer, paced
 from bench.services import Services
@@ -45,31 +45,6 @@ from schemas.events import parse_ts
 
 #: The allowed lateness of ``nextbest run`` (its default, which the bench does not change).
 LATENESS_MS = 600_000
-
-
-def _segment_events(brokers: str, settle_s: float = 3.0) -> list[dict[str, Any]]:
-    """Every record on ``segment-events`` (read until nothing new came for ``settle_s``)."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    consumer = Consumer({"bootstrap.servers": brokers, "group.id": f"bench-{time.time_ns()}",
-                         "enable.auto.commit": False})  # fmt: skip
-    out: list[dict[str, Any]] = []
-    try:
-        meta = consumer.list_topics(TOPIC_SEGMENT_EVENTS, timeout=10).topics.get(
-            TOPIC_SEGMENT_EVENTS
-        )
-        parts = list(meta.partitions) if meta is not None and meta.partitions else []
-        consumer.assign([TopicPartition(TOPIC_SEGMENT_EVENTS, p, 0) for p in parts])
-        last = time.monotonic()
-        while parts and time.monotonic() - last < settle_s:
-            msg = consumer.poll(0.5)
-            if msg is None or msg.error() is not None:
-                continue
-            last = time.monotonic()
-            out.append(orjson.loads(msg.value() or b"{}"))
-    finally:
-        consumer.close()
-    return out
 
 
 def measure_timer_latency(
@@ -140,7 +115,7 @@ def measure_timer_latency(
         listener.close()
     lat: list[float] = []
     late_by_ms: list[float] = []
-    records = _segment_events(services.brokers)
+    records = segment_event_records(services.brokers)
     for doc in records:
         cid = doc.get("customer_id")
         if doc.get("segment") != "cart_abandoned" or doc.get("direction") != "entered":

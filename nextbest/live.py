@@ -33,11 +33,11 @@ from bisect import bisect_right
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from itertools import accumulate
-from typing import Any, Final
+from typing import Final
 
 import orjson
 
-from nextbest.simulator import DAY_MS, SimConfig, _bad_line, _Ev, _Person, _Sim, fast_format_ts
+from nextbest.simulator import DAY_MS, SimConfig, _bad_line, _Ev, _Person, _Sim, event_doc
 from schemas.events import format_ts
 
 #: Share of live sessions started by a new anonymous visitor (the rest: registered customers).
@@ -84,7 +84,7 @@ class LiveShop:
             for ev in sim.day_events(day):
                 if ev[0] < end:
                     self._n += 1
-                    d = self._doc(ev, f"e-{seed}-{self._n}")
+                    d = event_doc(ev, f"e-{seed}-{self._n}")
                     line = orjson.dumps(d)
                     while bad_rate and bad_rng.random() < bad_rate:  # as the simulator does
                         n_bad += 1
@@ -132,7 +132,7 @@ class LiveShop:
         while pending and pending[0][0] <= now:
             ev = heapq.heappop(pending)
             self._live_n += 1
-            out.append(orjson.dumps(self._doc(ev, f"e-{self.cfg.seed}-L{self._live_n}")))
+            out.append(orjson.dumps(event_doc(ev, f"e-{self.cfg.seed}-L{self._live_n}")))
         return out
 
     def _start_session(self, start: int) -> None:
@@ -167,20 +167,6 @@ class LiveShop:
         for ev in events:
             if ev[0] >= self.end_ms:
                 heapq.heappush(self._pending, ev)
-
-    @staticmethod
-    def _doc(ev: _Ev, event_id: str) -> dict[str, Any]:
-        ts, _, _, typ, cid, aid, sid, extra = ev
-        d: dict[str, Any] = {"event_id": event_id, "type": typ, "ts": fast_format_ts(ts)}
-        if cid is not None:
-            d["customer_id"] = cid
-        if aid is not None:
-            d["anonymous_id"] = aid
-        if sid is not None:
-            d["session_id"] = sid
-        if extra is not None:
-            d.update(extra)
-        return d
 
 
 def _poisson(rng: random.Random, lam: float) -> int:

@@ -879,6 +879,27 @@ def _bad_line(rng: random.Random, d: dict[str, Any], line: bytes, ts: int, n: in
     return orjson.dumps(b)
 
 
+def event_doc(ev: _Ev, event_id: str) -> dict[str, Any]:
+    """The JSON document of a simulated event (the event contract's fields it has).
+
+    >>> event_doc((86_400_000, 1, 0, "page_view", "c-1", None, "s-1", None), "e-1")["ts"]
+    '1970-01-02T00:00:00Z'
+    >>> sorted(event_doc((0, 1, 0, "login", "c-1", "a-1", None, {"x": 1}), "e-2"))
+    ['anonymous_id', 'customer_id', 'event_id', 'ts', 'type', 'x']
+    """
+    ts, _, _, typ, cid, aid, sid, extra = ev
+    d: dict[str, Any] = {"event_id": event_id, "type": typ, "ts": fast_format_ts(ts)}
+    if cid is not None:
+        d["customer_id"] = cid
+    if aid is not None:
+        d["anonymous_id"] = aid
+    if sid is not None:
+        d["session_id"] = sid
+    if extra is not None:
+        d.update(extra)
+    return d
+
+
 def _lines(
     cfg: SimConfig, sim: _Sim, *, truth: bool
 ) -> Iterator[tuple[bytes, str | None, str | None, int]]:
@@ -892,20 +913,12 @@ def _lines(
     n_bad = 0
     last_day = cfg.days if truth else cfg.days - cfg.holdout_days
     dumps = orjson.dumps
-    fmt = fast_format_ts
-    for ts, _, _, typ, cid, aid, sid, extra in sim.events(last_day, truth):
+    for ev in sim.events(last_day, truth):
+        ts, typ, cid, aid = ev[0], ev[3], ev[4], ev[5]
         if ts >= hold_ms:
             continue
         n += 1
-        d: dict[str, Any] = {"event_id": f"e-{seed}-{n}", "type": typ, "ts": fmt(ts)}
-        if cid is not None:
-            d["customer_id"] = cid
-        if aid is not None:
-            d["anonymous_id"] = aid
-        if sid is not None:
-            d["session_id"] = sid
-        if extra is not None:
-            d.update(extra)
+        d = event_doc(ev, f"e-{seed}-{n}")
         line = dumps(d)
         while bad_rate and br() < bad_rate:
             n_bad += 1
