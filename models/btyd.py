@@ -1,7 +1,7 @@
 """Buy-till-you-die: the BG/NBD model of repeat purchasing (Fader, Hardie & Lee 2005).
 
 (Long on purpose: the likelihood, its gradient, the fit, and a numerically careful expected-
-purchases formula with its fallback belong together; the population's histories are in
+purchases formula with its fallback belong together; histories are in
 :mod:`models.btyd_histories`.)
 
 The model explains a customer's purchases from their first purchase on, with two hidden
@@ -33,9 +33,10 @@ Functions
 :func:`fit`                 maximum-likelihood :class:`BgNbdParams` (optionally weighted)
 :func:`p_alive`             P(alive at ``T`` | history), in ``[0, 1]``
 :func:`expected_purchases`  E[purchases in ``(T, T + t]`` | history], ``>= 0``
-:func:`sample`              simulated histories ``(x, t_x, T)`` drawn from the model
-:func:`summarise`           ``(x, t_x, T)`` from one customer's purchase times, or ``None``
 ==========================  ==================================================================
+
+Histories — drawn from the model (``sample``), summarised from purchase times (``summarise``),
+and a population's, for the dataflow's scheduled fit — are in :mod:`models.btyd_histories`.
 
 Formulas (``G`` and ``B`` are the gamma and beta functions, ``[x > 0]`` is 1 when ``x > 0``
 else 0):
@@ -75,6 +76,7 @@ the next 39 weeks is 1.226 purchases:
 
 Histories from purchase times (days), then a fit on simulated customers:
 
+>>> from models.btyd_histories import sample, summarise
 >>> summarise([3.0, 10.0, 17.5], as_of_days=40.0)  # 2 repeats, last at day 14.5, age 37
 (2, 14.5, 37.0)
 >>> summarise([], as_of_days=40.0) is None  # never bought: outside the model
@@ -90,7 +92,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import astuple, dataclass
 from typing import Final
 
@@ -104,8 +106,6 @@ __all__ = [
     "fit",
     "log_likelihood",
     "p_alive",
-    "sample",
-    "summarise",
 ]
 
 FloatArray = npt.NDArray[np.float64]
@@ -420,6 +420,7 @@ def fit(
 
     Examples
     --------
+    >>> from models.btyd_histories import sample
     >>> truth = BgNbdParams(r=0.5, alpha=20.0, a=0.8, b=3.0)
     >>> x, t_x, T = sample(truth, 3000, 180.0, np.random.default_rng(1))
     >>> fit(x, t_x, T) == fit(x, t_x, T)
@@ -647,123 +648,3 @@ def expected_purchases(params: BgNbdParams, t: float, x: float, t_x: float, T: f
     if not (0.0 <= g <= upper * (1.0 + 1e-9)):  # also true for nan
         g = _alive_expectation_quad(r, alpha, a, b, t, x, T)
     return alive * min(max(g, 0.0), upper)
-
-
-# --------------------------------------------------------------------------------------------
-# simulation and summaries
-
-
-def sample(
-    params: BgNbdParams, n: int, T: float | npt.ArrayLike, rng: np.random.Generator
-) -> tuple[IntArray, FloatArray, FloatArray]:
-    """Draw ``n`` customers' histories from the BG/NBD model.
-
-    Each customer has ``lambda ~ Gamma(r, scale=1/alpha)`` and ``p ~ Beta(a, b)``, makes a first
-    purchase at time 0, then buys as a Poisson process of rate ``lambda`` and drops out right
-    after each repeat purchase with probability ``p`` (the process the likelihood describes).
-    Drawn without simulating each purchase: the number of Poisson events in ``(0, T]`` is
-    ``K ~ Poisson(lambda T)``, the repeat purchase after which the customer drops out is
-    ``N ~ Geometric(p)`` on ``1, 2, ...``, so ``x = min(N, K)``, and the ``x``-th of ``K``
-    uniform event times is ``t_x = T * Beta(x, K - x + 1)``.
-
-    Parameters
-    ----------
-    params
-        Model parameters (``alpha`` in days).
-    n
-        Number of customers (``>= 0``).
-    T
-        Observation period in days: one number for everyone, or one per customer (shape
-        ``(n,)``).
-    rng
-        The random generator (the draws depend only on its state).
-
-    Returns
-    -------
-    tuple
-        ``(x, t_x, T)``: repeat purchases (int64), days to the last purchase and age in days
-        (float64), each of shape ``(n,)``.
-
-    Raises
-    ------
-    ValueError
-        When ``n`` is negative, or ``T`` is negative, not finite, or of the wrong shape.
-
-    Examples
-    --------
-    >>> p = BgNbdParams(r=0.25, alpha=4.0, a=0.8, b=2.5)
-    >>> x, t_x, T = sample(p, 5, [30.0, 60.0, 90.0, 120.0, 150.0], np.random.default_rng(3))
-    >>> x.dtype.name, t_x.shape, T.tolist()
-    ('int64', (5,), [30.0, 60.0, 90.0, 120.0, 150.0])
-    >>> bool(np.all((t_x <= T) & ((x > 0) | (t_x == 0))))
-    True
-    """
-    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0:
-        raise ValueError(f"n (number of customers) must be an int >= 0, got {n!r}")
-    Ts = np.asarray(T, dtype=np.float64)
-    if Ts.ndim == 0:
-        Ts = np.full(n, float(Ts))
-    elif Ts.shape != (n,):
-        raise ValueError(f"T must be a number or have shape ({n},), got shape {Ts.shape}")
-    else:
-        Ts = Ts.copy()
-    if not np.all(np.isfinite(Ts) & (Ts >= 0)):
-        raise ValueError("T (observation period in days) must be finite and >= 0")
-    lam = rng.gamma(params.r, 1.0 / params.alpha, size=n)
-    p = rng.beta(params.a, params.b, size=n)
-    k = rng.poisson(lam * Ts)
-    u = rng.random(n)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        # P(N > j) = (1 - p)^j; p == 0 (underflow of the Beta draw) never drops out
-        n_drop = np.where(p > 0, np.floor(np.log1p(-u) / np.log1p(-p)) + 1.0, np.inf)
-    x = np.minimum(n_drop, k).astype(np.int64)
-    t_x = np.zeros(n)
-    pos = x > 0
-    t_x[pos] = Ts[pos] * rng.beta(x[pos], k[pos] - x[pos] + 1)
-    return x, t_x, Ts
-
-
-def summarise(
-    purchase_times_days: Sequence[float], as_of_days: float
-) -> tuple[int, float, float] | None:
-    """One customer's BG/NBD history ``(x, t_x, T)`` from their purchase times.
-
-    Parameters
-    ----------
-    purchase_times_days
-        Times of the customer's purchases in days on any common clock, in any order. Equal
-        times count as one purchase (the model's purchases never coincide): round the times
-        to whole days first to count purchases per day, as is usual for BG/NBD.
-    as_of_days
-        The end of observation on the same clock. Purchases after it are not known yet and
-        are ignored, so one list can be summarised at several dates (calibration/holdout).
-
-    Returns
-    -------
-    tuple or None
-        ``(x, t_x, T)`` with the first purchase as the origin: ``x`` = distinct purchase times
-        - 1, ``t_x`` = last - first, ``T`` = ``as_of_days`` - first. ``None`` when there is no
-        purchase at or before ``as_of_days``: BG/NBD describes customers from their first
-        purchase on.
-
-    Raises
-    ------
-    ValueError
-        When a time is not a finite number.
-
-    Examples
-    --------
-    >>> summarise([12.0, 5.0, 5.0, 30.0], as_of_days=20.0)  # 5.0 twice: once; 30.0: not yet
-    (1, 7.0, 15.0)
-    >>> summarise([12.0], as_of_days=12.0), summarise([12.0], as_of_days=11.0)
-    ((0, 0.0, 0.0), None)
-    """
-    times = [float(v) for v in purchase_times_days]
-    as_of = float(as_of_days)
-    if not all(math.isfinite(v) for v in [*times, as_of]):
-        raise ValueError("purchase times and as_of_days must be finite numbers")
-    known = {v for v in times if v <= as_of}
-    if not known:
-        return None
-    first, last = min(known), max(known)
-    return len(known) - 1, last - first, as_of - first

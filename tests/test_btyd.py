@@ -21,9 +21,8 @@ from models.btyd import (
     fit,
     log_likelihood,
     p_alive,
-    sample,
-    summarise,
 )
+from models.btyd_histories import sample, summarise
 
 #: The CDNOW parameters of Fader, Hardie & Lee (2005), fitted in weeks, and in days.
 CDNOW_WEEKS = BgNbdParams(r=0.243, alpha=4.414, a=0.793, b=2.426)

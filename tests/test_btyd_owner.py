@@ -13,6 +13,7 @@ from dataflows.steps.rfm import RfmLogic
 from features.profile import ProfileView
 from features.rfm import RfmBoundaries, RfmPoint
 from models import btyd
+from models.btyd_histories import sample
 from serving.scoring import btyd_scores
 from tests.conftest import flow_config
 
@@ -25,7 +26,7 @@ def _points(n: int, seed: int) -> list[RfmPoint]:
     """Customers drawn from the model, observed for 60..270 days up to the start of TODAY."""
     rng = np.random.default_rng(seed)
     ages = rng.integers(60, 271, size=n)
-    x, t_x, _ = btyd.sample(TRUE, n, ages.astype(float), rng)
+    x, t_x, _ = sample(TRUE, n, ages.astype(float), rng)
     out = []
     for xi, txi, age in zip(x, t_x, ages, strict=True):
         first = (TODAY - int(age)) * DAY

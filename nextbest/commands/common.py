@@ -8,9 +8,11 @@ import contextlib
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
+
+T = TypeVar("T", int, float)
 
 EXIT_USAGE = 2
 EXIT_NOT_FOUND = 1
@@ -78,34 +80,27 @@ def as_of_ms(command: str, raw: str | None) -> int:
 # argument types
 
 
-def positive_int(raw: str) -> int:
+def _number(raw: str, parse: Callable[[str], T], ok: Callable[[T], bool], what: str) -> T:
+    """``raw`` parsed, if ``ok`` says it is fine; else the argparse error "expected {what}"."""
     try:
-        v = int(raw)
+        v = parse(raw)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {raw!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {raw!r}")
+        raise argparse.ArgumentTypeError(f"expected {what}, got {raw!r}") from None
+    if not ok(v):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {raw!r}")
     return v
+
+
+def positive_int(raw: str) -> int:
+    return _number(raw, int, lambda v: v > 0, "a positive integer")
 
 
 def positive_float(raw: str) -> float:
-    try:
-        v = float(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {raw!r}") from None
-    if not v > 0 or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {raw!r}")
-    return v
+    return _number(raw, float, lambda v: 0 < v < float("inf"), "a positive number")
 
 
 def nonneg_int(raw: str) -> int:
-    try:
-        v = int(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {raw!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {raw!r}")
-    return v
+    return _number(raw, int, lambda v: v >= 0, "an integer >= 0")
 
 
 def port_number(raw: str) -> int:
