@@ -80,6 +80,7 @@ from schemas.events import (
     MAX_PROPERTIES,
     MAX_TS_MS,
     MIN_TS_MS,
+    OUTCOME_TYPES,
     REASONS,
     TRANSACTION_TYPES,
     WIRE_FIELDS,
@@ -268,7 +269,10 @@ def contract_breach(ev: Event, size: int) -> str | None:
         (ev.customer_id is not None or ev.anonymous_id is not None, "no identity"),
         (all(_id_ok(getattr(ev, n)) for n in ID_FIELDS), "an empty or too long id"),
         (ev.properties is None or len(ev.properties) <= MAX_PROPERTIES, "too many properties"),
-        (all(v is None or 0.0 <= v < 1e9 for v in (ev.price, ev.total)), "price or total range"),
+        (
+            all(v is None or 0.0 <= v < 1e9 for v in (ev.price, ev.total, ev.value)),
+            "price, total or value range",
+        ),
         (ev.quantity is None or 0 < ev.quantity <= 10_000, "quantity range"),
         (
             ev.type not in TRANSACTION_TYPES or (ev.customer_id and ev.total is not None),
@@ -276,8 +280,9 @@ def contract_breach(ev: Event, size: int) -> str | None:
         ),
         (_items_ok(ev.items), "items"),
         (
-            ev.type not in FEEDBACK_TYPES or (ev.decision_id and ev.action_id),
-            "decision feedback without decision_id or action_id",
+            ev.type not in FEEDBACK_TYPES
+            or (ev.decision_id and ev.action_id and ev.outcome in OUTCOME_TYPES),
+            "decision feedback without decision_id, action_id or a known outcome",
         ),
     )
     return next((why for good, why in checks if not good), None)
@@ -355,7 +360,7 @@ Pairs = tuple[tuple[bytes, bytes], ...]
 #: Valid events of the types the simulator rarely or never writes.
 TEMPLATES: Final = (
     b'{"event_id":"t-1","type":"decision_outcome","ts":"2026-01-02T03:04:05Z","customer_id":"c-1",'
-    b'"decision_id":"d-1","action_id":"a-1","properties":{"outcome":"clicked"}}',
+    b'"decision_id":"d-1","action_id":"a-1","outcome":"click","value":12.5}',
     b'{"event_id":"t-2","type":"refund","ts":1767323045000,"customer_id":"c-1","order_id":"o-1",'
     b'"total":9.5,"currency":"EUR","items":[{"product_id":"p-1","category":"books","price":9.5,'
     b'"quantity":1}]}',

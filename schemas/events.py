@@ -61,8 +61,11 @@ CLICKSTREAM_TYPES: Final = frozenset(
     }
 )
 TRANSACTION_TYPES: Final = frozenset({"purchase", "refund"})
-#: Decision feedback: the outcome of a served action (shown, clicked, converted, dismissed).
+#: Decision feedback: the outcome of a served action (its ``outcome``: one of
+#: :data:`OUTCOME_TYPES`, with an optional ``value``, e.g. a conversion's order value).
 FEEDBACK_TYPES: Final = frozenset({"decision_outcome"})
+#: What happened after a decision: the action was shown, clicked, or led to a conversion.
+OUTCOME_TYPES: Final = ("impression", "click", "conversion")
 EVENT_TYPES: Final = CLICKSTREAM_TYPES | TRANSACTION_TYPES | FEEDBACK_TYPES
 #: Identity-linking types: carrying both ids links the anonymous id to the customer.
 LINK_TYPES: Final = frozenset({"login", "signup"})
@@ -102,6 +105,8 @@ class _WireEvent(msgspec.Struct, kw_only=True, omit_defaults=True):
     items: list[Item] | None = None
     decision_id: str | None = None
     action_id: str | None = None
+    outcome: str | None = None
+    value: float | None = None
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -124,6 +129,8 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     items: list[Item] | None = None
     decision_id: str | None = None
     action_id: str | None = None
+    outcome: str | None = None
+    value: float | None = None
 
     @property
     def key(self) -> str:
@@ -304,7 +311,7 @@ def _validate(w: _WireEvent) -> Event | DecodeError:
         return DecodeError(
             "bad_value:properties", f"properties nested deeper than {MAX_PROPERTIES_DEPTH}"
         )
-    for name in ("price", "total"):
+    for name in ("price", "total", "value"):
         v = getattr(w, name)
         if v is not None and not (0.0 <= v < 1e9):
             return DecodeError(f"bad_value:{name}", f"{name} must be in [0, 1e9)")
@@ -322,9 +329,11 @@ def _validate(w: _WireEvent) -> Event | DecodeError:
             if not (0.0 <= it.price < 1e9) or not (0 < it.quantity <= 10_000):
                 return DecodeError("bad_value:items", "item price or quantity out of range")
     if w.type in FEEDBACK_TYPES:
-        for name in ("decision_id", "action_id"):
+        for name in ("decision_id", "action_id", "outcome"):
             if getattr(w, name) is None:
                 return DecodeError(f"missing_field:{name}")
+        if w.outcome not in OUTCOME_TYPES:
+            return DecodeError("bad_value:outcome", f"outcome must be one of {OUTCOME_TYPES}")
     return Event(
         event_id=w.event_id,
         type=w.type,
@@ -343,6 +352,8 @@ def _validate(w: _WireEvent) -> Event | DecodeError:
         items=w.items,
         decision_id=w.decision_id,
         action_id=w.action_id,
+        outcome=w.outcome,
+        value=w.value,
     )
 
 

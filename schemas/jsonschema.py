@@ -22,6 +22,7 @@ from schemas.events import (
     MAX_ID_LEN,
     MAX_ITEMS,
     MAX_PROPERTIES,
+    OUTCOME_TYPES,
     TRANSACTION_TYPES,
     _WireEvent,
 )
@@ -43,8 +44,9 @@ def event_schema() -> dict[str, Any]:
         "anyOf": [{"type": "string", "format": "date-time"}, {"type": "integer"}],
     }
     props["properties"] = {"type": "object", "maxProperties": MAX_PROPERTIES}
-    for name in ("price", "total"):
+    for name in ("price", "total", "value"):
         props[name] = {"type": "number", "minimum": 0}
+    props["outcome"] = {"enum": list(OUTCOME_TYPES)}
     props["quantity"] = {"type": "integer", "minimum": 1, "maximum": 10000}
     props["items"] = {"type": "array", "maxItems": MAX_ITEMS, "items": {"$ref": "#/$defs/Item"}}
     body.pop("title", None)
@@ -56,7 +58,7 @@ def event_schema() -> dict[str, Any]:
             f"One event per Kafka message or JSONL line, at most {MAX_EVENT_BYTES} bytes. "
             f"Clickstream types: {', '.join(sorted(CLICKSTREAM_TYPES))}. Transaction types "
             f"(customer_id and total required): {', '.join(sorted(TRANSACTION_TYPES))}. "
-            f"Feedback types (decision_id and action_id required): "
+            f"Feedback types (decision_id, action_id and outcome required): "
             f"{', '.join(sorted(FEEDBACK_TYPES))}. Unknown extra fields are accepted."
         ),
         **body,
@@ -69,7 +71,7 @@ def event_schema() -> dict[str, Any]:
             },
             {
                 "if": {"properties": {"type": {"enum": sorted(FEEDBACK_TYPES)}}},
-                "then": {"required": ["decision_id", "action_id"]},
+                "then": {"required": ["decision_id", "action_id", "outcome"]},
             },
         ],
         "$defs": defs,

@@ -98,7 +98,15 @@ def test_feedback_needs_decision_and_action() -> None:
     base = {"event_id": "f", "type": "decision_outcome", "ts": 1772359200000, "customer_id": "c"}
     out = _dec(base)
     assert isinstance(out, DecodeError) and out.reason == "missing_field:decision_id"
-    assert isinstance(_dec({**base, "decision_id": "d", "action_id": "a"}), Event)
+    out = _dec({**base, "decision_id": "d", "action_id": "a"})
+    assert isinstance(out, DecodeError) and out.reason == "missing_field:outcome"
+    bad = _dec({**base, "decision_id": "d", "action_id": "a", "outcome": "purchase"})
+    assert isinstance(bad, DecodeError) and bad.reason == "bad_value:outcome"
+    neg = _dec({**base, "decision_id": "d", "action_id": "a", "outcome": "click", "value": -1})
+    assert isinstance(neg, DecodeError) and neg.reason == "bad_value:value"
+    for outcome in ("impression", "click", "conversion"):
+        ok = _dec({**base, "decision_id": "d", "action_id": "a", "outcome": outcome, "value": 9.5})
+        assert isinstance(ok, Event) and ok.outcome == outcome and ok.value == 9.5
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
@@ -151,6 +159,8 @@ def test_encode_decode_round_trip(type_: str, ts: int, ident: str) -> None:
         total=1.0,
         decision_id="d",
         action_id="a",
+        outcome="conversion",
+        value=3.5,
     )
     assert decode_event(encode_event(ev)) == ev
 
