@@ -222,6 +222,38 @@ def _line(where: object, key: object = None) -> int | None:
     return getattr(where, "line", None)
 
 
+#: The line (1-based) of a loaded mapping or list, or of one of its keys or items (``None``
+#: when unknown): for other YAML files validated the same way (the action catalogue).
+line_of = _line
+
+
+class YamlError(ValueError):
+    """YAML that does not load: ``line`` (1-based or ``None``) and ``message``."""
+
+    def __init__(self, line: int | None, message: str) -> None:
+        super().__init__(message)
+        self.line = line
+        self.message = message
+
+
+def load_yaml(text: str) -> Any:
+    """YAML text whose mappings and lists know their lines (:func:`line_of`); duplicate keys
+    are errors. Raises :class:`YamlError`.
+
+    >>> d = load_yaml("a: 1\\nb:\\n  - x\\n")
+    >>> d["b"], line_of(d, "b"), line_of(d["b"], 0)
+    (['x'], 2, 3)
+    """
+    try:
+        return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = mark.line + 1 if mark is not None else None
+        raise YamlError(line, f"YAML syntax: {e.problem}") from None
+    except yaml.YAMLError as e:
+        raise YamlError(None, f"YAML: {e}") from None
+
+
 # --------------------------------------------------------------------------------------------
 # Loading
 
@@ -263,13 +295,9 @@ def parse_segments(
     """Validate the text of a segments file (see the module docstring)."""
     tg = tuple(targets)
     try:
-        data = yaml.load(text, Loader=_Loader)  # a SafeLoader subclass
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        line = mark.line + 1 if mark is not None else None
-        raise SegmentConfigError(file, line, None, None, f"YAML syntax: {e.problem}") from None
-    except yaml.YAMLError as e:
-        raise SegmentConfigError(file, None, None, None, f"YAML: {e}") from None
+        data = load_yaml(text)
+    except YamlError as e:
+        raise SegmentConfigError(file, e.line, None, None, e.message) from None
 
     def fail(line: int | None, seg: str | None, fld: str | None, msg: str) -> SegmentConfigError:
         return SegmentConfigError(file, line, seg, fld, msg)
