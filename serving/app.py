@@ -2,8 +2,8 @@
 
 Routes: ``GET /v1/customers/{customer_id}/profile``, ``GET /v1/segments``,
 ``GET /v1/segments/{name}/members`` (:mod:`serving.segments`), ``GET /healthz``, ``GET /readyz``,
-``GET /metrics``, plus FastAPI's ``/openapi.json`` and ``/docs``. Every error body is
-``{"error": code, "detail": text}`` (see :mod:`serving.errors`).
+``GET /metrics``, ``POST /v1/events`` (:mod:`serving.collect`), plus FastAPI's ``/openapi.json``
+and ``/docs``. Every error body is ``{"error": code, "detail": text}`` (see :mod:`serving.errors`).
 
 The Redis client (:func:`get_redis`) and the clock (:func:`get_now_ms`) are dependencies, so
 tests can override them through ``app.dependency_overrides``.
@@ -31,6 +31,8 @@ from features.store import aread_link, aread_stored_profile
 from schemas.events import MAX_ID_LEN
 from schemas.keys import customer_key, device_key
 from serving.bodies import HealthBody, ProfileBody, ReadyBody, VisitorBody
+from serving.collect import CollectSettings, start_collect, stop_collect
+from serving.collect import router as collect_router
 from serving.deps import NowDep, RedisDep, parse_as_of
 from serving.deps import get_now_ms as get_now_ms  # re-exported: tests override it
 from serving.deps import get_redis as get_redis  # re-exported: tests override it
@@ -228,7 +230,7 @@ async def _reload_models(app: FastAPI, client: aioredis.Redis) -> None:
         await asyncio.sleep(MODEL_RELOAD_SECONDS)
 
 
-class ServingSettings(Protocol):
+class ServingSettings(CollectSettings, Protocol):
     """What the API needs of the settings (:class:`nextbest.settings.Settings` has it): serving
     does not reach up into the application shell."""
 
@@ -240,8 +242,19 @@ class ServingSettings(Protocol):
     def segments(self) -> str | None: ...
 
 
-def create_app(settings: ServingSettings, redis_url: str | None = None) -> FastAPI:
+def create_app(
+    settings: ServingSettings,
+    redis_url: str | None = None,
+    kafka_brokers: str | None = None,
+    *,
+    collect_ack_timeout: float | None = None,
+    collect_disabled: str | None = None,
+) -> FastAPI:
     """Build the app; its lifespan opens (and closes) the Redis pool on ``redis_url``.
+
+    ``kafka_brokers``: where ``POST /v1/events`` writes (the lifespan opens the producer; none:
+    the route answers 503 ``collect_disabled``, with ``collect_disabled`` as the detail when
+    given); see :mod:`serving.collect`.
 
     ``redis_url`` defaults to ``settings.redis_url``; the caller resolves an embedded Redis.
     The segment definitions (``settings.segments``) are loaded here: a bad file raises
@@ -257,9 +270,11 @@ def create_app(settings: ServingSettings, redis_url: str | None = None) -> FastA
         app.state.redis = client
         log.info("serving: redis at %s", redact_url(url))
         reloader = asyncio.create_task(_reload_models(app, client))
+        start_collect(app, settings, kafka_brokers, collect_ack_timeout, collect_disabled)
         try:
             yield
         finally:
+            await stop_collect(app)
             reloader.cancel()
             with suppress(asyncio.CancelledError):
                 await reloader
@@ -280,18 +295,26 @@ def create_app(settings: ServingSettings, redis_url: str | None = None) -> FastA
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(segments_router)
+    app.include_router(collect_router)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app
 
 
-def run_server(settings: ServingSettings, redis_url: str, host: str, port: int) -> None:
+def run_server(
+    settings: ServingSettings,
+    redis_url: str,
+    host: str,
+    port: int,
+    kafka_brokers: str | None = None,
+    collect_disabled: str | None = None,
+) -> None:
     """Serve the API with uvicorn until SIGTERM or SIGINT (blocking).
 
     Uvicorn handles the signals: it stops accepting, finishes in-flight requests, runs the
     lifespan shutdown, then re-raises the signal (SIGTERM ends the process; SIGINT returns).
     Access logs are on only at ``DEBUG`` (request metrics are in ``/metrics``).
     """
-    app = create_app(settings, redis_url)
+    app = create_app(settings, redis_url, kafka_brokers, collect_disabled=collect_disabled)
     with suppress(KeyboardInterrupt):
         uvicorn.run(
             app,

@@ -33,6 +33,8 @@ LATENCY_BUCKETS: Final = (
     0.5,
     1.0,
 )
+#: Buckets (seconds) of the broker acknowledgement time of ``POST /v1/events``.
+ACK_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 #: ``route`` label of requests that matched no route.
 UNMATCHED: Final = "unmatched"
 #: Content type of what :func:`generate_latest` writes (the classic text format, 0.0.4).
@@ -77,6 +79,35 @@ class HttpMetrics:
             "Current members of each configured segment (ZCARD of its index, refreshed at most "
             "every few seconds).",
             ("segment",),
+            registry=self.registry,
+        )
+
+        # POST /v1/events (serving.collect): label values are bounded sets (event types plus
+        # ``unknown``, schemas.events.REASONS, request outcomes), never ids.
+        self.collect_events = Counter(
+            "nextbest_collect_events_total",
+            "Events received by POST /v1/events, by status (accepted, rejected) and event type "
+            "(unknown: not a known type).",
+            ("status", "type"),
+            registry=self.registry,
+        )
+        self.collect_rejected = Counter(
+            "nextbest_collect_rejected_total",
+            "Events rejected by POST /v1/events, by reason.",
+            ("reason",),
+            registry=self.registry,
+        )
+        self.collect_ack = Histogram(
+            "nextbest_collect_ack_seconds",
+            "Time from producing a request's records to the broker's last acknowledgement.",
+            buckets=ACK_BUCKETS,
+            registry=self.registry,
+        )
+        self.collect_requests = Counter(
+            "nextbest_collect_requests_total",
+            "POST /v1/events requests by outcome (accepted, partial, all_rejected, invalid_json, "
+            "too_large, empty_batch, broker_unavailable, collect_disabled).",
+            ("outcome",),
             registry=self.registry,
         )
 

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
+from collections.abc import Iterator
 
 from nextbest.commands.common import port_number, sigterm_as_interrupt
 from nextbest.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: How long ``serve`` waits for the broker when it checks the topics at start (seconds).
+TOPICS_TIMEOUT = 5.0
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -14,6 +21,36 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s.add_argument("--host", help="listen address (default: $NEXTBEST_HOST)")
     s.add_argument("--port", type=port_number, help="listen port (default: $NEXTBEST_PORT)")
     s.set_defaults(func=cmd_serve)
+
+
+@contextlib.contextmanager
+def collect_brokers(settings: Settings) -> Iterator[tuple[str | None, str | None]]:
+    """The brokers ``POST /v1/events`` writes to, for the block: ``NEXTBEST_KAFKA_BROKERS``, or
+    the embedded broker shared with ``run`` (started if needed), with the input and dead-letter
+    topics created when missing.
+
+    Yields ``(brokers, None)``, or ``(None, why)`` when there is no usable broker: serving
+    profiles does not need one, so ``serve`` goes on and the route answers 503
+    ``collect_disabled`` with ``why``.
+    """
+    from nextbest.runtime import RuntimeStartError, ensure_topics, kafka_brokers
+
+    with contextlib.ExitStack() as stack:
+        brokers: str | None = None
+        why: str | None = None
+        try:
+            brokers = stack.enter_context(kafka_brokers(settings))
+        except (RuntimeStartError, OSError) as exc:
+            why = f"the embedded Kafka broker could not be started: {exc}"
+            log.warning("serve: POST /v1/events disabled: %s", why)
+        if brokers is not None:
+            topics = [*settings.topics, settings.topic_dead_letter]
+            try:
+                ensure_topics(brokers, topics, settings.topic_partitions, timeout=TOPICS_TIMEOUT)
+            except Exception as exc:  # unreachable broker (KafkaException), refused creation
+                # The producer reconnects by itself; a write to a missing topic answers 503.
+                log.warning("serve: cannot check the topics on %s (%s); going on", brokers, exc)
+        yield brokers, why
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -27,8 +64,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     port = args.port or settings.port
     with (
         redis_url(settings) as url,
+        collect_brokers(settings) as (brokers, why),
         sigterm_as_interrupt(),
         contextlib.suppress(KeyboardInterrupt),
     ):
-        run_server(settings, url, host, port)
+        run_server(settings, url, host, port, brokers, collect_disabled=why)
     return 0

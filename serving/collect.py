@@ -1,0 +1,463 @@
+"""The collect endpoint ``POST /v1/events``: events from websites, apps and source systems
+are validated like the dataflow validates them and written to the topics ``nextbest run`` reads.
+
+Long on purpose: this docstring carries the README section below.
+
+Proposed README section (copy as is):
+
+## Collecting events: `POST /v1/events`
+
+A website, app or back office sends events over HTTP; `nextbest serve` validates each one with
+the dataflow's own decoder and writes the accepted ones to the topics `nextbest run` consumes:
+`purchase` and `refund` to `NEXTBEST_TOPIC_TRANSACTIONS`, every other type (clickstream and
+`decision_outcome` feedback) to `NEXTBEST_TOPIC_CLICKSTREAM`, keyed by the event's partition key
+(`c:<customer_id>`, else `a:<anonymous_id>`), the value being the event's bytes as received.
+
+The body is one event (a JSON object, see "Event contract") or a batch: a JSON array of events.
+At most 500 events per batch and 1 MiB per body (more: 413 `too_large`, nothing written); each
+event at most 16 KiB (more: that event is rejected as `too_large`). The content type is not
+checked (`navigator.sendBeacon` sends `text/plain`).
+
+```sh
+curl -s localhost:8000/v1/events -d '[
+  {"event_id":"e1","type":"page_view","ts":"2026-03-01T10:00:00Z","anonymous_id":"d1"},
+  {"event_id":"e2","type":"purchase","ts":1772359200000,"customer_id":"42","total":12.5},
+  {"event_id":"e3","type":"page_view","anonymous_id":"d1"}]'
+{"accepted":2,"rejected":1,"results":[
+  {"index":0,"event_id":"e1","status":"accepted","reason":null},
+  {"index":1,"event_id":"e2","status":"accepted","reason":null},
+  {"index":2,"event_id":"e3","status":"rejected","reason":"missing_field:ts","detail":""}]}
+```
+
+Each result is `{"index", "event_id", "status": "accepted"|"rejected", "reason"}` in input order;
+a rejected one also has `detail`. `reason` is the dataflow's dead-letter reason
+(`invalid_json`, `not_an_object`, `too_large`, `unknown_type`, `bad_timestamp`, `no_identity`,
+`missing_field:<f>`, `bad_type:<f>`, `bad_value:<f>`, and `future_timestamp` when `ts` is more
+than `NEXTBEST_MAX_FUTURE` ahead of the time of receipt). `event_id` is echoed when it is a
+string (else `null`).
+
+| status | when | body |
+| --- | --- | --- |
+| 200 | at least one event accepted (a mixed batch too: read `rejected`) | per-event results |
+| 400 `invalid_json` | the body is not JSON (or nests too deep) | `{"error", "detail"}` |
+| 413 `too_large` | more than 1 MiB, or more than 500 events | `{"error", "detail"}` |
+| 422 `all_rejected` | every event was rejected | `{"error", "detail"}` plus the per-event results |
+| 422 `empty_batch` | an empty array | `{"error", "detail"}` |
+| 503 `broker_unavailable` | a write unacknowledged after 5 s, or refused | `{"error", "detail"}` |
+| 503 `collect_disabled` | `serve` has no broker (see below) | `{"error", "detail"}` |
+
+A 2xx (and the 422 `all_rejected`) is answered only once the broker acknowledged every write of
+the request (`acks=all`). After a 503 `broker_unavailable`, consider nothing of that request
+accepted and send it again later: some of its events may have been written all the same, and
+the dataflow drops the duplicates by `event_id` (so keep `event_id` stable across retries).
+Rejected events are not dropped silently: each is also written to `NEXTBEST_TOPIC_DEAD_LETTER`
+as a dead-letter record (the dataflow's format: `reason`, `detail`, `data`, `rejected_at_ms`,
+`position` = `http:/v1/events:<request id>:<index>`; the request id is also in the
+`X-Request-Id` answer header). A body refused as a whole (400, 413) is not dead-lettered: the
+caller got the reason, and it is counted.
+
+Metrics on `/metrics`: `nextbest_collect_events_total{status,type}` (type: the known event
+types, else `unknown`), `nextbest_collect_rejected_total{reason}`,
+`nextbest_collect_ack_seconds` (produce to the last acknowledgement) and
+`nextbest_collect_requests_total{outcome}` (`accepted`, `partial`, `all_rejected`,
+`invalid_json`, `too_large`, `empty_batch`, `broker_unavailable`, `collect_disabled`). Events
+are counted once the request is answered 2xx or 422, so a retried 503 is not counted twice.
+
+Embedded mode: with `NEXTBEST_KAFKA_BROKERS` unset, `serve` shares the embedded broker of
+`run` and `simulate --kafka` under the same `NEXTBEST_HOME` (starting it if it is not running,
+creating missing topics), so events posted to `serve` reach `run`. The embedded broker keeps
+its data in memory only: events not yet read by `run` are lost when the last command using
+the broker stops. If the broker cannot be started or the topics cannot be created, `serve`
+still serves profiles and answers `POST /v1/events` with 503 `collect_disabled` (the detail
+and the log say why).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Final, Literal, Protocol, cast
+
+import msgspec
+import orjson
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from schemas.events import (
+    EVENT_TYPES,
+    MAX_EVENT_BYTES,
+    MAX_ID_LEN,
+    REASONS,
+    TRANSACTION_TYPES,
+    DecodeError,
+    Event,
+    decode_event,
+)
+from serving.errors import ApiError, error_responses
+from serving.metrics import HttpMetrics
+from serving.producer import ACK_TIMEOUT, BrokerUnavailable, EventProducer, OutRecord
+
+log = logging.getLogger(__name__)
+
+#: Most events in one batch.
+MAX_BATCH_EVENTS: Final = 500
+#: Largest request body (bytes).
+MAX_BODY_BYTES: Final = 1024 * 1024
+#: The route (also the prefix of dead-letter positions).
+ROUTE: Final = "/v1/events"
+
+
+class CollectSettings(Protocol):
+    """What the collect endpoint needs of the settings (:class:`nextbest.settings.Settings`)."""
+
+    @property
+    def topic_clickstream(self) -> str: ...
+    @property
+    def topic_transactions(self) -> str: ...
+    @property
+    def topic_dead_letter(self) -> str: ...
+    @property
+    def dead_letter_max_bytes(self) -> int: ...
+    @property
+    def max_future_ms(self) -> int: ...
+
+
+@dataclass
+class Collector:
+    """The producer and the topics of one app (``app.state.collect``)."""
+
+    producer: EventProducer
+    clickstream: str
+    transactions: str
+    dead_letter: str
+    dead_letter_max_bytes: int
+    max_future_ms: int
+
+
+def start_collect(
+    app: FastAPI,
+    settings: CollectSettings,
+    kafka_brokers: str | None,
+    ack_timeout: float | None = None,
+    disabled_reason: str | None = None,
+) -> None:
+    """Open the producer (in the app's lifespan); no brokers: the endpoint answers 503
+    ``collect_disabled`` with ``disabled_reason`` (or a default one)."""
+    app.state.collect = None
+    app.state.collect_disabled = disabled_reason or (
+        "this server has no Kafka broker to write events to: start `nextbest serve` with "
+        "NEXTBEST_KAFKA_BROKERS set, or unset for the embedded broker"
+    )
+    if not kafka_brokers:
+        return
+    timeout = ACK_TIMEOUT if ack_timeout is None else ack_timeout
+    app.state.collect = Collector(
+        producer=EventProducer(kafka_brokers, ack_timeout=timeout),
+        clickstream=settings.topic_clickstream,
+        transactions=settings.topic_transactions,
+        dead_letter=settings.topic_dead_letter,
+        dead_letter_max_bytes=settings.dead_letter_max_bytes,
+        max_future_ms=settings.max_future_ms,
+    )
+    log.info("serving: POST %s writes to %s", ROUTE, kafka_brokers)
+
+
+async def stop_collect(app: FastAPI) -> None:
+    """Close the producer (waiting a moment for records still queued)."""
+    collector = getattr(app.state, "collect", None)
+    app.state.collect = None
+    if collector is not None:
+        await collector.producer.close()
+
+
+# --------------------------------------------------------------------------------------------
+# documentation models (the answers are built as plain dicts)
+
+
+class EventResult(BaseModel):
+    """What became of one event of the request."""
+
+    index: int = Field(description="Position of the event in the request (0 for a single one).")
+    event_id: str | None = Field(description="The event's `event_id` when it is a string.")
+    status: Literal["accepted", "rejected"]
+    reason: str | None = Field(
+        description="Why it was rejected (a dead-letter reason); null when accepted.",
+        examples=["missing_field:ts"],
+    )
+    detail: str | None = Field(None, description="Human-readable detail (rejected only).")
+
+
+class CollectBody(BaseModel):
+    """The per-event answer of ``POST /v1/events``."""
+
+    accepted: int
+    rejected: int
+    results: list[EventResult]
+
+
+class RejectedBody(CollectBody):
+    """Every event was rejected (422 ``all_rejected``): the error and the per-event answer."""
+
+    error: str = Field(examples=["all_rejected"])
+    detail: str
+
+
+_REQUEST_BODY: Final[dict[str, Any]] = {
+    "required": True,
+    "description": f"One event (an object) or a batch (an array of at most {MAX_BATCH_EVENTS} "
+    f"events); at most {MAX_BODY_BYTES} bytes, each event at most {MAX_EVENT_BYTES} bytes.",
+    "content": {
+        "application/json": {
+            "schema": {
+                "oneOf": [
+                    {"type": "object"},
+                    {"type": "array", "items": {"type": "object"}, "maxItems": MAX_BATCH_EVENTS},
+                ]
+            },
+            "example": {
+                "event_id": "e-1",
+                "type": "page_view",
+                "ts": "2026-03-01T10:00:00Z",
+                "anonymous_id": "d-1",
+            },
+        }
+    },
+}
+
+# --------------------------------------------------------------------------------------------
+# request handling
+
+
+class _Peek(msgspec.Struct):
+    """The two fields a rejected event is reported by (whatever else it holds)."""
+
+    event_id: Any = None
+    type: Any = None
+
+
+_peek_decoder: Final = msgspec.json.Decoder(_Peek)
+_batch_decoder: Final = msgspec.json.Decoder(list[msgspec.Raw])
+
+
+def _peek(raw: bytes) -> tuple[str | None, str]:
+    """A rejected event's ``event_id`` (when a short string) and type label (or ``unknown``)."""
+    try:
+        p = _peek_decoder.decode(raw)
+    except Exception:  # not an object, not JSON: nothing to report
+        return None, "unknown"
+    event_id = p.event_id if isinstance(p.event_id, str) and len(p.event_id) <= MAX_ID_LEN else None
+    return event_id, p.type if p.type in EVENT_TYPES else "unknown"
+
+
+async def _read_body(request: Request) -> bytes:
+    """The body, refused with 413 as soon as it is known to exceed :data:`MAX_BODY_BYTES`."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise ApiError(413, "too_large", f"body of {declared} bytes > {MAX_BODY_BYTES}")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise ApiError(413, "too_large", f"body over {MAX_BODY_BYTES} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def split_body(body: bytes) -> list[bytes]:
+    """The events of a body as their original bytes: the elements of an array, else the body.
+
+    Raises :class:`ApiError` 400 ``invalid_json``, 413 ``too_large`` (too many events) or 422
+    ``empty_batch``.
+
+    >>> split_body(b' [{"a": 1}, 2 ] ')
+    [b'{"a": 1}', b'2']
+    >>> split_body(b'{"a": 1}\\n')
+    [b'{"a": 1}']
+    """
+    text = body.strip()
+    if not text.startswith(b"["):
+        if isinstance(out := decode_event(text), DecodeError) and out.reason == "invalid_json":
+            raise ApiError(400, "invalid_json", f"the body is not JSON: {out.detail}")
+        return [text]
+    try:
+        raws = _batch_decoder.decode(text)
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise ApiError(400, "invalid_json", f"the body is not JSON: {exc}") from None
+    except msgspec.ValidationError as exc:  # pragma: no cover - any JSON array decodes
+        raise ApiError(400, "invalid_json", str(exc)) from None
+    if len(raws) > MAX_BATCH_EVENTS:
+        raise ApiError(413, "too_large", f"{len(raws)} events > {MAX_BATCH_EVENTS} per batch")
+    if not raws:
+        raise ApiError(422, "empty_batch", "the batch holds no event")
+    return [bytes(r) for r in raws]
+
+
+def check(raw: bytes, now_ms: int, max_future_ms: int) -> Event | DecodeError:
+    """Decode one event as the dataflow does, and apply its ``future_timestamp`` rule against
+    the time of receipt.
+
+    >>> check(b'{"event_id":"e","type":"page_view","ts":"2066-01-01T00:00:00Z","customer_id":"c"}',
+    ...       1_767_225_600_000, 86_400_000).reason
+    'future_timestamp'
+    """
+    out = decode_event(raw)
+    if isinstance(out, Event) and max_future_ms and out.ts > now_ms + max_future_ms:
+        ahead = (out.ts - now_ms) / 3_600_000
+        return DecodeError("future_timestamp", f"ts is {ahead:.1f} h after it was received")
+    return out
+
+
+def dead_letter_record(
+    data: bytes, error: DecodeError, position: str, max_bytes: int, now_ms: int
+) -> bytes:
+    """A dead-letter record in the dataflow's format, at most ``max_bytes`` (the same bytes as
+    ``dataflows.records.encode_dead_letter``, which serving may not import; a test keeps the two
+    equal): a record over the bound keeps the longest prefix of ``data`` that fits, with
+    ``truncated``, ``original_size`` and ``sha256``.
+
+    >>> dead_letter_record(b"{", DecodeError("invalid_json"), "http:x:0", 4096, 0)
+    b'{"reason":"invalid_json","detail":"","position":"http:x:0","rejected_at_ms":0,"data":"{"}'
+    """
+
+    def document(raw: bytes) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "reason": error.reason,
+            "detail": error.detail,
+            "position": position,
+            "rejected_at_ms": now_ms,
+        }
+        try:
+            doc["data"] = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            doc["data_base64"] = base64.b64encode(raw).decode("ascii")
+        return doc
+
+    whole = orjson.dumps(document(data))
+    if len(whole) <= max_bytes:
+        return whole
+    extra = {
+        "truncated": True,
+        "original_size": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
+
+    try:
+        data.decode("utf-8")
+        utf8 = True
+    except UnicodeDecodeError:
+        utf8 = False
+
+    def encoded(n: int) -> bytes:
+        head = data[:n]
+        if utf8:  # no UTF-8 sequence cut in half at the end: the prefix still reads as text
+            head = head.decode("utf-8", "ignore").encode("utf-8")
+        doc = document(head)
+        doc.update(extra)
+        return orjson.dumps(doc)
+
+    lo, hi = 0, min(len(data), max_bytes)
+    best = encoded(0)
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        out = encoded(mid)
+        if len(out) <= max_bytes:
+            best, lo = out, mid + 1
+        else:
+            hi = mid - 1
+    return best
+
+
+def _record_metrics(metrics: HttpMetrics, results: list[dict[str, Any]], types: list[str]) -> None:
+    for res, typ in zip(results, types, strict=True):
+        metrics.collect_events.labels(res["status"], typ).inc()
+        if res["status"] == "rejected":
+            reason = res["reason"] if res["reason"] in REASONS else "other"
+            metrics.collect_rejected.labels(reason).inc()
+
+
+router = APIRouter()
+
+
+@router.post(
+    ROUTE,
+    response_model=CollectBody,
+    responses={
+        **error_responses(400, 413, 503),
+        422: {"model": RejectedBody, "description": "Every event was rejected, or no event"},
+    },
+    openapi_extra={"requestBody": _REQUEST_BODY},
+    tags=["events"],
+    summary="Send events: one, or a batch of up to 500",
+)
+async def post_events(request: Request) -> JSONResponse:
+    """Validate each event as the dataflow does; write the accepted ones to the input topics
+    (transactions or clickstream, keyed by customer or device) and the rejected ones to the
+    dead-letter topic; answer per event once the broker acknowledged every write."""
+    metrics = cast(HttpMetrics, request.app.state.metrics)
+    collector = cast(Collector | None, request.app.state.collect)
+    if collector is None:
+        metrics.collect_requests.labels("collect_disabled").inc()
+        raise ApiError(503, "collect_disabled", str(request.app.state.collect_disabled))
+    try:
+        raws = split_body(await _read_body(request))
+    except ApiError as exc:
+        metrics.collect_requests.labels(exc.error).inc()
+        raise
+    request_id = uuid.uuid4().hex
+    now_ms = time.time_ns() // 1_000_000
+    results: list[dict[str, Any]] = []
+    types: list[str] = []
+    records: list[OutRecord] = []
+    for i, raw in enumerate(raws):
+        out = check(raw, now_ms, collector.max_future_ms)
+        if isinstance(out, Event):
+            topic = (
+                collector.transactions if out.type in TRANSACTION_TYPES else collector.clickstream
+            )
+            records.append(OutRecord(topic, out.key.encode(), raw))
+            results.append(
+                {"index": i, "event_id": out.event_id, "status": "accepted", "reason": None}
+            )
+            types.append(out.type)
+            continue
+        event_id, typ = _peek(raw)
+        position = f"http:{ROUTE}:{request_id}:{i}"
+        value = dead_letter_record(raw, out, position, collector.dead_letter_max_bytes, now_ms)
+        records.append(OutRecord(collector.dead_letter, None, value))
+        results.append({"index": i, "event_id": event_id, "status": "rejected",
+                        "reason": out.reason, "detail": out.detail[:200]})  # fmt: skip
+        types.append(typ)
+    t0 = time.perf_counter()
+    try:
+        await collector.producer.send(records)
+    except BrokerUnavailable as exc:
+        metrics.collect_requests.labels("broker_unavailable").inc()
+        log.warning("POST %s: broker unavailable (%s): %s", ROUTE, exc.kind, exc.detail)
+        raise ApiError(
+            503,
+            "broker_unavailable",
+            f"{exc.detail}; nothing of this request is accepted: send it again",
+        ) from None
+    metrics.collect_ack.observe(time.perf_counter() - t0)
+    _record_metrics(metrics, results, types)
+    accepted = sum(1 for r in results if r["status"] == "accepted")
+    body: dict[str, Any] = {
+        "accepted": accepted,
+        "rejected": len(results) - accepted,
+        "results": results,
+    }
+    headers = {"X-Request-Id": request_id}
+    if accepted == 0:
+        metrics.collect_requests.labels("all_rejected").inc()
+        detail = f"every event was rejected ({len(results)}); see results"
+        return JSONResponse(
+            {"error": "all_rejected", "detail": detail, **body}, 422, headers=headers
+        )
+    metrics.collect_requests.labels("partial" if body["rejected"] else "accepted").inc()
+    return JSONResponse(body, 200, headers=headers)
