@@ -12,6 +12,7 @@ from nextbest.commands import (
     deliver,
     demo,
     evaluate,
+    evaluate_policy,
     export,
     profile,
     replay,
@@ -22,4 +23,16 @@ from nextbest.commands import (
 )
 
 #: The commands in the order ``nextbest --help`` lists them.
-COMMANDS = (replay, run, deliver, serve, profile, segments, simulate, export, evaluate, demo)
+COMMANDS = (
+    replay,
+    run,
+    deliver,
+    serve,
+    profile,
+    segments,
+    simulate,
+    export,
+    evaluate,
+    evaluate_policy,
+    demo,
+)
