@@ -35,10 +35,19 @@ Long on purpose: the docstring carries the proposed README section (copy as is):
     Each row also reports n, the effective sample size (sum w)^2 / sum w^2 and the largest
     weight: a small ESS or a large weight means the log says little about that policy. IPS and
     DR are unbiased because the logged probabilities are exact; DR's interval is narrower when
-    the propensities predict conversions well. `tests/test_ope.py` simulates contextual-bandit
-    logs (true conversion probabilities depend on the context; epsilon-greedy over noisy
-    estimates) and checks that the intervals cover each policy's true expected reward: at a
-    fixed seed for all three estimators, and over 30 seeds with at least 85 % coverage.
+    the propensities predict conversions well (with rare conversions the gain is small: the
+    conversion's own noise dominates). SNIPS is slightly biased but never leaves the reward's
+    range. The normal interval wants many effective samples: for a single action the log
+    rarely serves (ESS ~ 10 % of n, weights up to 1/(eps/K) = 20) the simulation below
+    measured ~87 % coverage of the nominal 95 % with 2,000 decisions, ~90 % with 10,000.
+
+    `tests/test_ope.py` simulates contextual-bandit logs (true conversion probabilities depend
+    on the context; epsilon-greedy, eps 0.2, over noisy estimates; exact logged
+    probabilities; conversions drawn from the truth plus impressions, clicks, late, duplicate
+    and unknown outcomes) and checks that the intervals of all three estimators cover the true
+    expected reward of `greedy`, `uniform` and one action (computed from the truth over 400k
+    fresh contexts) at a fixed seed with 20,000 decisions, for both rewards, and in at least
+    85 % of 90 intervals (30 seeds x 3 policies, 2,000 decisions each) per estimator.
 
 Examples
 --------

@@ -375,6 +375,11 @@ def test_cli_bad_input(logs: tuple[Path, Path, Sim], tmp_path: Path) -> None:
         check=False,
     )  # fmt: skip
     assert res.returncode == 2 and "unknown policy 'best'" in res.stderr
+    for flag, value in (("--window", "0"), ("--level", "95"), ("--reward", "clicks")):
+        res = nextbest_cli(
+            "evaluate-policy", str(dec), "--outcomes", str(out), flag, value, env={}, check=False
+        )
+        assert res.returncode == 2 and f"argument {flag}" in res.stderr
     garbage = tmp_path / "garbage.jsonl"
     garbage.write_text('{"decision_id": \n[1]\n{"type": "page_view"}\n')
     res = nextbest_cli("evaluate-policy", str(garbage), "--outcomes", str(out), env={}, check=False)

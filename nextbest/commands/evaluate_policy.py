@@ -113,8 +113,13 @@ class _Lines:
 
 
 def _lines(paths: list[Path]) -> Iterator[tuple[Path, int, bytes]]:
+    """The non-blank lines of the files, with their file and line number."""
     for path in paths:
-        with path.open("rb") as f:
+        try:
+            f = path.open("rb")
+        except OSError as exc:
+            raise UsageError(f"evaluate-policy: cannot read {path}: {exc.strerror}") from None
+        with f:
             for lineno, line in enumerate(f, 1):
                 if line.strip():
                     yield path, lineno, line
