@@ -67,9 +67,10 @@ Embedded mode: with `NEXTBEST_KAFKA_BROKERS` unset, `serve` shares the embedded 
 `run` and `simulate --kafka` under the same `NEXTBEST_HOME` (starting it if it is not running,
 creating missing topics), so events posted to `serve` reach `run`. The embedded broker keeps
 its data in memory only: events not yet read by `run` are lost when the last command using
-the broker stops. If the broker cannot be started or the topics cannot be created, `serve`
-still serves profiles and answers `POST /v1/events` with 503 `collect_disabled` (the detail
-and the log say why).
+the broker stops. If the embedded broker cannot be started, `serve` still serves profiles and
+answers `POST /v1/events` with 503 `collect_disabled` (the detail and the log say why). If the
+broker does not answer at start (the topics cannot be checked within 5 s), `serve` logs a
+warning and starts all the same: the route answers 503 `broker_unavailable` until it is back.
 """
 
 from __future__ import annotations

@@ -101,6 +101,8 @@ class EventProducer:
                 # stop retrying when the caller stops waiting (it was told to send again)
                 "message.timeout.ms": timeout_ms,
                 "socket.connection.setup.timeout.ms": max(1000, timeout_ms),
+                # librdkafka's own log lines (e.g. a refused connection) go to Python logging
+                "logger": logging.getLogger("serving.kafka"),
                 **dict(config or {}),
             }
         )

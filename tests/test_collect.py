@@ -4,6 +4,7 @@ and once end to end through ``nextbest serve`` and ``nextbest run`` in embedded 
 from __future__ import annotations
 
 import base64
+import contextlib
 import time
 import uuid
 from collections.abc import Iterator
@@ -337,3 +338,20 @@ def test_serve_embedded_reaches_run(tmp_path: Path) -> None:
         if runner is not None:
             assert _stop(runner, run_log) == 0, run_log.read_text()
         assert _stop(server, serve_log) == 0, serve_log.read_text()
+
+
+def test_serve_goes_on_without_collect_when_the_broker_cannot_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import nextbest.runtime
+    from nextbest.commands.serve import collect_brokers
+
+    @contextlib.contextmanager
+    def no_broker(_settings: Settings) -> Iterator[str]:
+        raise nextbest.runtime.RuntimeStartError("tansu broker exited at start with code 1")
+        yield "never"
+
+    monkeypatch.setattr(nextbest.runtime, "kafka_brokers", no_broker)
+    with collect_brokers(Settings.from_env({"NEXTBEST_HOME": str(tmp_path)})) as (brokers, why):
+        assert brokers is None
+        assert why is not None and "exited at start" in why
