@@ -34,6 +34,7 @@ bench: $(STAMP)
 schemas: $(STAMP)
 	$(BIN)/python -m schemas.jsonschema --write
 	$(BIN)/python -m features.segments.schema --write
+	$(BIN)/python -m decisions.schema --write
 
 readme: $(STAMP)
 	$(BIN)/python -m nextbest.settings

@@ -71,11 +71,12 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any, Final, TypeGuard
 
-from features.segments.catalog import DEFAULT_TARGETS, catalog, read
+from features.segments.catalog import DEFAULT_TARGETS, MissingFeatureError, catalog, read
 from features.segments.config import YamlError, line_of, load_yaml, parse_duration
 from features.segments.rules import Rule, RuleError, parse_rule, segments_of
 from schemas.events import OUTCOME_TYPES, parse_ts
@@ -149,7 +150,10 @@ class Value:
         if self.constant is not None:
             return self.constant
         assert self.feature is not None
-        x = read(doc, self.feature)
+        try:
+            x = read(doc, self.feature)
+        except MissingFeatureError:  # a document without it (a degraded decision): the default
+            x = None
         v = self.default if x is None else float(x) * self.times + self.plus
         if self.minimum is not None:
             v = max(v, self.minimum)
@@ -481,19 +485,7 @@ def _action(
     weight = item.get("weight", 1.0)
     if not _number(weight) or weight < 0:
         raise fail(item, "weight", aid, "weight", f"a number >= 0 is needed, got {weight!r}")
-    bounds = []
-    for key in ("valid_from", "valid_until"):
-        x = item.get(key)
-        ms = (
-            None
-            if x is None
-            else parse_ts(x)
-            if isinstance(x, str | int) and not isinstance(x, bool)
-            else None
-        )
-        if x is not None and ms is None:
-            raise fail(item, key, aid, key, f"a time (RFC 3339 with a zone) is needed, got {x!r}")
-        bounds.append(ms)
+    bounds = [_time(item, key, aid, fail) for key in ("valid_from", "valid_until")]
     if bounds[0] is not None and bounds[1] is not None and bounds[1] <= bounds[0]:
         raise fail(item, "valid_until", aid, "valid_until", "must be after valid_from")
     ct = _mapping(item.get("contact"), item, "contact", fail, aid, "contact")
@@ -517,6 +509,21 @@ def _action(
         contact,
         dict(payload),
     )
+
+
+def _time(item: Mapping[Any, Any], key: str, aid: str, fail: _Fail) -> int | None:
+    """An RFC 3339 time with a zone (YAML may have parsed it already) or epoch ms."""
+    x = item.get(key)
+    if x is None:
+        return None
+    ms: int | None = None
+    if isinstance(x, datetime):
+        ms = None if x.tzinfo is None else int(x.timestamp() * 1000)
+    elif isinstance(x, str | int) and not isinstance(x, bool):
+        ms = parse_ts(x)
+    if ms is None:
+        raise fail(item, key, aid, key, f"a time (RFC 3339 with a zone) is needed, got {x!r}")
+    return ms
 
 
 def _value(item: Mapping[Any, Any], aid: str, targets: tuple[str, ...], fail: _Fail) -> Value:

@@ -232,7 +232,7 @@ def decide(
         channel,
         order,
         served,
-        "exploration" if explore else "greedy",
+        "exploration" if pick != 0 else "greedy",
         eps,
         tuple(excluded),
         cands,

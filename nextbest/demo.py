@@ -313,6 +313,7 @@ def _print_hints(base: str, url: str) -> None:
     cid = _sample_customer(url) or "c-1"
     print("\nTry (while the demo runs):")
     print(f"  curl -s {base}/v1/customers/{cid}/profile")
+    print(f"  curl -s {base}/v1/customers/{cid}/next-best-action")
     print(f"  curl -s {base}/v1/segments")
     print(f"  curl -s '{base}/v1/segments/cart_abandoned/members?limit=5'")
     print(f"  curl -s {base}/v1/models")

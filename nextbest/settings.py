@@ -226,6 +226,28 @@ SPECS: dict[str, Spec] = {
         "Segment definitions (YAML; format in the README, JSON Schema in "
         "`schemas/json/segments.schema.json`). Unset: the built-in segments; `off`: no segments.",
     ),
+    "actions": Spec(
+        "NEXTBEST_ACTIONS",
+        None,
+        _nonempty,
+        "Action catalogue of next best action (YAML; format in the README, JSON Schema in "
+        "`schemas/json/actions.schema.json`). Unset: the shipped example catalogue "
+        "`decisions/actions.yaml`.",
+    ),
+    "decision_log": Spec(
+        "NEXTBEST_DECISION_LOG",
+        None,
+        _nonempty,
+        "Where `serve` logs every decision: a JSONL file path, or `kafka` for the decisions "
+        "topic. Unset: the topic when NEXTBEST_KAFKA_BROKERS is set, else "
+        "`NEXTBEST_HOME/decisions.jsonl`.",
+    ),
+    "topic_decisions": Spec(
+        "NEXTBEST_TOPIC_DECISIONS",
+        "decisions",
+        _nonempty,
+        "Topic of the decision log (one record per served decision, keyed by profile key).",
+    ),
     "snapshot_interval_s": Spec(
         "NEXTBEST_SNAPSHOT_INTERVAL",
         "5",
@@ -360,6 +382,9 @@ class Settings:
     retention_days: int
     recovery_dir: str | None
     segments: str | None
+    actions: str | None
+    decision_log: str | None
+    topic_decisions: str
     snapshot_interval_s: int
     write_interval_ms: int
     churn_horizon_days: int

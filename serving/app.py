@@ -33,11 +33,13 @@ from schemas.keys import customer_key, device_key
 from serving.bodies import HealthBody, ProfileBody, ReadyBody, VisitorBody
 from serving.collect import CollectSettings, start_collect, stop_collect
 from serving.collect import router as collect_router
+from serving.decision_log import DecisionLog
 from serving.deps import NowDep, RedisDep, parse_as_of
 from serving.deps import get_now_ms as get_now_ms  # re-exported: tests override it
 from serving.deps import get_redis as get_redis  # re-exported: tests override it
 from serving.errors import ApiError, error_responses, install_error_handlers
 from serving.metrics import CONTENT_TYPE, HttpMetrics, MetricsMiddleware
+from serving.nba import close_decisions, install_decisions
 from serving.scoring import ModelSet
 from serving.segments import load_definitions, refresh_member_gauge
 from serving.segments import router as segments_router
@@ -185,17 +187,22 @@ async def healthz() -> HealthBody:
     tags=["operations"],
     summary="Readiness",
 )
-async def readyz(redis: RedisDep) -> ReadyBody | JSONResponse:
-    """Ready when Redis answers PING within :data:`READY_TIMEOUT`; otherwise 503 with why."""
+async def readyz(redis: RedisDep, request: Request) -> ReadyBody | JSONResponse:
+    """Ready when Redis answers PING within :data:`READY_TIMEOUT`; otherwise 503 with why.
+    ``checks.decisions`` says whether next-best-action answers degraded recently (the reasons
+    within the last minute; the API stays ready: it answers with the fallback)."""
+    decider = getattr(request.app.state, "decider", None)
+    recent = decider.degraded_reasons() if decider is not None else []
+    decisions = "degraded: " + ", ".join(recent) if recent else "ok"
     try:
         async with asyncio.timeout(READY_TIMEOUT):
             await redis.ping()
     except (RedisError, OSError) as exc:  # OSError includes TimeoutError
         why = str(exc) or f"no answer within {READY_TIMEOUT}s"
         reason = f"{type(exc).__name__}: {why}"[:200]
-        body = ReadyBody(status="not_ready", checks={"redis": reason})
+        body = ReadyBody(status="not_ready", checks={"redis": reason, "decisions": decisions})
         return JSONResponse(body.model_dump(), status_code=503)
-    return ReadyBody(status="ready", checks={"redis": "ok"})
+    return ReadyBody(status="ready", checks={"redis": "ok", "decisions": decisions})
 
 
 @router.get(
@@ -240,6 +247,8 @@ class ServingSettings(CollectSettings, Protocol):
     def log_level(self) -> str: ...
     @property
     def segments(self) -> str | None: ...
+    @property
+    def actions(self) -> str | None: ...
 
 
 def create_app(
@@ -249,6 +258,7 @@ def create_app(
     *,
     collect_ack_timeout: float | None = None,
     collect_disabled: str | None = None,
+    decision_log: DecisionLog | None = None,
 ) -> FastAPI:
     """Build the app; its lifespan opens (and closes) the Redis pool on ``redis_url``.
 
@@ -258,7 +268,10 @@ def create_app(
 
     ``redis_url`` defaults to ``settings.redis_url``; the caller resolves an embedded Redis.
     The segment definitions (``settings.segments``) are loaded here: a bad file raises
-    :class:`features.segments.SegmentConfigError`.
+    :class:`features.segments.SegmentConfigError`; so is the action catalogue
+    (``settings.actions``, :class:`decisions.catalog.ActionConfigError`). ``decision_log``:
+    where served decisions are logged (:mod:`serving.decision_log`; none: not logged); the
+    app closes it at the end of its lifespan.
     """
     url = redis_url or settings.redis_url
     if not url:
@@ -275,6 +288,7 @@ def create_app(
             yield
         finally:
             await stop_collect(app)
+            close_decisions(app)
             reloader.cancel()
             with suppress(asyncio.CancelledError):
                 await reloader
@@ -296,6 +310,7 @@ def create_app(
     app.include_router(router)
     app.include_router(segments_router)
     app.include_router(collect_router)
+    install_decisions(app, settings.actions, decision_log)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app
 
@@ -307,6 +322,7 @@ def run_server(
     port: int,
     kafka_brokers: str | None = None,
     collect_disabled: str | None = None,
+    decision_log: DecisionLog | None = None,
 ) -> None:
     """Serve the API with uvicorn until SIGTERM or SIGINT (blocking).
 
@@ -314,7 +330,13 @@ def run_server(
     lifespan shutdown, then re-raises the signal (SIGTERM ends the process; SIGINT returns).
     Access logs are on only at ``DEBUG`` (request metrics are in ``/metrics``).
     """
-    app = create_app(settings, redis_url, kafka_brokers, collect_disabled=collect_disabled)
+    app = create_app(
+        settings,
+        redis_url,
+        kafka_brokers,
+        collect_disabled=collect_disabled,
+        decision_log=decision_log,
+    )
     with suppress(KeyboardInterrupt):
         uvicorn.run(
             app,

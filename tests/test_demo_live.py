@@ -54,6 +54,17 @@ def test_the_demo_shop_is_live_now(tmp_path: Path) -> None:
         base = f"http://127.0.0.1:{port}"
         sizes = httpx.get(f"{base}/v1/segments", timeout=5)
         assert sizes.status_code == 200 and sizes.json()["segments"]
+        # the printed next-best-action curl answers an explained decision for a live customer
+        (url,) = [w for w in log.read_text().split() if w.endswith("/next-best-action")]
+        nba = httpx.get(url, timeout=5)
+        assert nba.status_code == 200, nba.text
+        decision = nba.json()
+        assert decision["degraded"] is False and decision["freshness"]["profile"] == "stored"
+        served = decision["actions"][0]
+        assert served["served"] and served["explanation"]["arbitration"].startswith("priority")
+        assert 0 < served["probability"] <= 1 and served["value"] >= 0
+        newest = parse_ts(decision["freshness"]["newest_event"]) or 0
+        assert newest >= started_ms - 120 * 86_400_000  # a profile of the demo's history
         # live events keep coming: the profiles' newest events follow the wall clock
         _wait_for(log, "+ ", proc, timeout=60)  # a transition line printed live
         time.sleep(3)

@@ -198,7 +198,10 @@ def test_health_and_ready(api: TestClient) -> None:
     assert api.get("/healthz").json() == {"status": "ok"}
     resp = api.get("/readyz")
     assert resp.status_code == 200
-    assert resp.json() == {"status": "ready", "checks": {"redis": "ok"}}
+    assert resp.json() == {
+        "status": "ready",
+        "checks": {"redis": "ok", "decisions": "ok"},
+    }
 
 
 def test_redis_unreachable_is_503_not_500(dead_api: TestClient) -> None:
@@ -364,7 +367,10 @@ def test_real_server_over_http(redis_url: str, redis_client: redis.Redis) -> Non
                     pass
                 assert time.monotonic() < deadline, "server did not start"
                 time.sleep(0.05)
-            assert http.get("/readyz").json() == {"status": "ready", "checks": {"redis": "ok"}}
+            assert http.get("/readyz").json() == {
+                "status": "ready",
+                "checks": {"redis": "ok", "decisions": "ok"},
+            }
             resp = http.get("/v1/customers/42/profile", params={"as_of": str(T0 + 120_000)})
             assert resp.status_code == 200
             assert resp.json()["revenue_total"] == 15.5

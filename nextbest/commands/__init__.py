@@ -9,6 +9,7 @@ the commands share (usage errors, signal handling, argument types) is in
 from __future__ import annotations
 
 from nextbest.commands import (
+    decide,
     deliver,
     demo,
     evaluate,
@@ -29,6 +30,7 @@ COMMANDS = (
     deliver,
     serve,
     profile,
+    decide,
     segments,
     simulate,
     export,

@@ -6,9 +6,14 @@ import argparse
 import contextlib
 import logging
 from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from nextbest.commands.common import port_number, sigterm_as_interrupt
+from nextbest.commands.common import UsageError, port_number, sigterm_as_interrupt
 from nextbest.settings import Settings
+
+if TYPE_CHECKING:
+    from serving.decision_log import DecisionLog
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +58,28 @@ def collect_brokers(settings: Settings) -> Iterator[tuple[str | None, str | None
         yield brokers, why
 
 
+def decision_log(settings: Settings, brokers: str | None) -> DecisionLog:
+    """Where served decisions go (``NEXTBEST_DECISION_LOG``): a JSONL file, or the decisions
+    topic (``kafka``; the default when ``NEXTBEST_KAFKA_BROKERS`` is set)."""
+    from serving.decision_log import JsonlDecisionLog, KafkaDecisionLog
+
+    spec = settings.decision_log
+    if spec == "kafka" or (spec is None and settings.kafka_brokers):
+        if brokers is None:
+            raise UsageError("NEXTBEST_DECISION_LOG=kafka: no Kafka broker is available")
+        return KafkaDecisionLog(brokers, settings.topic_decisions)
+    return JsonlDecisionLog(Path(spec) if spec else settings.home_path / "decisions.jsonl")
+
+
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     """Serve the HTTP API until stopped."""
+    from nextbest.commands.decide import actions_catalog
     from nextbest.commands.segments import definitions
     from nextbest.runtime import redis_url
     from serving.app import run_server
 
     definitions(settings)  # a bad segments file stops here (exit 2), before anything starts
+    actions_catalog(settings)  # so does a bad action catalogue
     host = args.host or settings.host
     port = args.port or settings.port
     with (
@@ -68,5 +88,6 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         sigterm_as_interrupt(),
         contextlib.suppress(KeyboardInterrupt),
     ):
-        run_server(settings, url, host, port, brokers, collect_disabled=why)
+        dlog = decision_log(settings, brokers)
+        run_server(settings, url, host, port, brokers, collect_disabled=why, decision_log=dlog)
     return 0
