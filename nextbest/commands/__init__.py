@@ -13,6 +13,7 @@ from nextbest.commands import (
     deliver,
     demo,
     evaluate,
+    evaluate_nba,
     evaluate_policy,
     export,
     profile,
@@ -36,5 +37,6 @@ COMMANDS = (
     export,
     evaluate,
     evaluate_policy,
+    evaluate_nba,
     demo,
 )
