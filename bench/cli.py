@@ -3,11 +3,14 @@
 One run simulates one file, starts its own Redis and broker in a temporary directory, measures
 (a) baseline, (b') the flow without models (``replay --no-models``), (b) full (models on),
 (a) baseline again, (d) memory (of what (b) wrote), (c) freshness (with its transport baseline
-first) and (e) timer-driven segment transitions (:mod:`bench.timers`), stops everything it
-started, and prints a readable report (``--json``: one JSON object on stdout). Progress goes to
-stderr. Aims are reported, never asserted; every ratio is against the baseline of the same run,
-and ``models`` compares (b) with (b') of the same run. The exit code is 1 when a section could
-not be measured (its ``error`` says why), else 0.
+first), (e) timer-driven segment transitions (:mod:`bench.timers`) and (f) next-best-action
+latency against the trivial endpoint of the same server, with Locust (:mod:`bench.nba`), stops
+everything it started, and prints a readable report (``--json``: one JSON object on stdout).
+Progress goes to stderr. Aims are reported, never asserted; every ratio is against the baseline
+of the same run, and ``models`` compares (b) with (b') of the same run; (f) compares NBA with
+``/healthz`` of the same server and run. The exit code is 1 when a section could not be measured
+(its ``error`` says why), else 0. ``--only nba`` runs section (f) alone (no simulated file; its
+own Redis and broker only).
 """
 
 from __future__ import annotations
@@ -30,7 +33,10 @@ from bench.baseline import run_baseline
 from bench.freshness import measure_freshness
 from bench.full import BenchError, run_replay
 from bench.memory import measure_memory
-from bench.services import running_services
+from bench.nba import AIM_P99_MS as AIM_NBA_P99_MS
+from bench.nba import AIM_RATIO as AIM_NBA_RATIO
+from bench.nba import measure_nba, render_nba
+from bench.services import Services, running_services
 from bench.timers import measure_timer_latency
 from bench.workload import customers_for, make_workload
 
@@ -45,6 +51,9 @@ AIM_MEDIAN_BYTES = 2048
 #: Defaults of a full run and of ``--quick`` (a smoke run well under a minute).
 FULL = {"events": 300_000, "days": 90, "duration": 20.0, "memory_sample": 2000}
 QUICK = {"events": 20_000, "days": 30, "duration": 5.0, "memory_sample": 500}
+#: Section (f): customers, Locust users, seconds per run (each endpoint, each round), rounds.
+NBA_FULL = {"customers": 500, "users": 10, "duration": 15, "rounds": 2}
+NBA_QUICK = {"customers": 100, "users": 10, "duration": 2, "rounds": 1}
 
 
 def _positive_int(raw: str) -> int:
@@ -104,6 +113,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--batch-size", type=_positive_int, default=1000, help="baseline source batch size"
+    )
+    p.add_argument(
+        "--nba-users", type=_positive_int, help="Locust users of section (f) (default 10)"
+    )
+    p.add_argument(
+        "--nba-duration",
+        type=_positive_int,
+        help="seconds of each Locust run of section (f) (default 15; --quick 2)",
+    )
+    p.add_argument(
+        "--only",
+        choices=["nba"],
+        help="run one section alone: nba = (f) next best action latency with Locust",
     )
     p.add_argument("--workdir", help="keep the file, logs and service data here (kept after)")
     return p
@@ -171,8 +193,39 @@ def _models_section(no_models: dict[str, Any], full: dict[str, Any] | None) -> d
     }
 
 
+def _nba_section(args: argparse.Namespace, svc: Services) -> dict[str, Any]:
+    """Section (f) with the preset of ``--quick`` or of a full run, and the options."""
+    preset = dict(NBA_QUICK if args.quick else NBA_FULL)
+    preset["users"] = args.nba_users or preset["users"]
+    preset["duration"] = args.nba_duration or preset["duration"]
+    return measure_nba(svc, **preset)
+
+
+def run_only_nba(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """``--only nba``: section (f) alone, against its own Redis and broker."""
+    result: dict[str, Any] = {
+        "config": {
+            "quick": bool(args.quick),
+            "only": "nba",
+            "python": sys.version.split()[0],
+            "cpus": os.cpu_count(),
+            "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        },
+        "aims": {"nba_p99_ms_max": AIM_NBA_P99_MS, "nba_over_trivial_min": AIM_NBA_RATIO},
+    }
+    with running_services(workdir / "services") as svc:
+        _section(result, "nba", lambda: _nba_section(args, svc))
+    result["config"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    result["errors"] = sorted(
+        name for name, sec in result.items() if isinstance(sec, dict) and "error" in sec
+    )
+    return result
+
+
 def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """Run every section; the result is the JSON report."""
+    if args.only == "nba":
+        return run_only_nba(args, workdir)
     preset = QUICK if args.quick else FULL
     events = args.events or int(preset["events"])
     days = args.days or int(preset["days"])
@@ -197,6 +250,8 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "models_over_no_models_min": AIM_MODELS_RATIO,
             "freshness_p99_ms_max": AIM_P99_MS,
             "median_profile_bytes_max": AIM_MEDIAN_BYTES,
+            "nba_p99_ms_max": AIM_NBA_P99_MS,
+            "nba_over_trivial_min": AIM_NBA_RATIO,
         },
     }
     log.info("bench: simulating about %s lines over %d days ...", f"{events:,}", days)
@@ -259,6 +314,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             return out
 
         _section(result, "timers", timers)
+        _section(result, "nba", lambda: _nba_section(args, svc))
 
     if baseline is not None and full is not None and baseline["events_per_s"] > 0:
         base = float(baseline["events_per_s"])
@@ -297,6 +353,14 @@ def render(r: dict[str, Any]) -> str:
     add = lines.append
     wl = r.get("workload", {})
     cfg = r.get("config", {})
+    if cfg.get("only") == "nba":
+        add(
+            f"nextbest bench, section (f) alone: machine {cfg.get('cpus')} CPUs, load average "
+            f"{cfg.get('load_average_at_start')} at start, {cfg.get('load_average_at_end')} at end"
+        )
+        add("")
+        lines.extend(render_nba(r.get("nba", {"error": "not run"})))
+        return "\n".join(lines)
     add(
         f"nextbest bench: {_n(wl.get('lines'))} lines ({_n(wl.get('events'))} events, "
         f"{_n(wl.get('bad'))} malformed), {_n(wl.get('customers'))} simulated people x "
@@ -449,6 +513,9 @@ def render(r: dict[str, Any]) -> str:
             f"({_n(e['transitions'])} of {_n(e['carts'])} abandoned carts; event time x"
             f"{e['event_time_speed']:g}; aim p99 <= 1000 ms: {_aim(e['meets_aim'])})"
         )
+    if "nba" in r:
+        add("")
+        lines.extend(render_nba(r["nba"]))
     if r.get("errors"):
         add("")
         add(f"sections with errors: {', '.join(r['errors'])}")

@@ -1,4 +1,5 @@
-"""Smoke test of the benchmarks: ``python -m bench --quick --json`` runs and reports sane numbers.
+"""Smoke test of the benchmarks: ``python -m bench --quick --json`` runs and reports sane numbers
+(section (f), next best action with Locust, adds about 15 s).
 
 Nothing here asserts a wall-clock figure or an aim: only that every section was measured.
 """
@@ -101,3 +102,38 @@ def test_bench_quick_json() -> None:
     assert timers["at_minus_flip_ms"]["max"] == timers["at_minus_flip_ms"]["min"] == 0
     assert timers["latency_ms"]["count"] == timers["carts"]
     assert isinstance(timers["meets_aim"], bool)
+
+    _check_nba(report["nba"])
+    assert report["aims"]["nba_p99_ms_max"] == 5.0
+    assert report["aims"]["nba_over_trivial_min"] == 0.5
+
+
+def _check_nba(nba: dict[str, Any]) -> None:
+    """Section (f) in quick mode: Locust against one ``serve`` process, both endpoints measured,
+    every answer correct."""
+    assert nba["server_processes"] == 1
+    assert nba["load_generator"].startswith("locust ")
+    assert nba["actions"] == 10 and nba["profiles_written"] == nba["customers"] > 0
+    for name in ("trivial", "nba"):
+        side = nba[name]
+        _positive(side, "requests_per_s", "p50_ms", "p99_ms")
+        assert side["p50_ms"] <= side["p99_ms"], side
+        assert side["failures"] == 0
+        assert side["server_http"]["count"] >= side["client_ms"]["count"] > 0
+        _positive(nba["paced"]["healthz" if name == "trivial" else "nba"], "requests_per_s")
+    decide = nba["nba"]["server_decision"]
+    assert decide["count"] == nba["nba"]["server_http"]["count"]
+    _positive(decide, "p50_ms", "p99_ms")
+    expected = nba["nba"]["requests_per_s"] / nba["trivial"]["requests_per_s"]
+    assert nba["nba_over_trivial"] == pytest.approx(expected, rel=0.01, abs=0.001)
+    assert len(nba["runs"]) == 2 * nba["rounds"]
+    for key in ("meets_p99_aim", "meets_p99_aim_paced", "meets_ratio_aim"):
+        assert isinstance(nba[key], bool)
+    ok = nba["correctness"]
+    assert ok["failures"] == 0
+    # one decision log line per NBA answer; the checks with n=10 saw all 10 actions eligible
+    assert ok["decision_log_lines"] == ok["nba_requests_answered"] > 0
+    for check in ok["spot_checks"]:
+        assert check["problems"] == [] and check["actions_considered"] == [10]
+    assert ok["spot_checks"][0]["requests"] == nba["customers"]  # every customer before the load
+    assert ok["ok"] is True
