@@ -9,6 +9,7 @@ from models import labels as lb
 
 if TYPE_CHECKING:
     from dataflows.steps.segments import SegmentContext
+    from decisions.catalog import Catalog
 
 
 @dataclass(frozen=True)
@@ -42,3 +43,13 @@ class FlowConfig:
     rfm_publish_every: int = 1000
     #: Segment definitions and what their rules read beyond the profile (None: no segments).
     segments: SegmentContext | None = None
+    #: The action catalogue (attribution windows, the actions' models): decision records and
+    #: outcomes in the input train the action models (None: decision records are rejected).
+    actions: Catalog | None = None
+
+    @property
+    def actions_keep_ms(self) -> int:
+        """How long a profile's contact counters live after a write (see decisions.store)."""
+        from decisions.store import keep_ms
+
+        return keep_ms(self.actions) if self.actions is not None else 0

@@ -19,6 +19,7 @@ from dataflows.records import (
     SinkOp,
     WriteBoundaries,
     WriteCheckpoint,
+    WriteConversion,
     WriteLink,
     WriteProfile,
     WriteSegments,
@@ -36,6 +37,7 @@ SINK_OPS: Final = (
     WriteSegments,
     IndexSegment,
     ExitSegment,
+    WriteConversion,
 )
 
 

@@ -34,6 +34,7 @@ from bytewax.outputs import Sink
 from dataflows.config import FlowConfig
 from dataflows.effects import Examples, RfmChange, Route, rejected, segment_event, sink_op
 from dataflows.records import (
+    DecisionIn,
     In,
     RawRecord,
     Rejected,
@@ -42,17 +43,26 @@ from dataflows.records import (
     SinkOp,
 )
 from dataflows.sinks import RedisSink
-from dataflows.snapshots import load_device, load_model, load_profile, load_rfm
+from dataflows.snapshots import load_device, load_feedback, load_model, load_profile, load_rfm
 from dataflows.stats import FlowStats, count_dead_letter
 from dataflows.steps import Keyed
 from dataflows.steps.clock import MODEL_TIME, add_clock, newest_ts
-from dataflows.steps.decode import is_device_item, is_event, key_events, make_decoder
+from dataflows.steps.decode import (
+    decisions_off,
+    is_decision,
+    is_device_item,
+    is_event,
+    key_events,
+    make_decoder,
+)
+from dataflows.steps.feedback import FeedbackLogic, broadcast_time, is_outcome, key_feedback
 from dataflows.steps.identity import DeviceLogic
 from dataflows.steps.models import ModelLogic
 from dataflows.steps.profile import ProfileLogic
 from dataflows.steps.rfm import RfmLogic
 from dataflows.steps.stream_time import StreamTimeLogic, partition_of
 from models import labels as lb
+from models.action_labels import ACTION_TARGET
 
 __all__ = ["FlowConfig", "FlowStats", "build_flow"]
 
@@ -62,12 +72,24 @@ def is_reproject(kv: Keyed) -> bool:
     return isinstance(kv[1][1], Reproject)
 
 
-def to_model_owners(kv: Keyed) -> list[tuple[str, tuple[str, Any]]]:
+def model_targets(cfg: FlowConfig) -> tuple[str, ...]:
+    """Every model owner's target: churn, propensity, and one per catalogue action."""
+    actions = cfg.actions.ids if cfg.actions is not None else ()
+    return (*lb.TARGETS, *(ACTION_TARGET + a for a in actions))
+
+
+def to_model_owners(
+    targets: tuple[str, ...],
+) -> Callable[[Keyed], list[tuple[str, tuple[str, Any]]]]:
     """What the customer clock tells every model owner: the watermark, or a re-projection."""
-    item = kv[1][1]
-    if isinstance(item, Reproject):
-        return [("model:" + t, ("reproject", None)) for t in lb.TARGETS]
-    return [("model:" + t, ("time", (item.shard, item.watermark))) for t in lb.TARGETS]
+
+    def told(kv: Keyed) -> list[tuple[str, tuple[str, Any]]]:
+        item = kv[1][1]
+        if isinstance(item, Reproject):
+            return [("model:" + t, ("reproject", None)) for t in targets]
+        return [("model:" + t, ("time", (item.shard, item.watermark))) for t in targets]
+
+    return told
 
 
 def build_flow(
@@ -94,7 +116,9 @@ def build_flow(
     if to_record is not None:
         raw = op.map("to_record", raw, to_record)
     decoded = op.flat_map_batch("decode", raw, make_decoder(source_label, cfg.max_future_ms))
-    split = op.branch("split_rejected", decoded, is_event)
+    by_kind = op.branch("split_decisions", decoded, is_decision)
+    decisions: Stream[DecisionIn] = by_kind.trues  # type: ignore[assignment]
+    split = op.branch("split_rejected", by_kind.falses, is_event)
     decoded_events: Stream[In] = split.trues  # type: ignore[assignment]
 
     def build_stream_time(resume: Any) -> StreamTimeLogic:
@@ -158,12 +182,18 @@ def build_flow(
     examples = op.filter_map(
         "examples", profile_flat, lambda o: o if isinstance(o, Examples) else None
     )
+    feedback_flat, rejected_decisions = _feedback(flow, cfg, decisions, events, observed)
+    if feedback_flat is not None:
+        action_examples = op.filter_map(
+            "action_examples", feedback_flat, lambda o: o if isinstance(o, Examples) else None
+        )
+        examples = op.merge("all_examples", examples, action_examples)
 
     def build_model(resume: Any) -> ModelLogic:
         return ModelLogic(load_model(resume), cfg)
 
     # every model owner hears the clock's event time too (to learn in a canonical order)
-    model_time = op.flat_map("model_time", to_models.trues, to_model_owners)
+    model_time = op.flat_map("model_time", to_models.trues, to_model_owners(model_targets(cfg)))
     model_examples = op.map(
         "model_owner", examples, lambda ex: ("model:" + ex.target, ("ex", ex.examples))
     )
@@ -172,7 +202,10 @@ def build_flow(
     )
     models_flat = op.map("models_unwrap", models_out, lambda kv: kv[1])
 
-    outputs = op.merge("outputs", device_flat, profile_flat, rfm_flat, models_flat)
+    flats = [device_flat, profile_flat, rfm_flat, models_flat]
+    if feedback_flat is not None:
+        flats.append(feedback_flat)
+    outputs = op.merge("outputs", *flats)
     sink_ops: Stream[SinkOp] = op.filter_map("sink_ops", outputs, sink_op)
     late_events = op.filter_map("late_events", outputs, rejected)
 
@@ -182,8 +215,40 @@ def build_flow(
 
     op.output(
         "dead_letter",
-        op.merge("dead_letters", split.falses, op.map("count_late", late_events, count_late)),
+        op.merge(
+            "dead_letters",
+            split.falses,
+            op.map("count_late", late_events, count_late),
+            *([] if rejected_decisions is None else [rejected_decisions]),
+        ),
         dead_letter_sink,
     )
     op.output("write_redis", sink_ops, redis_sink)
     return flow
+
+
+def _feedback(
+    flow: Dataflow,
+    cfg: FlowConfig,
+    decisions: Stream[DecisionIn],
+    events: Stream[In],
+    observed: Stream[Any],
+) -> tuple[Stream[Any] | None, Stream[Rejected] | None]:
+    """The feedback join (with an action catalogue): decision records and outcome events, keyed
+    by their decision's shard, every shard told the stream's newest event time. Without a
+    catalogue, decision records are dead letters (``decisions_off``)."""
+    if cfg.actions is None:
+        return None, op.map("decisions_off", decisions, decisions_off)
+    outcomes = op.filter("outcomes", events, is_outcome)
+    items = op.merge(
+        "feedback_items",
+        op.map("key_decisions", decisions, key_feedback),
+        op.map("key_outcomes", outcomes, key_feedback),
+        op.flat_map("feedback_time", observed, broadcast_time),
+    )
+
+    def build(resume: Any) -> FeedbackLogic:
+        return FeedbackLogic(load_feedback(resume), cfg)
+
+    out = op.stateful_batch("feedback", items, build)
+    return op.map("feedback_unwrap", out, lambda kv: kv[1]), None

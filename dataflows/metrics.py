@@ -95,6 +95,21 @@ EXAMPLES_OUT_OF_ORDER = Counter(
     "nextbest_model_examples_out_of_order_total",
     "Examples that reached their model after later ones were learned (should stay 0).",
 )
+OUTCOMES = Counter(
+    "nextbest_outcomes_total",
+    "Decision outcomes read by the feedback join, by type (impression, click, conversion) and "
+    "action (a catalogue action, else unknown).",
+    ["type", "action"],
+)
+OUTCOMES_UNMATCHED = Counter(
+    "nextbest_outcomes_unmatched_total",
+    "Decision outcomes the feedback join could not use, by reason (dead-lettered).",
+    ["reason"],
+)
+DECISIONS_READ = Counter(
+    "nextbest_decision_records_total",
+    "Decision records read from the input (the decision log), joined with their outcomes.",
+)
 MODEL_DRIFTS = Gauge("nextbest_model_drifts", "Drifts detected (ADWIN on the error).", ["model"])
 SNAPSHOTS = Counter(
     "nextbest_training_snapshots_total",

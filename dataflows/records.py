@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 import orjson
 
+from schemas.decisions import DecisionDecodeError, DecisionRecord, decode_decision
 from schemas.events import DecodeError, Event, decode_event, format_ts
 
 
@@ -46,6 +47,13 @@ class In(msgspec.Struct, frozen=True, array_like=True):
     event: Event
     record: RawRecord
     stream_wm: int = NO_STREAM_TIME
+
+
+class DecisionIn(msgspec.Struct, frozen=True, array_like=True):
+    """A decision record (the decision log, :mod:`schemas.decisions`) read from the input."""
+
+    decision: DecisionRecord
+    record: RawRecord
 
 
 class Tick(msgspec.Struct, frozen=True, array_like=True):
@@ -150,6 +158,16 @@ class ExitSegment(msgspec.Struct, frozen=True, array_like=True):
     at: int | None
 
 
+class WriteConversion(msgspec.Struct, frozen=True, array_like=True):
+    """A conversion on ``action`` at ``ts`` was attributed to a decision for ``key``: the
+    contact counters' last conversion moves forward to it (never back), kept ``ttl_ms``."""
+
+    key: str
+    action: str
+    ts: int
+    ttl_ms: int
+
+
 SinkOp = (
     WriteProfile
     | DropProfile
@@ -159,6 +177,7 @@ SinkOp = (
     | WriteSegments
     | IndexSegment
     | ExitSegment
+    | WriteConversion
 )
 
 
@@ -211,7 +230,7 @@ def encode_segment_event(e: SegmentEvent, now_ms: int | None = None) -> bytes:
     return orjson.dumps(segment_event_document(e, now_ms), default=str)
 
 
-def decode_record(rec: RawRecord, max_future_ms: int = 0) -> In | Rejected:
+def decode_record(rec: RawRecord, max_future_ms: int = 0) -> In | DecisionIn | Rejected:
     """Decode a raw record; failures become :class:`Rejected` (never raises).
 
     With ``max_future_ms``, an event whose ``ts`` is more than that ahead of the record's own
@@ -228,12 +247,31 @@ def decode_record(rec: RawRecord, max_future_ms: int = 0) -> In | Rejected:
     """
     out = decode_event(rec.data)
     if isinstance(out, DecodeError):
+        if out.reason in _NOT_AN_EVENT and _DECISION in rec.data:
+            return _decision(rec)
         return Rejected(rec, out)
     if max_future_ms and rec.timestamp is not None and out.ts > rec.timestamp + max_future_ms:
         ahead = (out.ts - rec.timestamp) / 3_600_000
         detail = f"ts is {ahead:.1f} h after the record was produced"
         return Rejected(rec, DecodeError("future_timestamp", detail))
     return In(out, rec)
+
+
+#: What a decision record looks like to the event decoder, and what marks one.
+_NOT_AN_EVENT = frozenset({"missing_field:event_id", "unknown_type"})
+_DECISION = b'"type":"decision"'
+
+
+def _decision(rec: RawRecord) -> DecisionIn | Rejected:
+    """A decision record of the input (see :mod:`schemas.decisions`), or ``bad_decision``.
+
+    >>> _decision(RawRecord(b'{"type":"decision"}', "file:d:1")).error.reason
+    'bad_decision'
+    """
+    try:
+        return DecisionIn(decode_decision(rec.data), rec)
+    except DecisionDecodeError as exc:
+        return Rejected(rec, DecodeError("bad_decision", str(exc)[:200]))
 
 
 def late(item: In) -> Rejected:

@@ -24,12 +24,14 @@ from dataflows.records import (
     SinkOp,
     WriteBoundaries,
     WriteCheckpoint,
+    WriteConversion,
     WriteLink,
     WriteProfile,
     WriteSegments,
 )
 from dataflows.reproject import ProjectionGuard, Reprojection
 from dataflows.retry import Fallback, Retrier, SinkGaveUp, SinkOptions
+from decisions.store import ConversionWriter
 from features.profile import to_fields
 from features.store import Command, ProfileWriter
 from schemas.keys import device_key
@@ -108,6 +110,8 @@ def _target(op: SinkOp) -> str:
         return f"seg:{op.segment}:{op.customer_id}"
     if isinstance(op, ExitSegment):
         return f"exit:{op.segment}:{op.customer_id}"
+    if isinstance(op, WriteConversion):  # a max, not a replacement: every one is kept
+        return f"conversion:{op.key}:{op.action}:{op.ts}"
     return op.key
 
 
@@ -159,6 +163,7 @@ class _RedisPartition(StatelessSinkPartition[SinkOp]):
     def __init__(self, url: str, options: SinkOptions, watch: _Watch | None) -> None:
         self._client = redis_client(url)
         self._writer = ProfileWriter(self._client)
+        self._conversions = ConversionWriter(self._writer)
         self._retrier = Retrier("redis", options)
         self._fallback = Fallback("redis", options.fallback_dir / "redis-failures.jsonl")
         self._watch = watch
@@ -188,6 +193,8 @@ class _RedisPartition(StatelessSinkPartition[SinkOp]):
                 w.index(batch, op.segment, op.customer_id, op.since)
             elif isinstance(op, ExitSegment):
                 w.exit(batch, op.segment, op.customer_id, op.at)
+            elif isinstance(op, WriteConversion):
+                batch.append(self._conversions.command(op.key, op.action, op.ts, op.ttl_ms))
             else:
                 w.boundaries(batch, op.data)
         self._send(batch)

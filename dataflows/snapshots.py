@@ -160,6 +160,11 @@ def load_model(raw: bytes | None) -> ModelSnapshot:
     return snap
 
 
+def load_feedback(raw: bytes | None) -> Any:
+    """A feedback join shard's snapshot: ``(join, waiting outcome records, newest ts)``."""
+    return _load(raw)
+
+
 def load_rfm(raw: bytes | None) -> RfmSnapshot:
     """The RFM owner's snapshot (format 0: ``(population, pending, newest)``)."""
     got = _load(raw)

@@ -52,6 +52,28 @@ return 1
 """
 
 
+#: A conversion (the dataflow): KEYS[1] = contacts hash; ARGV = field, ts (ms), ttl (ms). The
+#: field moves forward only (conversions of one action may be joined in any order).
+CONVERSION_SCRIPT: Final = """
+local cur = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '-1')
+if cur < tonumber(ARGV[2]) then redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) end
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[3]) then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
+return 1
+"""
+
+
+class ConversionWriter:
+    """Builds the dataflow's conversion writes (one ``EVALSHA`` of one key each) for a
+    :class:`features.store.ProfileWriter` batch."""
+
+    def __init__(self, writer: Any) -> None:
+        self.sha = writer.register(CONVERSION_SCRIPT)
+
+    def command(self, key: str, action: str, ts: int, ttl_ms: int) -> tuple[Any, ...]:
+        """The command recording a conversion of ``action`` at ``ts`` for profile ``key``."""
+        return ("EVALSHA", self.sha, 1, contacts_key(key), f"cv|{action}", ts, ttl_ms)
+
+
 def contacts_key(key: str) -> str:
     """Redis key of a profile's contact counters (``c:…`` or ``a:…``)."""
     return f"{NAMESPACE}:{{{key}}}:contacts"

@@ -135,6 +135,12 @@ class ProfileWriter:
         self._scripts = {hashlib.sha1(s.encode()).hexdigest(): s for s in scripts}
         self._replace_sha, self._link_sha, self._checkpoint_sha = self._scripts
 
+    def register(self, script: str) -> str:
+        """Register another Lua script (loaded on first use); its SHA1 for ``EVALSHA``."""
+        sha = hashlib.sha1(script.encode()).hexdigest()
+        self._scripts[sha] = script
+        return sha
+
     def replace(self, batch: list[Command], key: str, fields: Mapping[str, str]) -> None:
         """Replace the profile hash of ``key`` with ``fields``."""
         batch.append(

@@ -124,3 +124,32 @@ def make_pipeline(name: str, seed: int = 42, target: str | None = None) -> Any:
 
 # Checkpoints and snapshots pickle ``clip_z`` by the module path it always had.
 clip_z.__module__ = "models.online"
+
+
+def contributions(
+    estimator: Any, features: dict[str, float], k: int = 3
+) -> tuple[tuple[str, float], ...]:
+    """The ``k`` largest contributions to the logit of a ``logreg`` pipeline's score: weight x
+    standardised (clipped) value per feature, largest magnitude first; ``()`` for the other
+    pipelines (trees and forests have no additive contributions).
+
+    >>> m = make_pipeline("logreg")
+    >>> for i in range(200):
+    ...     m.learn_one({"a": float(i % 2), "b": 1.0}, bool(i % 2))
+    >>> c = contributions(m, {"a": 1.0, "b": 1.0})   # b never varied: standardised to 0
+    >>> [name for name, _ in c], c[0][1] > 0
+    (['a'], True)
+    >>> contributions(make_pipeline("hat"), {"a": 1.0})
+    ()
+    """
+    if not isinstance(estimator, compose.Pipeline):
+        return ()
+    steps = list(estimator.steps.values())
+    if len(steps) != 3 or not isinstance(steps[2], linear_model.LogisticRegression):
+        return ()
+    z = clip_z(steps[0].transform_one(dict(features)))
+    weights = steps[2].weights
+    terms = [(name, float(weights.get(name, 0.0)) * v) for name, v in z.items()]
+    terms = [t for t in terms if t[1] != 0.0]
+    terms.sort(key=lambda t: (-abs(t[1]), t[0]))
+    return tuple(terms[:k])

@@ -89,6 +89,10 @@ def flow_config(
     (and ``NEXTBEST_SEGMENTS`` not ``off``) the segment definitions, and the models and RFM
     boundaries published in ``redis_url`` for the rules that read scores and tiers."""
     extra: dict[str, Any] = {"models": models}
+    if models:  # decision records and outcomes in the input train the action models
+        from nextbest.commands.decide import actions_catalog
+
+        extra["actions"] = actions_catalog(settings)
     if write_interval_ms is not None:
         extra["write_interval_ms"] = write_interval_ms
     if segments:

@@ -239,7 +239,8 @@ SPECS: dict[str, Spec] = {
         None,
         _nonempty,
         "Where `serve` logs every decision: a JSONL file path, or `kafka` for the decisions "
-        "topic. Unset: the topic when NEXTBEST_KAFKA_BROKERS is set, else "
+        "topic. Unset: the decisions topic of the broker `serve` uses (NEXTBEST_KAFKA_BROKERS "
+        "or the embedded one, which `run` reads: the feedback loop closes), else "
         "`NEXTBEST_HOME/decisions.jsonl`.",
     ),
     "topic_decisions": Spec(
@@ -433,8 +434,11 @@ class Settings:
 
     @property
     def topics(self) -> list[str]:
-        """The input topics (once each: both kinds of events may share one topic)."""
-        return list(dict.fromkeys([self.topic_clickstream, self.topic_transactions]))
+        """The input topics (once each: both kinds of events may share one topic): the events
+        and the decision log (whose outcomes train the action models)."""
+        return list(
+            dict.fromkeys([self.topic_clickstream, self.topic_transactions, self.topic_decisions])
+        )
 
     def flow_config(self, **overrides: Any) -> FlowConfig:
         """The dataflow's configuration, derived from these settings; ``overrides`` replace

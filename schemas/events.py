@@ -376,6 +376,9 @@ REASONS: Final = frozenset(
     {"invalid_json", "not_an_object", "too_large", "unknown_type", "bad_timestamp", "no_identity"}
     # (decided by the dataflow against the record's own time, see dataflows.records)
     | {"future_timestamp", "late"}
+    # (decision records in the input, and the feedback join's unmatched outcomes)
+    | {"bad_decision", "decisions_off", "outcome_unknown_decision", "outcome_not_served"}
+    | {"outcome_outside_window", "outcome_late"}
     | {f"missing_field:{n}" for n in WIRE_FIELDS}
     | {f"bad_type:{n}" for n in WIRE_FIELDS}
     | {f"bad_value:{n}" for n in WIRE_FIELDS}

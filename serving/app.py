@@ -226,15 +226,18 @@ async def metrics(request: Request) -> Response:
 MODEL_RELOAD_SECONDS = 2.0
 
 
-async def _reload_models(app: FastAPI, client: aioredis.Redis) -> None:
-    """Load new model checkpoints as the dataflow publishes them (no restart needed)."""
-    while True:
+async def _reload_models(app: FastAPI, client: aioredis.Redis, stop: asyncio.Event) -> None:
+    """Load new model checkpoints as the dataflow publishes them (no restart needed), until
+    ``stop`` is set. (A flag, not only a cancellation: redis-py's connection pool can swallow
+    a cancellation that lands inside it, and the loop would then go on forever.)"""
+    while not stop.is_set():
         try:
             await app.state.models.arefresh(client)
             app.state.metrics.observe_models(app.state.models.describe())
         except (RedisError, OSError) as exc:
             log.warning("model reload: %s", exc)
-        await asyncio.sleep(MODEL_RELOAD_SECONDS)
+        with suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), MODEL_RELOAD_SECONDS)
 
 
 class ServingSettings(CollectSettings, Protocol):
@@ -282,16 +285,17 @@ def create_app(
         client = create_redis(url)
         app.state.redis = client
         log.info("serving: redis at %s", redact_url(url))
-        reloader = asyncio.create_task(_reload_models(app, client))
+        stop = asyncio.Event()
+        reloader = asyncio.create_task(_reload_models(app, client, stop))
         start_collect(app, settings, kafka_brokers, collect_ack_timeout, collect_disabled)
         try:
             yield
         finally:
             await stop_collect(app)
             close_decisions(app)
-            reloader.cancel()
-            with suppress(asyncio.CancelledError):
-                await reloader
+            stop.set()
+            with suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(reloader, 5)
             app.state.redis = None
             await client.aclose(close_connection_pool=True)
 

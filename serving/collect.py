@@ -1,76 +1,8 @@
 """The collect endpoint ``POST /v1/events``: events from websites, apps and source systems
 are validated like the dataflow validates them and written to the topics ``nextbest run`` reads.
 
-Long on purpose: this docstring carries the README section below.
-
-Proposed README section (copy as is):
-
-## Collecting events: `POST /v1/events`
-
-A website, app or back office sends events over HTTP; `nextbest serve` validates each one with
-the dataflow's own decoder and writes the accepted ones to the topics `nextbest run` consumes:
-`purchase` and `refund` to `NEXTBEST_TOPIC_TRANSACTIONS`, every other type (clickstream and
-`decision_outcome` feedback) to `NEXTBEST_TOPIC_CLICKSTREAM`, keyed by the event's partition key
-(`c:<customer_id>`, else `a:<anonymous_id>`), the value being the event's bytes as received.
-
-The body is one event (a JSON object, see "Event contract") or a batch: a JSON array of events.
-At most 500 events per batch and 1 MiB per body (more: 413 `too_large`, nothing written); each
-event at most 16 KiB (more: that event is rejected as `too_large`). The content type is not
-checked (`navigator.sendBeacon` sends `text/plain`).
-
-```sh
-curl -s localhost:8000/v1/events -d '[
-  {"event_id":"e1","type":"page_view","ts":"2026-03-01T10:00:00Z","anonymous_id":"d1"},
-  {"event_id":"e2","type":"purchase","ts":1772359200000,"customer_id":"42","total":12.5},
-  {"event_id":"e3","type":"page_view","anonymous_id":"d1"}]'
-{"accepted":2,"rejected":1,"results":[
-  {"index":0,"event_id":"e1","status":"accepted","reason":null},
-  {"index":1,"event_id":"e2","status":"accepted","reason":null},
-  {"index":2,"event_id":"e3","status":"rejected","reason":"missing_field:ts","detail":""}]}
-```
-
-Each result is `{"index", "event_id", "status": "accepted"|"rejected", "reason"}` in input order;
-a rejected one also has `detail`. `reason` is the dataflow's dead-letter reason
-(`invalid_json`, `not_an_object`, `too_large`, `unknown_type`, `bad_timestamp`, `no_identity`,
-`missing_field:<f>`, `bad_type:<f>`, `bad_value:<f>`, and `future_timestamp` when `ts` is more
-than `NEXTBEST_MAX_FUTURE` ahead of the time of receipt). `event_id` is echoed when it is a
-string (else `null`).
-
-| status | when | body |
-| --- | --- | --- |
-| 200 | at least one event accepted (a mixed batch too: read `rejected`) | per-event results |
-| 400 `invalid_json` | the body is not JSON (or nests too deep) | `{"error", "detail"}` |
-| 413 `too_large` | more than 1 MiB, or more than 500 events | `{"error", "detail"}` |
-| 422 `all_rejected` | every event was rejected | `{"error", "detail"}` plus the per-event results |
-| 422 `empty_batch` | an empty array | `{"error", "detail"}` |
-| 503 `broker_unavailable` | a write unacknowledged after 5 s, or refused | `{"error", "detail"}` |
-| 503 `collect_disabled` | `serve` has no broker (see below) | `{"error", "detail"}` |
-
-A 2xx (and the 422 `all_rejected`) is answered only once the broker acknowledged every write of
-the request (`acks=all`). After a 503 `broker_unavailable`, consider nothing of that request
-accepted and send it again later: some of its events may have been written all the same, and
-the dataflow drops the duplicates by `event_id` (so keep `event_id` stable across retries).
-Rejected events are not dropped silently: each is also written to `NEXTBEST_TOPIC_DEAD_LETTER`
-as a dead-letter record (the dataflow's format: `reason`, `detail`, `data`, `rejected_at_ms`,
-`position` = `http:/v1/events:<request id>:<index>`; the request id is also in the
-`X-Request-Id` answer header). A body refused as a whole (400, 413) is not dead-lettered: the
-caller got the reason, and it is counted.
-
-Metrics on `/metrics`: `nextbest_collect_events_total{status,type}` (type: the known event
-types, else `unknown`), `nextbest_collect_rejected_total{reason}`,
-`nextbest_collect_ack_seconds` (produce to the last acknowledgement) and
-`nextbest_collect_requests_total{outcome}` (`accepted`, `partial`, `all_rejected`,
-`invalid_json`, `too_large`, `empty_batch`, `broker_unavailable`, `collect_disabled`). Events
-are counted once the request is answered 2xx or 422, so a retried 503 is not counted twice.
-
-Embedded mode: with `NEXTBEST_KAFKA_BROKERS` unset, `serve` shares the embedded broker of
-`run` and `simulate --kafka` under the same `NEXTBEST_HOME` (starting it if it is not running,
-creating missing topics), so events posted to `serve` reach `run`. The embedded broker keeps
-its data in memory only: events not yet read by `run` are lost when the last command using
-the broker stops. If the embedded broker cannot be started, `serve` still serves profiles and
-answers `POST /v1/events` with 503 `collect_disabled` (the detail and the log say why). If the
-broker does not answer at start (the topics cannot be checked within 5 s), `serve` logs a
-warning and starts all the same: the route answers 503 `broker_unavailable` until it is back.
+The format, limits, status codes and embedded-mode behaviour are in the README, "Collecting
+events: POST /v1/events".
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ from redis.exceptions import RedisError
 from decisions.answer import answer_body, fallback_decision, record_of
 from decisions.catalog import Catalog
 from decisions.contact import Contacts
-from decisions.policy import Decision, decide, prior_propensity
+from decisions.policy import Decision, decide
 from decisions.store import DecisionStore
 from features.profile import new_state, view
 from models.features import features_from_document
@@ -194,7 +194,7 @@ class Decider:
             contacts,
             as_of_ms,
             rng,
-            prior_propensity,
+            self.models.propensity,
         )
         if self.record and d.served is not None and d.selection in ("greedy", "exploration"):
             assert self.store is not None
@@ -264,9 +264,11 @@ def install_decisions(app: FastAPI, actions: str | None, decision_log: DecisionL
     :class:`decisions.catalog.ActionConfigError`), add the routes and the metrics. The segments
     eligibility rules may name are the app's (``app.state.segments``)."""
     from decisions.catalog import load_catalog
+    from models.action_labels import ACTION_TARGET
     from models.targets import NAMES
 
     app.state.catalog = load_catalog(actions, segments=app.state.segments.names, targets=NAMES)
+    app.state.models = ModelSet(tuple(ACTION_TARGET + a for a in app.state.catalog.ids))
     app.state.decision_log = decision_log
     app.state.decision_metrics = DecisionMetrics(app.state.metrics.registry)
     app.state.decider = None

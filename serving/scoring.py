@@ -78,11 +78,35 @@ def segments_field(segments: Mapping[str, int]) -> dict[str, dict[str, str]]:
 
 
 class ModelSet:
-    """The loaded models of every target; reload when the published version changes."""
+    """The loaded models of every target; reload when the published version changes.
 
-    def __init__(self) -> None:
+    ``actions``: the action models' targets (``action:<id>``) to load too (``actions``
+    attribute), for next best action's propensities (:meth:`propensity`).
+    """
+
+    def __init__(self, actions: tuple[str, ...] = ()) -> None:
         self.models: dict[str, LoadedModel] = {t: LoadedModel(t) for t in TARGETS}
-        self._seen: dict[str, bytes | None] = {t: None for t in TARGETS}
+        self.actions: dict[str, LoadedModel] = {t: LoadedModel(t) for t in actions}
+        self._seen: dict[str, bytes | None] = {t: None for t in (*TARGETS, *actions)}
+
+    def _loaded(self, target: str) -> LoadedModel:
+        return self.models[target] if target in self.models else self.actions[target]
+
+    def _store(self, lm: LoadedModel) -> None:
+        (self.models if lm.target in self.models else self.actions)[lm.target] = lm
+
+    def propensity(self, action: Any, features: Mapping[str, float]) -> Any:
+        """P(conversion | profile, action) (a :class:`decisions.policy.Propensity`): the action
+        model's when it is loaded and ready, else the action's configured prior."""
+        from decisions.policy import Propensity
+        from models.pipelines import contributions
+
+        lm = self.actions.get("action:" + action.id)
+        if lm is None or lm.model is None or not lm.model.ready:
+            return Propensity(action.prior, "prior")
+        m = lm.model
+        return Propensity(m.score(features), "model", lm.version,
+                          contributions(m.estimator, dict(features)))  # fmt: skip
 
     def _changed(self, target: str, version: Any) -> bool:
         v = _bytes(version)
@@ -93,17 +117,25 @@ class ModelSet:
 
     def refresh(self, client: redis.Redis) -> None:
         """Load new checkpoints (sync: the CLI)."""
-        for t in TARGETS:
+        for t in self._seen:
             cur, prev, ver = model_keys(t)
-            if self._changed(t, client.get(ver)) or self.models[t].model is None:
-                self.models[t] = _decode(client.get(cur), client.get(prev), t)
+            if self._changed(t, client.get(ver)) or self._loaded(t).model is None:
+                self._store(_decode(client.get(cur), client.get(prev), t))
 
     async def arefresh(self, client: aioredis.Redis) -> None:
-        """Load new checkpoints (async: serving, polled in the background)."""
-        for t in TARGETS:
-            cur, prev, ver = model_keys(t)
-            if self._changed(t, await client.get(ver)) or self.models[t].model is None:
-                self.models[t] = _decode(await client.get(cur), await client.get(prev), t)
+        """Load new checkpoints (async: serving, polled in the background): every version in
+        one round trip, then the changed checkpoints."""
+        targets = list(self._seen)
+        pipe = client.pipeline(transaction=False)
+        for t in targets:
+            pipe.get(model_keys(t)[2])
+        versions = await pipe.execute()
+        for t, ver in zip(targets, versions, strict=True):
+            if ver is None and self._loaded(t).model is None:
+                continue  # nothing published (yet)
+            cur, prev, _ = model_keys(t)
+            if self._changed(t, ver) or self._loaded(t).model is None:
+                self._store(_decode(await client.get(cur), await client.get(prev), t))
 
     def scores(self, doc: dict[str, Any]) -> dict[str, Any]:
         """Scores for a rendered profile document (features as of its ``as_of``)."""
@@ -140,7 +172,7 @@ class ModelSet:
     def describe(self) -> list[dict[str, Any]]:
         """What ``GET /v1/models`` lists."""
         rows = []
-        for t, lm in self.models.items():
+        for t, lm in (*self.models.items(), *self.actions.items()):
             metrics = dict(lm.meta.get("metrics", {}))
             rows.append(
                 {

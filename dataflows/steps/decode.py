@@ -7,6 +7,7 @@ from typing import Any
 
 from dataflows import metrics
 from dataflows.records import (
+    DecisionIn,
     In,
     RawRecord,
     Rejected,
@@ -14,6 +15,7 @@ from dataflows.records import (
 )
 from dataflows.steps import Keyed
 from features.identity import needs_identity
+from schemas.events import DecodeError
 from schemas.keys import customer_key, device_key, is_device
 
 
@@ -23,17 +25,29 @@ def make_decoder(
     """Batch decoder that counts what it sees (one call per source batch)."""
     read_counter = metrics.EVENTS_READ.labels(source_label)
 
-    def decode_batch(batch: list[RawRecord]) -> list[In | Rejected]:
+    def decode_batch(batch: list[RawRecord]) -> list[In | DecisionIn | Rejected]:
         out = [decode_record(r, max_future_ms) for r in batch]
         read_counter.inc(len(batch))
         for item in out:
             if isinstance(item, Rejected):
                 metrics.EVENTS_DEAD_LETTERED.labels(item.error.reason).inc()
+            elif isinstance(item, DecisionIn):
+                metrics.DECISIONS_READ.inc()
             else:
                 metrics.EVENTS_ACCEPTED.labels(item.event.type).inc()
         return out
 
     return decode_batch
+
+
+def is_decision(item: In | DecisionIn | Rejected) -> bool:
+    """Branch predicate: a decision record (for the feedback join)."""
+    return isinstance(item, DecisionIn)
+
+
+def decisions_off(item: DecisionIn) -> Rejected:
+    """A decision record in a flow without an action catalogue: a dead letter."""
+    return Rejected(item.record, DecodeError("decisions_off", "no action catalogue in this flow"))
 
 
 def is_event(item: In | Rejected) -> bool:

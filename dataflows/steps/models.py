@@ -19,6 +19,7 @@ from dataflows.snapshots import NEVER, Held, ModelSnapshot, dump
 from dataflows.steps import RETAIN, Out
 from dataflows.steps.clock import CLOCK_SHARDS
 from models import labels as lb
+from models.action_labels import ACTION_TARGET
 from models.online import OnlineModel
 
 #: How far behind the stream's event time the model step learns: every example whose label time
@@ -87,8 +88,12 @@ class ModelLogic(StatefulBatchLogic[Any, Out, Any]):
             ready.append(heapq.heappop(held)[3].example)
         if ready:
             if self.model is None:
-                self.model = OnlineModel(ready[0].target, self.cfg.model_pipeline,
-                                         min_examples=self.cfg.model_min_examples)  # fmt: skip
+                target = ready[0].target
+                actions = self.cfg.actions
+                least = self.cfg.model_min_examples
+                if actions is not None and target.startswith(ACTION_TARGET):
+                    least = actions.min_outcomes
+                self.model = OnlineModel(target, self.cfg.model_pipeline, min_examples=least)
             for ex in ready:
                 self.model.learn(ex)
                 self.newest_label_ts = max(self.newest_label_ts, ex.label_ts)

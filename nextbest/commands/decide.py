@@ -83,7 +83,7 @@ async def _decide(
         path = Path(spec) if spec and spec != "kafka" else settings.home_path / "decisions.jsonl"
         log = JsonlDecisionLog(path)
     try:
-        models = ModelSet()
+        models = ModelSet(tuple("action:" + a for a in cat.ids))
         await models.arefresh(client)
         decider = Decider(cat, models, client, log, record=args.record)
         return await decider.decide(

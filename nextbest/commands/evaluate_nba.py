@@ -314,10 +314,8 @@ def _flow_config(settings: Settings, url: str, cat: Any) -> Any:
 
     cfg = flow_config(settings, write_interval_ms=0, models=True, redis_url=url)
     # recovery off; a checkpoint whenever a model learned something (the loop reloads them)
-    cfg = dataclasses.replace(cfg, recovery=False, checkpoint_interval_ms=0)
-    if any(f.name == "actions" for f in dataclasses.fields(cfg)) and cfg.actions is None:
-        cfg = dataclasses.replace(cfg, actions=cat)  # the action models learn this catalogue's
-    return cfg
+    # and the action models learn this loop's catalogue (--catalog), whatever NEXTBEST_ACTIONS
+    return dataclasses.replace(cfg, recovery=False, checkpoint_interval_ms=0, actions=cat)
 
 
 async def _run(

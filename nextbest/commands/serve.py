@@ -60,11 +60,12 @@ def collect_brokers(settings: Settings) -> Iterator[tuple[str | None, str | None
 
 def decision_log(settings: Settings, brokers: str | None) -> DecisionLog:
     """Where served decisions go (``NEXTBEST_DECISION_LOG``): a JSONL file, or the decisions
-    topic (``kafka``; the default when ``NEXTBEST_KAFKA_BROKERS`` is set)."""
+    topic (``kafka``; the default when ``serve`` has a broker, external or embedded: ``run``
+    reads the topic, so outcomes train the action models)."""
     from serving.decision_log import JsonlDecisionLog, KafkaDecisionLog
 
     spec = settings.decision_log
-    if spec == "kafka" or (spec is None and settings.kafka_brokers):
+    if spec == "kafka" or (spec is None and brokers is not None):
         if brokers is None:
             raise UsageError("NEXTBEST_DECISION_LOG=kafka: no Kafka broker is available")
         return KafkaDecisionLog(brokers, settings.topic_decisions)
