@@ -22,6 +22,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from dataflows.records import RawRecord
 from dataflows.sources import StopRequest
+from nextbest.demo_feedback import BrokerFeed, DecisionTicker
 from nextbest.live import LiveShop
 from nextbest.settings import Settings
 from nextbest.simulator import SimConfig
@@ -34,6 +35,7 @@ class _ShopPartition(StatefulSourcePartition[RawRecord, None]):
         self._shop = shop
         self._plan = plan
         self._history: Iterator[bytes] | None = shop.history()
+        self._feed = plan.feed
         self._n = 0
         self._live_until: float | None = None
 
@@ -53,12 +55,16 @@ class _ShopPartition(StatefulSourcePartition[RawRecord, None]):
                 raise StopIteration
             if plan.live_for is not None:
                 self._live_until = time.monotonic() + plan.live_for
+            if self._feed is not None:
+                self._feed.start()
             plan.on_live()
         if self._live_until is not None and time.monotonic() >= self._live_until:
             raise StopIteration
         out = [
             RawRecord(b, f"live:{self._n + i + 1}") for i, b in enumerate(self._shop.due()[:take])
         ]
+        if self._feed is not None:  # what was posted to the API, and the decisions it logged
+            out += self._feed.poll(take - len(out))
         self._n += len(out)
         return out
 
@@ -71,6 +77,10 @@ class _ShopPartition(StatefulSourcePartition[RawRecord, None]):
     def snapshot(self) -> None:
         return None  # the demo does not resume (the live part follows the wall clock)
 
+    def close(self) -> None:
+        if self._feed is not None:
+            self._feed.close()
+
 
 @dataclass
 class _Plan:
@@ -81,6 +91,8 @@ class _Plan:
     live_for: float | None
     batch: int
     on_live: Callable[[], None]
+    #: the broker's input topics, read once the shop is open (None: none)
+    feed: BrokerFeed | None = None
 
 
 class ShopSource(FixedPartitionedSource[RawRecord, None]):
@@ -99,10 +111,12 @@ class ShopSource(FixedPartitionedSource[RawRecord, None]):
 
 @contextlib.contextmanager
 def _api_server(
-    redis_url: str, port: int, home: Path
+    redis_url: str, port: int, home: Path, brokers: str
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """``nextbest serve`` in a child process on 127.0.0.1:port, sharing our Redis."""
-    env = dict(os.environ, NEXTBEST_REDIS_URL=redis_url, NEXTBEST_LOG_LEVEL="WARNING")
+    """``nextbest serve`` in a child process on 127.0.0.1:port, sharing our Redis and broker
+    (``POST /v1/events`` and the decision log go to the broker, which the demo's flow reads)."""
+    env = dict(os.environ, NEXTBEST_REDIS_URL=redis_url, NEXTBEST_LOG_LEVEL="WARNING",
+               NEXTBEST_KAFKA_BROKERS=brokers)  # fmt: skip
     log = open(home / "demo-serve.log", "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(
         [sys.executable, "-m", "nextbest", "serve", "--host", "127.0.0.1", "--port", str(port)],
@@ -314,13 +328,16 @@ def _print_hints(base: str, url: str) -> None:
     print("\nTry (while the demo runs):")
     print(f"  curl -s {base}/v1/customers/{cid}/profile")
     print(f"  curl -s {base}/v1/customers/{cid}/next-best-action")
+    print(f"  curl -s {base}/v1/events -d '{{\"event_id\":\"try-1\",\"type\":\"page_view\","
+          f"\"ts\":{int(time.time() * 1000)},\"customer_id\":\"{cid}\"}}'")  # fmt: skip
     print(f"  curl -s {base}/v1/segments")
     print(f"  curl -s '{base}/v1/segments/cart_abandoned/members?limit=5'")
     print(f"  curl -s {base}/v1/models")
     print(f"  curl -s {base}/readyz")
     print(f"  curl -s {base}/metrics | grep nextbest_")
     print(f"  open {base}/docs")
-    print("\nSegment transitions as they happen (+ entered, - exited):", flush=True)
+    print("\nSegment transitions as they happen (+ entered, - exited), and every few seconds a "
+          "live customer's next best action (>):", flush=True)  # fmt: skip
 
 
 def run_demo(
@@ -348,7 +365,7 @@ def run_demo(
         run_flow,
         sink_options,
     )
-    from nextbest.runtime import redis_url
+    from nextbest.runtime import ensure_topics, kafka_brokers, redis_url
 
     home = settings.home_path
     home.mkdir(parents=True, exist_ok=True)
@@ -371,7 +388,13 @@ def run_demo(
         for f in (dead_letter, segment_events):
             f.unlink(missing_ok=True)
     stop = StopRequest()
-    with redis_url(settings) as url, _api_server(url, port, home) as (base, api):
+    with (
+        redis_url(settings) as url,
+        kafka_brokers(settings) as brokers,
+        _api_server(url, port, home, brokers) as (base, api),
+    ):
+        ensure_topics(brokers, [*settings.topics, settings.topic_dead_letter],
+                      settings.topic_partitions)  # fmt: skip
         if not keep:
             _clean(url)
         serve_metrics(settings.metrics_port)
@@ -383,6 +406,8 @@ def run_demo(
             file=sys.stderr,
         )
         tail = _TransitionTail(segment_events)
+        ticker = DecisionTicker(base, lambda: shop.recent[-1] if shop.recent else None)
+        feed = BrokerFeed(brokers, settings.topics)
         t0 = time.perf_counter()
 
         def on_live() -> None:
@@ -390,11 +415,13 @@ def run_demo(
                   f"about {rate:.0f} live events/s", file=sys.stderr, flush=True)  # fmt: skip
             _print_hints(base, url)
             tail.start_here()
+            ticker.start()
 
         stats = FlowStats()
         flow = build_flow(
             StoppableSource(
-                ShopSource(shop, _Plan(events, live_for, settings.batch_size, on_live)), stop.event
+                ShopSource(shop, _Plan(events, live_for, settings.batch_size, on_live, feed)),
+                stop.event,
             ),
             RedisSink(url, sink_options(settings)),
             DeadLetterFileSink(dead_letter, sink_options(settings)),
@@ -413,7 +440,9 @@ def run_demo(
                 if watchdog.failed is None:
                     raise
             finally:
+                ticker.stop()
                 tail.stop()
+                feed.close()
         if watchdog.failed is not None:
             return 1
         summary = stats.as_dict(time.perf_counter() - t0)

@@ -30,6 +30,7 @@ import math
 import random
 import time
 from bisect import bisect_right
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from itertools import accumulate
@@ -71,6 +72,8 @@ class LiveShop:
         self._started = 0.0  # live events produced by the sessions started so far
         self._last: int | None = None  # wall time of the last live call
         self._rng = random.Random(f"nextbest-live-{cfg.seed}")
+        #: the customers whose live sessions started last (the demo asks for their decisions)
+        self.recent: deque[str] = deque(maxlen=20)
         self._members: list[_Person] = []
         self._member_cum: list[float] = []
 
@@ -164,6 +167,8 @@ class LiveShop:
             sim._session(p, day, events, "member", start=start)
         self._sessions += 1
         self._started += len(events)
+        if p.cid is not None:
+            self.recent.append(p.cid)
         for ev in events:
             if ev[0] >= self.end_ms:
                 heapq.heappush(self._pending, ev)

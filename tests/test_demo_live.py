@@ -65,8 +65,20 @@ def test_the_demo_shop_is_live_now(tmp_path: Path) -> None:
         assert 0 < served["probability"] <= 1 and served["value"] >= 0
         newest = parse_ts(decision["freshness"]["newest_event"]) or 0
         assert newest >= started_ms - 120 * 86_400_000  # a profile of the demo's history
+        # an event posted to the demo's API goes through the broker into the demo's flow
+        posted = {"event_id": "posted-1", "type": "page_view", "ts": int(time.time() * 1000),
+                  "customer_id": "posted-by-test"}  # fmt: skip
+        answer = httpx.post(f"{base}/v1/events", json=[posted], timeout=10)
+        assert answer.status_code == 200 and answer.json()["accepted"] == 1, answer.text
+        deadline = time.monotonic() + 30
+        while (
+            httpx.get(f"{base}/v1/customers/posted-by-test/profile", timeout=5).status_code != 200
+        ):
+            assert time.monotonic() < deadline, "the posted event never reached the profile"
+            time.sleep(0.3)
         # live events keep coming: the profiles' newest events follow the wall clock
         _wait_for(log, "+ ", proc, timeout=60)  # a transition line printed live
+        _wait_for(log, "  > ", proc, timeout=30)  # a live customer's decision printed
         time.sleep(3)
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -361,7 +361,7 @@ async def _run(
 
             thread = threading.Thread(target=run, name="evaluate-nba-flow", daemon=True)
             thread.start()
-            models = ModelSet()
+            models = ModelSet(tuple("action:" + a for a in cat.ids))
             log = CaptureLog()
             decider = Decider(cat, models, client, log)
             loop = _Loop(cfg, cat, reward, decider, log, models, client, q, failure, progress)
