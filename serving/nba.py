@@ -11,9 +11,11 @@ chosen with.
 
 A customer or visitor without a stored profile is decided on an empty profile (what a new
 visitor is): never a 404. **Degrade, don't fail**: when Redis does not answer within
-:data:`REDIS_BUDGET_S` (down, slow, or a pool exhausted), the answer is the channel's fallback
-action with ``"degraded": true`` and the reason, HTTP 200; ``/readyz`` reports recent
-degradations. The served action's counters are then not updated (there is no Redis).
+:data:`REDIS_BUDGET_S` (down, slow, or a pool exhausted), or an action model of the channel was
+published but cannot be loaded (no usable checkpoint: ``model_unavailable``; an action whose
+model has not learned enough yet uses its prior, which is not a degradation), the answer is the
+channel's fallback action with ``"degraded": true`` and the reason, HTTP 200; ``/readyz``
+reports recent degradations. The served action's counters are then not updated.
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ class DecisionMetrics:
         self.fallbacks = Counter(
             "nextbest_decision_fallbacks_total",
             "Decisions that served the channel's fallback, by reason (nothing_eligible, "
-            "redis_unavailable, redis_timeout).",
+            "redis_unavailable, redis_timeout, model_unavailable).",
             ("channel", "reason"),
             registry=registry,
         )
@@ -151,6 +153,7 @@ class Decider:
             )
         decision_id = uuid.uuid4().hex
         degraded: str | None = None
+        key = customer_key(customer_id) if customer_id else device_key(anonymous_id or "")
         try:
             if self.store is None:
                 raise RedisError("no Redis client")
@@ -160,8 +163,11 @@ class Decider:
             degraded = "redis_timeout"
         except (RedisError, OSError):
             degraded = "redis_unavailable"
+        if degraded is None and self.models.unusable_actions(
+            tuple(a.id for a in self.catalog.for_channel(channel))
+        ):
+            degraded = "model_unavailable"  # a published action model cannot be loaded
         if degraded is not None:
-            key = customer_key(customer_id) if customer_id else device_key(anonymous_id or "")
             body = self._degraded(decision_id, key, channel, as_of_ms, degraded)
         else:
             body = await self._decide(decision_id, key, stored, contacts, channel, as_of_ms)

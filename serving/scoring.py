@@ -39,6 +39,8 @@ class LoadedModel:
     version: int | None = None
     status: str = "no checkpoint yet: scoring with the prior"
     meta: dict[str, Any] = field(default_factory=dict)
+    #: A checkpoint was published but none could be loaded (not the cold start's prior).
+    unusable: bool = False
 
 
 def _bytes(v: Any) -> bytes | None:
@@ -65,7 +67,7 @@ def _decode(current: Any, previous: Any, target: str) -> LoadedModel:
         )
         return LoadedModel(target, model, int(meta.get("version", 0)), status, meta)
     status = "; ".join([*problems, "scoring with the prior"]) if problems else LoadedModel.status
-    return LoadedModel(target, status=status)
+    return LoadedModel(target, status=status, unusable=bool(problems))
 
 
 def segments_field(segments: Mapping[str, int]) -> dict[str, dict[str, str]]:
@@ -94,6 +96,10 @@ class ModelSet:
 
     def _store(self, lm: LoadedModel) -> None:
         (self.models if lm.target in self.models else self.actions)[lm.target] = lm
+
+    def unusable_actions(self, ids: tuple[str, ...]) -> list[str]:
+        """The actions among ``ids`` whose model was published but cannot be loaded."""
+        return [a for a in ids if (lm := self.actions.get("action:" + a)) and lm.unusable]
 
     def propensity(self, action: Any, features: Mapping[str, float]) -> Any:
         """P(conversion | profile, action) (a :class:`decisions.policy.Propensity`): the action

@@ -23,6 +23,7 @@ from fastapi.testclient import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import serving.app as app_module
 from decisions.catalog import (
     ActionConfigError,
     Channel,
@@ -37,7 +38,7 @@ from decisions.schema import OUT, actions_schema, rendered
 from decisions.store import contacts_key
 from features.profile import ProfileState, ingest, new_state
 from features.segments import load_segments
-from features.store import link_key, write_states
+from features.store import link_key, model_keys, write_states
 from models.features import FEATURE_NAMES
 from nextbest.runtime import start_redis, stop_redis
 from nextbest.settings import Settings
@@ -327,8 +328,13 @@ def catalog_file(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def nba(
-    redis_url: str, redis_client: redis.Redis, catalog_file: Path, tmp_path: Path
+    redis_url: str,
+    redis_client: redis.Redis,
+    catalog_file: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[tuple[TestClient, Path]]:
+    monkeypatch.setattr(app_module, "MODEL_RELOAD_SECONDS", 0.1)
     settings_ = replace(Settings.from_env({}), actions=str(catalog_file))
     log_path = tmp_path / "decisions.jsonl"
     app = create_app(settings_, redis_url, decision_log=JsonlDecisionLog(log_path))
@@ -486,6 +492,30 @@ def test_degrades_when_redis_is_paused_or_dead(catalog_file: Path, tmp_path: Pat
     finally:
         if proc.poll() is None:
             stop_redis(url, proc.pid)
+
+
+def test_an_unloadable_action_model_degrades_to_the_fallback(
+    nba: tuple[TestClient, Path], redis_client: redis.Redis
+) -> None:
+    """A published checkpoint that cannot be loaded (and no previous one): the channel's
+    fallback, degraded (a model that has not learned enough is the prior: not degraded)."""
+    api, _ = nba
+    _customer(redis_client, "3")
+    assert _get(api, "/v1/customers/3/next-best-action")["degraded"] is False
+    cur, _prev, ver = model_keys("action:generic")
+    redis_client.set(cur, b"NBCK garbage")
+    redis_client.set(ver, b"1")
+    deadline = time.monotonic() + 10
+    while True:
+        body = _get(api, "/v1/customers/3/next-best-action")
+        if body["degraded"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert body["reason"] == "model_unavailable" and body["policy"]["selection"] == "fallback"
+    assert [a["id"] for a in body["actions"]] == ["fallback_slot"]
+    email = _get(api, "/v1/customers/3/next-best-action", channel="email")
+    assert email["degraded"] is False  # generic is not offered by email
+    assert "model_unavailable" in api.get("/readyz").json()["checks"]["decisions"]
 
 
 # -- the CLI ------------------------------------------------------------------------------------
