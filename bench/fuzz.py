@@ -1225,10 +1225,12 @@ def _error_shape_ok(body: bytes) -> bool:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
         return False
+    # {"error", "detail"} (strings); POST /v1/events's 422 all_rejected adds its per-event results
     return (
         isinstance(doc, dict)
-        and set(doc) == {"error", "detail"}
-        and all(isinstance(v, str) for v in doc.values())
+        and {"error", "detail"} <= set(doc)
+        and (set(doc) == {"error", "detail"} or doc.get("error") == "all_rejected")
+        and all(isinstance(doc[k], str) for k in ("error", "detail"))
     )
 
 
@@ -1335,6 +1337,20 @@ def temporary_redis() -> Iterator[str]:
             proc.wait(10)
 
 
+@contextmanager
+def temporary_broker() -> Iterator[str]:
+    """A real Kafka-protocol broker (tansu) in a temporary directory, for ``POST /v1/events``."""
+    from nextbest.runtime import start_broker, stop_process
+
+    with tempfile.TemporaryDirectory(prefix="nb-fuzz-broker-") as tmp:
+        proc, address = start_broker(Path(tmp))
+        try:
+            yield address
+        finally:
+            stop_process(proc.pid)
+            proc.wait(10)
+
+
 @asynccontextmanager
 async def _lifespan(app: Any) -> AsyncIterator[None]:
     async with app.router.lifespan_context(app):
@@ -1358,14 +1374,26 @@ async def _fuzz_app(app: Any, surface: Surface, n: int, seed: int) -> Tally:
         return await fuzz_http(app, surface, n, seed)
 
 
-def run_http(n: int, seed: int, redis_url: str, corpus: Corpus | None = None) -> Tally:
-    """Seed ``redis_url`` with profiles, build the app on it, and fuzz it with ``n`` requests."""
+def run_http(
+    n: int,
+    seed: int,
+    redis_url: str,
+    corpus: Corpus | None = None,
+    kafka_brokers: str | None = None,
+) -> Tally:
+    """Seed ``redis_url`` with profiles, build the app on it (``POST /v1/events`` writing to
+    ``kafka_brokers``), and fuzz it with ``n`` requests. Without a broker the collect route
+    answers 503 ``collect_disabled``: give one, or those count as server errors."""
+    from nextbest.runtime import ensure_topics
     from nextbest.settings import Settings
     from serving.app import create_app
 
     corpus = corpus or build_corpus(seed)
     customers, visitors = seed_profiles(redis_url, corpus)
-    app = create_app(Settings.from_env({}), redis_url)
+    settings = Settings.from_env({})
+    if kafka_brokers is not None:
+        ensure_topics(kafka_brokers, [*settings.topics, settings.topic_dead_letter], 1)
+    app = create_app(settings, redis_url, kafka_brokers)
     extra = (app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url)
     routes = routes_of(app.openapi(), [p for p in extra if p])
     surface = Surface(routes, tuple(customers), tuple(visitors), corpus)
@@ -1395,9 +1423,9 @@ def run(decoder: int, http: int, seed: int, failures: Path) -> dict[str, Any]:
         log.info("fuzz: decoder, %s inputs ...", f"{decoder:,}")
         tallies.append(fuzz_decoder(decoder, seed, corpus))
     if http:
-        log.info("fuzz: http, %s requests (starting Redis) ...", f"{http:,}")
-        with temporary_redis() as url:
-            tallies.append(run_http(http, seed, url, corpus))
+        log.info("fuzz: http, %s requests (starting Redis and a broker) ...", f"{http:,}")
+        with temporary_redis() as url, temporary_broker() as brokers:
+            tallies.append(run_http(http, seed, url, corpus, brokers))
     saved = save_failures(failures, tallies) if any(t.failures for t in tallies) else 0
     return {
         "config": {"seed": seed, "decoder": decoder, "http": http, "cpus": os.cpu_count()},

@@ -184,7 +184,8 @@ def _peek(raw: bytes) -> tuple[str | None, str]:
     except Exception:  # not an object, not JSON: nothing to report
         return None, "unknown"
     event_id = p.event_id if isinstance(p.event_id, str) and len(p.event_id) <= MAX_ID_LEN else None
-    return event_id, p.type if p.type in EVENT_TYPES else "unknown"
+    known = isinstance(p.type, str) and p.type in EVENT_TYPES  # (any JSON value: a list too)
+    return event_id, p.type if known else "unknown"
 
 
 async def _read_body(request: Request) -> bytes:

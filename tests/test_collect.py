@@ -185,6 +185,9 @@ def test_all_rejected_is_422_with_the_per_event_body(api: TestClient, topics: To
     single = api.post("/v1/events", json={"event_id": "z", "type": "page_view", "ts": 1})
     assert single.status_code == 422
     assert single.json()["results"][0]["reason"] == "no_identity"
+    # a type that is not a string (found by the HTTP fuzz: it was a 500)
+    odd = api.post("/v1/events", json=[{"event_id": "w", "type": ["page_view"], "ts": 1}])
+    assert odd.status_code == 422 and odd.json()["results"][0]["reason"] == "bad_type:type"
 
 
 @pytest.mark.parametrize(

@@ -78,9 +78,11 @@ def test_tiny_decoder_fuzz(corpus: Corpus) -> None:
     assert len({o for o in r["outcomes"] if ":" in o}) > 10  # field-level reasons are reached
 
 
-def test_tiny_http_fuzz(redis_url: str, redis_client: redis.Redis, corpus: Corpus) -> None:
+def test_tiny_http_fuzz(
+    redis_url: str, redis_client: redis.Redis, corpus: Corpus, kafka_brokers: str
+) -> None:
     try:
-        r = run_http(200, seed=11, redis_url=redis_url, corpus=corpus).as_dict()
+        r = run_http(200, 11, redis_url, corpus, kafka_brokers).as_dict()
     finally:
         redis_client.flushall()
     assert r["inputs"] == sum(r["strategies"].values()) == 200

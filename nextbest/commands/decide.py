@@ -60,10 +60,11 @@ def actions_catalog(settings: Settings) -> Any:
     segments); a bad file is a usage error (exit 2) naming file, line, action and field."""
     from decisions.catalog import ActionConfigError, load_catalog
     from models.targets import NAMES
-    from serving.segments import load_definitions
+    from nextbest.commands.segments import definitions
 
+    names = definitions(settings).names  # a bad segments file: exit 2, naming it
     try:
-        return load_catalog(settings.actions, load_definitions(settings.segments).names, NAMES)
+        return load_catalog(settings.actions, names, NAMES)
     except ActionConfigError as exc:
         raise UsageError(f"NEXTBEST_ACTIONS: {exc}") from None
 
