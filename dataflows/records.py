@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import time
 from typing import Any
 
 import msgspec
 import orjson
 
+from schemas import deadletters
 from schemas.decisions import DecisionDecodeError, DecisionRecord, decode_decision
 from schemas.events import DecodeError, Event, decode_event, format_ts
 
@@ -281,58 +280,31 @@ def late(item: In) -> Rejected:
 
 
 #: Default bound of one dead-letter record (``NEXTBEST_DEAD_LETTER_MAX_BYTES``).
-DEAD_LETTER_MAX_BYTES = 65_536
+DEAD_LETTER_MAX_BYTES = deadletters.MAX_BYTES
 
 
 def dead_letter_document(
     rej: Rejected, now_ms: int | None = None, data: bytes | None = None
 ) -> dict[str, Any]:
-    """The dead-letter record: original bytes (as text, or base64 if not UTF-8), reason, position.
-
-    ``data`` replaces the record's bytes (a prefix of them, see :func:`encode_dead_letter`).
+    """The dead-letter record (:mod:`schemas.deadletters`) of a rejected record; ``data``
+    replaces the record's bytes.
 
     >>> rej = Rejected(RawRecord(b"{", "file:x:1"), DecodeError("invalid_json"))
     >>> d = dead_letter_document(rej, 0)
     >>> d["reason"], d["data"], d["position"]
     ('invalid_json', '{', 'file:x:1')
     """
-    doc: dict[str, Any] = {
-        "reason": rej.error.reason,
-        "detail": rej.error.detail,
-        "position": rej.record.position,
-        "rejected_at_ms": int(time.time() * 1000) if now_ms is None else now_ms,
-    }
+    now = int(time.time() * 1000) if now_ms is None else now_ms
     raw = rej.record.data if data is None else data
-    try:
-        doc["data"] = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        doc["data_base64"] = base64.b64encode(raw).decode("ascii")
-    return doc
-
-
-def _utf8_prefix(data: bytes, n: int) -> bytes:
-    """The first ``n`` bytes, without a UTF-8 sequence cut in half at the end (when the whole
-    is UTF-8, so that the prefix still reads as text).
-
-    >>> _utf8_prefix("aé".encode(), 2)
-    b'a'
-    """
-    head = data[:n]
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return head
-    return head.decode("utf-8", "ignore").encode("utf-8")
+    return deadletters.document(raw, rej.error, rej.record.position, now)
 
 
 def encode_dead_letter(
     rej: Rejected, max_bytes: int = DEAD_LETTER_MAX_BYTES, now_ms: int | None = None
 ) -> bytes:
-    """One dead-letter record as a JSON line (without the newline), at most ``max_bytes``.
-
-    A record over the bound keeps the longest prefix of the original bytes that fits, and says
-    so: ``truncated: true``, ``original_size`` (bytes) and ``sha256`` (hex, of the whole), so a
-    poison message can still be identified and never makes a record the broker refuses.
+    """One dead-letter record as a JSON line (without the newline), at most ``max_bytes``
+    (:func:`schemas.deadletters.encode`: a longer one keeps a prefix of the bytes, with
+    ``truncated``, ``original_size`` and ``sha256``).
 
     >>> big = Rejected(RawRecord(b"\x01" * 200_000, "kafka:t:0:7"), DecodeError("too_large"))
     >>> out = encode_dead_letter(big, max_bytes=4096, now_ms=0)
@@ -341,31 +313,5 @@ def encode_dead_letter(
     >>> len(encode_dead_letter(Rejected(RawRecord(b"{", "f:1"), DecodeError("x")), 4096, 0))
     73
     """
-    if now_ms is None:
-        now_ms = int(time.time() * 1000)
-    whole = orjson.dumps(dead_letter_document(rej, now_ms))
-    if len(whole) <= max_bytes:
-        return whole
-    data = rej.record.data
-    extra = {
-        "truncated": True,
-        "original_size": len(data),
-        "sha256": hashlib.sha256(data).hexdigest(),
-    }
-
-    def encoded(n: int) -> bytes:
-        doc = dead_letter_document(rej, now_ms, _utf8_prefix(data, n))
-        doc.update(extra)
-        return orjson.dumps(doc)
-
-    # The longest prefix that fits (escaping can grow a byte up to 6 times): binary search.
-    lo, hi = 0, min(len(data), max_bytes)
-    best = encoded(0)
-    while lo <= hi:
-        mid = (lo + hi) // 2
-        out = encoded(mid)
-        if len(out) <= max_bytes:
-            best, lo = out, mid + 1
-        else:
-            hi = mid - 1
-    return best
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    return deadletters.encode(rej.record.data, rej.error, rej.record.position, max_bytes, now)

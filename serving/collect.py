@@ -7,8 +7,6 @@ events: POST /v1/events".
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import logging
 import time
 import uuid
@@ -16,11 +14,11 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal, Protocol, cast
 
 import msgspec
-import orjson
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from schemas import deadletters
 from schemas.events import (
     EVENT_TYPES,
     MAX_EVENT_BYTES,
@@ -250,61 +248,13 @@ def check(raw: bytes, now_ms: int, max_future_ms: int) -> Event | DecodeError:
 def dead_letter_record(
     data: bytes, error: DecodeError, position: str, max_bytes: int, now_ms: int
 ) -> bytes:
-    """A dead-letter record in the dataflow's format, at most ``max_bytes`` (the same bytes as
-    ``dataflows.records.encode_dead_letter``, which serving may not import; a test keeps the two
-    equal): a record over the bound keeps the longest prefix of ``data`` that fits, with
-    ``truncated``, ``original_size`` and ``sha256``.
+    """A dead-letter record in the dataflow's format, at most ``max_bytes``: one encoder for
+    both, :func:`schemas.deadletters.encode` (a test keeps the two equal).
 
     >>> dead_letter_record(b"{", DecodeError("invalid_json"), "http:x:0", 4096, 0)
     b'{"reason":"invalid_json","detail":"","position":"http:x:0","rejected_at_ms":0,"data":"{"}'
     """
-
-    def document(raw: bytes) -> dict[str, Any]:
-        doc: dict[str, Any] = {
-            "reason": error.reason,
-            "detail": error.detail,
-            "position": position,
-            "rejected_at_ms": now_ms,
-        }
-        try:
-            doc["data"] = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            doc["data_base64"] = base64.b64encode(raw).decode("ascii")
-        return doc
-
-    whole = orjson.dumps(document(data))
-    if len(whole) <= max_bytes:
-        return whole
-    extra = {
-        "truncated": True,
-        "original_size": len(data),
-        "sha256": hashlib.sha256(data).hexdigest(),
-    }
-
-    try:
-        data.decode("utf-8")
-        utf8 = True
-    except UnicodeDecodeError:
-        utf8 = False
-
-    def encoded(n: int) -> bytes:
-        head = data[:n]
-        if utf8:  # no UTF-8 sequence cut in half at the end: the prefix still reads as text
-            head = head.decode("utf-8", "ignore").encode("utf-8")
-        doc = document(head)
-        doc.update(extra)
-        return orjson.dumps(doc)
-
-    lo, hi = 0, min(len(data), max_bytes)
-    best = encoded(0)
-    while lo <= hi:
-        mid = (lo + hi) // 2
-        out = encoded(mid)
-        if len(out) <= max_bytes:
-            best, lo = out, mid + 1
-        else:
-            hi = mid - 1
-    return best
+    return deadletters.encode(data, error, position, max_bytes, now_ms)
 
 
 def _record_metrics(metrics: HttpMetrics, results: list[dict[str, Any]], types: list[str]) -> None:
