@@ -4,7 +4,8 @@ One run simulates one file, starts its own Redis and broker in a temporary direc
 (a) baseline, (b') the flow without models (``replay --no-models``), (b) full (models on),
 (a) baseline again, (d) memory (of what (b) wrote), (c) freshness (with its transport baseline
 first), (e) timer-driven segment transitions (:mod:`bench.timers`) and (f) next-best-action
-latency against the trivial endpoint of the same server, with Locust (:mod:`bench.nba`), stops
+latency against the trivial endpoint of the same server, with Locust (:mod:`bench.nba`), (g) the
+closed loop of next best action (:mod:`bench.nba_loop`), stops
 everything it started, and prints a readable report (``--json``: one JSON object on stdout).
 Progress goes to stderr. Aims are reported, never asserted; every ratio is against the baseline
 of the same run, and ``models`` compares (b) with (b') of the same run; (f) compares NBA with
@@ -36,6 +37,7 @@ from bench.memory import measure_memory
 from bench.nba import AIM_P99_MS as AIM_NBA_P99_MS
 from bench.nba import AIM_RATIO as AIM_NBA_RATIO
 from bench.nba import measure_nba, render_nba
+from bench.nba_loop import AIM_LIFT_CAPTURE, measure_nba_loop, render_nba_loop
 from bench.services import Services, running_services
 from bench.timers import measure_timer_latency
 from bench.workload import customers_for, make_workload
@@ -54,6 +56,9 @@ QUICK = {"events": 20_000, "days": 30, "duration": 5.0, "memory_sample": 500}
 #: Section (f): customers, Locust users, seconds per run (each endpoint, each round), rounds.
 NBA_FULL = {"customers": 500, "users": 10, "duration": 15, "rounds": 2}
 NBA_QUICK = {"customers": 100, "users": 10, "duration": 2, "rounds": 1}
+#: Section (g), the closed loop: customers and days.
+LOOP_FULL = {"customers": 2000, "days": 90}
+LOOP_QUICK = {"customers": 120, "days": 14}
 
 
 def _positive_int(raw: str) -> int:
@@ -201,6 +206,12 @@ def _nba_section(args: argparse.Namespace, svc: Services) -> dict[str, Any]:
     return measure_nba(svc, **preset)
 
 
+def _loop_section(args: argparse.Namespace) -> dict[str, Any]:
+    """Section (g) with the preset of ``--quick`` or of a full run."""
+    preset = LOOP_QUICK if args.quick else LOOP_FULL
+    return measure_nba_loop(preset["customers"], preset["days"], args.seed)
+
+
 def run_only_nba(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     """``--only nba``: section (f) alone, against its own Redis and broker."""
     result: dict[str, Any] = {
@@ -252,6 +263,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             "median_profile_bytes_max": AIM_MEDIAN_BYTES,
             "nba_p99_ms_max": AIM_NBA_P99_MS,
             "nba_over_trivial_min": AIM_NBA_RATIO,
+            "nba_lift_capture_min": AIM_LIFT_CAPTURE,
         },
     }
     log.info("bench: simulating about %s lines over %d days ...", f"{events:,}", days)
@@ -315,6 +327,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
         _section(result, "timers", timers)
         _section(result, "nba", lambda: _nba_section(args, svc))
+    _section(result, "nba_loop", lambda: _loop_section(args))
 
     if baseline is not None and full is not None and baseline["events_per_s"] > 0:
         base = float(baseline["events_per_s"])
@@ -516,6 +529,9 @@ def render(r: dict[str, Any]) -> str:
     if "nba" in r:
         add("")
         lines.extend(render_nba(r["nba"]))
+    if "nba_loop" in r:
+        add("")
+        lines.extend(render_nba_loop(r["nba_loop"]))
     if r.get("errors"):
         add("")
         add(f"sections with errors: {', '.join(r['errors'])}")

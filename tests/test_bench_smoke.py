@@ -104,6 +104,12 @@ def test_bench_quick_json() -> None:
     assert isinstance(timers["meets_aim"], bool)
 
     _check_nba(report["nba"])
+    loop = report["nba_loop"]
+    # the closed loop ran through the real decision code and dataflow: every decision counted
+    assert loop["decisions"] > 0 and loop["customers"] == 120 and loop["days"] == 14
+    half = loop["last_half"]
+    assert half["oracle"] >= half["engine"] >= 0 and half["oracle"] >= half["random"] >= 0
+    assert isinstance(loop["meets_aim"], bool) and report["aims"]["nba_lift_capture_min"] == 0.6
     assert report["aims"]["nba_p99_ms_max"] == 5.0
     assert report["aims"]["nba_over_trivial_min"] == 0.5
 
