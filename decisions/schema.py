@@ -7,7 +7,6 @@ the checked-in file is stale, and checks that the shipped catalogue validates.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from typing import Any, Final
@@ -22,7 +21,7 @@ from decisions.catalog import (
 )
 from features.segments.catalog import DEFAULT_TARGETS, catalog
 from features.segments.config import DURATION_RE
-from features.segments.schema import segments_schema
+from features.segments.schema import segments_schema, write_or_check
 from schemas.events import OUTCOME_TYPES
 
 OUT: Final = Path(__file__).resolve().parent.parent / "schemas" / "json" / "actions.schema.json"
@@ -125,14 +124,7 @@ def rendered() -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Write (``--write``) or check the generated file."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--write", action="store_true")
-    args = parser.parse_args(argv)
-    text = rendered()
-    if args.write:
-        OUT.write_text(text)
-    elif not OUT.exists() or OUT.read_text() != text:
-        raise SystemExit(f"stale {OUT.name}; run python -m decisions.schema --write")
+    write_or_check(OUT, rendered(), "decisions.schema", argv)
 
 
 if __name__ == "__main__":

@@ -87,32 +87,10 @@ class DecisionRecord(msgspec.Struct, frozen=True, kw_only=True):
     type: str = "decision"
 
 
-class _Wire(msgspec.Struct, kw_only=True):
-    decision_id: str
-    ts: str | int
-    key: str
-    channel: str
-    policy: str
-    epsilon: float
-    served: str | None
-    served_probability: float
-    selection: str
-    candidates: list[Candidate]
-    features: dict[str, float]
-    customer_id: str | None = None
-    anonymous_id: str | None = None
-    model_versions: dict[str, int] = msgspec.field(default_factory=dict)
-    degraded: bool = False
-    reason: str | None = None
-    catalog: str = ""
-    type: str = "decision"
-
-
 class DecisionDecodeError(ValueError):
     """Bytes that are not a decision record."""
 
 
-_DECODER: Final = msgspec.json.Decoder(_Wire)
 _ENCODER: Final = msgspec.json.Encoder()
 
 
@@ -125,16 +103,18 @@ def encode_decision(r: DecisionRecord) -> bytes:
 
 
 def decode_decision(data: bytes | str) -> DecisionRecord:
-    """A record from its JSON; :class:`DecisionDecodeError` when it is not one."""
+    """A record from its JSON (``ts`` RFC 3339 or epoch ms); :class:`DecisionDecodeError` when
+    it is not one."""
     try:
-        w = _DECODER.decode(data)
+        raw = msgspec.json.decode(data)
+        if isinstance(raw, dict) and isinstance(raw.get("ts"), str | int):
+            ts = parse_ts(raw["ts"])
+            if ts is None:
+                raise DecisionDecodeError(f"not a decision record: bad ts {str(raw['ts'])[:40]!r}")
+            raw["ts"] = ts
+        rec = msgspec.convert(raw, DecisionRecord)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise DecisionDecodeError(f"not a decision record: {exc}") from None
-    ts = parse_ts(w.ts)
-    if ts is None:
-        raise DecisionDecodeError(f"not a decision record: bad ts {str(w.ts)[:40]!r}")
-    if w.type != "decision":
-        raise DecisionDecodeError(f"not a decision record: type {w.type[:40]!r}")
-    fields = {f: getattr(w, f) for f in DecisionRecord.__struct_fields__}
-    fields["ts"] = ts
-    return DecisionRecord(**fields)
+    if rec.type != "decision":
+        raise DecisionDecodeError(f"not a decision record: type {rec.type[:40]!r}")
+    return rec

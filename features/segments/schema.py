@@ -144,16 +144,21 @@ def rendered() -> str:
     return json.dumps(segments_schema(), indent=2, sort_keys=True) + "\n"
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Write (``--write``) or check the generated file."""
-    parser = argparse.ArgumentParser(description=__doc__)
+def write_or_check(out: Path, text: str, module: str, argv: list[str] | None = None) -> None:
+    """The command line of a generated schema file: write it (``--write``) or fail when the
+    checked-in ``out`` differs from ``text`` (naming ``python -m module --write``)."""
+    parser = argparse.ArgumentParser(description=f"Write or check {out.name}.")
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args(argv)
-    text = rendered()
     if args.write:
-        OUT.write_text(text)
-    elif not OUT.exists() or OUT.read_text() != text:
-        raise SystemExit(f"stale {OUT.name}; run python -m features.segments.schema --write")
+        out.write_text(text)
+    elif not out.exists() or out.read_text() != text:
+        raise SystemExit(f"stale {out.name}; run python -m {module} --write")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Write (``--write``) or check the generated file."""
+    write_or_check(OUT, rendered(), "features.segments.schema", argv)
 
 
 if __name__ == "__main__":
