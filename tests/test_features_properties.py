@@ -275,6 +275,7 @@ def event_lists(draw: st.DrawFn, max_size: int = 40, span: int = 170 * DAY) -> l
                 customer_id="c1",
                 session_id=draw(st.sampled_from([None, None, "s1", "s2", "s3"])),
                 category=draw(st.sampled_from(CATEGORIES)),
+                product_id=draw(st.sampled_from([None, "p1", "p2", "p3"])),
                 price=draw(st.sampled_from([None, 9.99, 0.1, 120.0, 0.285])),
                 quantity=draw(st.sampled_from([None, 1, 2, 5])),
                 total=draw(st.sampled_from([0.0, 19.99, 5.5, 1234.56])) if transaction else None,
@@ -451,7 +452,7 @@ def test_merge_of_two_histories_equals_the_union(
     events: list[Event], rnd: Any, lateness: int
 ) -> None:
     """Split one history between an anonymous visitor and a customer; merged it is the whole
-    (every feature but the cart, which merge approximates; within 25 days, so that no session id
+    (every feature but the cart, which merge approximates; the recent and bought products; within 25 days, so that no session id
     is reused after its 31 days, which merge approximates too)."""
     anon_events = [e for e in events if rnd.random() < 0.5]
     cust_events = [e for e in events if e not in anon_events]
@@ -478,6 +479,8 @@ def test_merge_of_two_histories_equals_the_union(
     assert set(mv.interests) == set(wv.interests)
     for c, x in wv.interests.items():
         assert abs(mv.interests[c] - x) <= 1e-7 * max(1.0, x)
+    # The products viewed and carted last, and bought (what recommendations read).
+    assert (mv.recent, mv.bought) == (wv.recent, wv.bought)
     # No event of either is applied twice after the merge (duplicate, or late when older).
     for e in events:
         assert pf.ingest(target, e, lateness) != pf.APPLIED

@@ -116,6 +116,9 @@ def view(state: ProfileState, series: frozenset[str] | None = None) -> ProfileVi
         interests=interests,
         buckets=buckets,
         identities=list(state.identities),
+        recent=[(ts, k, p, c) for ts, _e, k, p, c in a.recent],
+        cart=dict(sorted(a.cart.items())),
+        bought=dict(sorted(a.bought.items())),
     )
 
 
@@ -142,6 +145,8 @@ def _put(fields: dict[str, str], name: str, value: str) -> None:
 
 _link_encoder: Final = msgspec.json.Encoder()
 _link_decoder: Final = msgspec.json.Decoder(tuple[str, str, int, str])
+_recent_decoder: Final = msgspec.json.Decoder(list[tuple[int, str, str, str]])
+_counts_decoder: Final = msgspec.json.Decoder(dict[str, int])
 
 
 def fields_of(v: ProfileView) -> dict[str, str]:
@@ -171,6 +176,12 @@ def fields_of(v: ProfileView) -> dict[str, str]:
         last = v.last_seen_ts or 0
         for name, d in v.buckets.items():
             _put(f, name, encode_buckets(d, SERIES_BY_NAME[name].live_from(last)))
+    if v.recent:
+        _put(f, "rp", _link_encoder.encode(v.recent).decode())
+    if v.cart:
+        _put(f, "ck", _link_encoder.encode(v.cart).decode())
+    if v.bought:
+        _put(f, "bo", _link_encoder.encode(v.bought).decode())
     own = v.id if v.kind == "customer" else None
     for j, link in enumerate(v.identities):
         cust = "" if link.customer_id == own else link.customer_id
@@ -271,6 +282,12 @@ def from_fields(raw: Mapping[str, str] | Mapping[bytes, bytes] | Mapping[Any, An
         cart_cents=int(f.get("cv", "0")),
         interests=interests,
     )
+    if "rp" in f:
+        v.recent = _recent_decoder.decode(f["rp"])
+    if "ck" in f:
+        v.cart = _counts_decoder.decode(f["ck"])
+    if "bo" in f:
+        v.bought = _counts_decoder.decode(f["bo"])
     own = v.id if v.kind == "customer" else ""
     links: list[tuple[int, Link]] = []
     for name, val in f.items():

@@ -8,13 +8,21 @@ from features import interest as _interest
 from features.profile.fold import (
     _coalesce,
     _fold,
+    _keep_newest,
     _order,
     _prune,
     _rebuild,
     _set_runs,
     record_link,
 )
-from features.profile.state import SESSION_KEEP_MS, Aggregate, ProfileState
+from features.profile.state import (
+    BOUGHT_PRODUCTS,
+    CART_PRODUCTS,
+    RECENT_PRODUCTS,
+    SESSION_KEEP_MS,
+    Aggregate,
+    ProfileState,
+)
 from schemas.events import Event
 
 
@@ -35,6 +43,7 @@ def _combine(a: Aggregate, b: Aggregate) -> Aggregate:
     # (a purchase empties the cart); surviving carts add up.
     items = cents = 0
     cart_ts: int | None = None
+    cart: dict[str, int] = {}
     for side, other in ((a, b), (b, a)):
         if side.cart_ts is None:
             continue
@@ -42,6 +51,15 @@ def _combine(a: Aggregate, b: Aggregate) -> Aggregate:
         if other.last_purchase is None or other.last_purchase < side.cart_ts:
             items += side.cart_items
             cents += side.cart_cents
+            for pid, q in side.cart.items():
+                if pid in cart or len(cart) < CART_PRODUCTS:
+                    cart[pid] = cart.get(pid, 0) + q
+    bought = dict(a.bought)
+    for pid, ts in b.bought.items():
+        bought[pid] = max(ts, bought.get(pid, ts))
+    if len(bought) > BOUGHT_PRODUCTS:
+        _keep_newest(bought)
+    recent = sorted(chain(a.recent, b.recent))[-RECENT_PRODUCTS:]
     scores, iref = _interest.combine(a.interest, a.iref, b.interest, b.iref)
     sids = dict(a.sids)
     for sid, first in b.sids.items():
@@ -69,6 +87,9 @@ def _combine(a: Aggregate, b: Aggregate) -> Aggregate:
         iref=iref,
         interest=scores,
         sids=sids,
+        recent=recent,
+        cart=cart,
+        bought=bought,
     )
     _set_runs(out, runs)
     _prune(out, max(a.last, b.last))

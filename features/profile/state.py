@@ -4,7 +4,8 @@ classes."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Final, NamedTuple
+from itertools import chain
+from typing import Any, Final, NamedTuple
 
 from features.registry import FEATURES
 from features.windows import DAY, HOUR, MINUTE
@@ -29,6 +30,11 @@ DEFAULT_LATENESS_MS: Final = 10 * MINUTE
 MAX_IDENTITIES: Final = 20
 #: Largest Redis field name or value we write (Redis's default ``hash-max-listpack-value``).
 MAX_FIELD_BYTES: Final = 64
+#: Product interactions (views, cart additions) remembered, newest last: what recommendations
+#: react to; products bought remembered (the newest), and the most products a cart lists.
+RECENT_PRODUCTS: Final = 10
+BOUGHT_PRODUCTS: Final = 30
+CART_PRODUCTS: Final = 30
 
 # Buffer size beyond which the settled part is advanced even without an out-of-order event.
 _BUFFER_CAP: Final = 64
@@ -103,6 +109,18 @@ class Aggregate:
     run_last: int | None = None
     prune_at: int = 0
     sessions_pruned_at: int = 0
+    #: (ts, event_id, kind ``v``/``c``, product, category) of the newest product interactions
+    recent: list[tuple[int, str, str, str, str]] = field(default_factory=list)
+    #: product -> quantity in the cart; product -> newest purchase ts
+    cart: dict[str, int] = field(default_factory=dict)
+    bought: dict[str, int] = field(default_factory=dict)
+
+    def __setstate__(self, state: Any) -> None:
+        # Snapshots written before the product fields existed lack them: defaults first.
+        self.recent, self.cart, self.bought = [], {}, {}
+        d, slots = state if isinstance(state, tuple) else (state, None)
+        for k, v in chain((d or {}).items(), (slots or {}).items()):
+            setattr(self, k, v)
 
     def copy(self) -> Aggregate:
         """An independent copy."""
@@ -126,6 +144,9 @@ class Aggregate:
             self.run_last,
             self.prune_at,
             self.sessions_pruned_at,
+            list(self.recent),
+            dict(self.cart),
+            dict(self.bought),
         )
 
     # What scalar features read (:class:`features.registry.Totals`), named as in the view.
@@ -238,6 +259,11 @@ class ProfileView(_Keyed):
     interests: dict[str, float] = field(default_factory=dict)
     buckets: dict[str, dict[int, int]] = field(default_factory=dict)
     identities: list[Link] = field(default_factory=list)
+    #: (ts, kind ``v``/``c``, product, category) of the newest product interactions, newest last
+    recent: list[tuple[int, str, str, str]] = field(default_factory=list)
+    #: product -> quantity in the cart; product -> newest purchase ts
+    cart: dict[str, int] = field(default_factory=dict)
+    bought: dict[str, int] = field(default_factory=dict)
 
     @property
     def revenue_total(self) -> float:
