@@ -228,12 +228,17 @@ class _PurchasesSim(_Sim):
         people: list[_Person] = list(self.buyers)
         return people
 
-    def _basket(self, p: _Person) -> list[tuple[str, str, float, int]]:
+    def _basket(self, p: _Person, day: int) -> list[tuple[str, str, float, int]]:
+        """A basket of fresh picks (a repeated pick is skipped as before the latent structure
+        existed: by its shadow id, see ``_Sim._pick_product``; a product picked twice adds up)."""
         r = self.rng.random
         cart: list[tuple[str, str, float, int]] = []
+        shadows: set[str] = set()
         for _ in range(1 + (r() < 0.3) + (r() < 0.1)):
-            prod = self._pick_product(p)
-            if all(prod[0] != c[0] for c in cart):
+            shadow, j = self._pick_product(p, day)
+            if shadow not in shadows:
+                shadows.add(shadow)
+                prod = self.cat.items[j]
                 q = 1 if r() < 0.8 else (2 if r() < 0.75 else 3)
                 cart.append((prod[0], prod[1], prod[2], q))
         return cart
@@ -246,7 +251,7 @@ class _PurchasesSim(_Sim):
             out.append((ts, self.seq, p.idx, typ, p.cid, None, None, extra))
             return ts
 
-        cart = self._basket(p)
+        cart = self._basket(p, (ts - self.start_ms) // DAY_MS)
         self._purchase(p, cart, round(sum(pr * q for _, _, pr, q in cart), 2), add)
 
     def day_events(self, day: int) -> list[_Ev]:

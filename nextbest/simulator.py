@@ -26,7 +26,10 @@ Latent traits of a registered customer (log-normal / beta spread around the segm
   0.06). The latent churn day is geometric from the first active day; from it on the customer
   never visits nor buys again. Over the ``ramp`` days (7-21) before the churn day, visit rate
   and conversion decline linearly down to 15 %, so behaviour before churn announces it;
-* preferred categories (1-3, Dirichlet-like weights): 80 % of product views fall in them.
+* preferred categories (1-3, Dirichlet-like weights): 80 % of fresh product picks fall in them,
+  the others follow category popularity;
+* weights over the three price tiers (gamma-distributed plus one favourite tier: the favourite
+  gets ~60 % of the weight on average). Browsers have both tastes too.
 
 Devices: every customer has a primary device (an ``anonymous_id``), 30 % a second one, and ~2 %
 of devices are shared by two customers. A session on a device whose last logged-in user is someone
@@ -46,8 +49,41 @@ Poisson(``visit_rate`` x ``conversion`` x factors): that is what ``purchase_prop
 Purchases carry ``order_id``, ``total`` (sum of price x quantity), ``currency`` ``"EUR"`` and
 ``items``; 3 % get a ``refund`` (same ``order_id``, ``total`` = refunded amount) 1-30 days later.
 
-The catalogue has 12 categories and 3000 products with Zipf-skewed popularity and log-normal
-prices around a per-category median.
+Catalogue and product choice
+----------------------------
+The catalogue has 12 categories and 3000 products with Zipf-skewed popularity within each
+category, log-normal category popularity and log-normal prices around a per-category median.
+Its latent structure, which decides *which* products a person views and buys:
+
+* **price tiers**: a product's tier (0, 1, 2) is its price tercile within its category;
+* **fashion**: a product's popularity on a day is its Zipf base x a fashion multiplier. 12 % of
+  products are *launched* during the run (or up to 60 days before it): not sold before their
+  launch day, then rising smoothly over 3-14 days to a peak as popular as a top-40 product of
+  their category, fading exponentially over 10-45 days to 0.2-1x their base. Another 18 % are
+  existing products with the same kind of bump (in and out of fashion). The rest are steady.
+* **collections**: each (category, tier) group is cut into collections of 6-10 products that
+  are viewed together;
+* **complements**: each product has 1-2 complements in fixed complementary categories
+  (:data:`COMPLEMENTS`, e.g. shoes -> apparel, sports), mostly of the same tier, chosen by
+  popularity.
+
+In a session, the first product is a *fresh pick by taste*: a category (80 % preferred), a price
+tier by the person's tier weights, then a product of that category and tier by popularity x
+fashion on that day. After each product view, the next one is with probability 0.45 another
+product of the same collection (by popularity x fashion), 0.1 a complement of it, else a fresh
+pick. Carts take the last viewed products as before; a session with a cart then adds a
+complement of its first item with probability 0.3 (an extra ``add_to_cart`` of quantity 1,
+timed between the previous and the next event, and part of the checkout and purchase).
+
+For a fixed seed, this structure changed only the products: every product choice, jump, added
+complement and the time of that added event come from a separate random stream (the main
+stream still draws what the product choice drew before, and a cart skips a repeated product as
+before), so the population, sessions, their times, event types, funnel outcomes, orders,
+refunds and the truth's earlier fields are as they were, except that: events carry other
+product ids, categories and prices (and so search queries and category pages, checkout and
+purchase totals, and ``revenue_in_holdout``); ~2 % more events (the complements' ``add_to_cart``,
+which also count in ``events_before_holdout`` and shift the ``event_id`` numbers); a product that
+a cart gets twice is one line of the purchase's ``items`` with the quantities summed.
 
 Volume: about **1.5 good events per simulated person-day** (``customers x days``, ~6.5 events
 per session) over a 30-day run, e.g. ~45k events for 1000 customers x 30 days. The population is
@@ -151,6 +187,40 @@ SHARED_DEVICE_SHARE: Final = 0.02
 REFUND_SHARE: Final = 0.03
 DECLINE_FLOOR: Final = 0.15
 PROPENSITY_HORIZON_DAYS: Final = 7
+
+#: Share of fresh product picks in the person's preferred categories (else by category
+#: popularity).
+PREFERRED_SHARE: Final = 0.8
+#: Share of products launched during (or shortly before) the run: not sold before their launch.
+FASHION_LAUNCH_SHARE: Final = 0.12
+#: Share of existing products with a fashion bump (rise, peak, fade over weeks).
+FASHION_TREND_SHARE: Final = 0.18
+#: Sizes of the collections (products of one category and price tier viewed together).
+COLLECTION_SIZE: Final = (6, 10)
+#: After a product view, P(next view in the same collection) and P(next view a complement).
+COLLECTION_JUMP: Final = 0.45
+COMPLEMENT_JUMP: Final = 0.1
+#: P(a session with a cart adds a complement of its first cart item).
+COMPLEMENT_CART: Final = 0.3
+#: The two categories whose products complement a category's products (first one for a
+#: product with one complement).
+COMPLEMENTS: Final[dict[str, tuple[str, str]]] = {
+    "shoes": ("apparel", "sports"),
+    "apparel": ("shoes", "jewelry"),
+    "electronics": ("home", "books"),
+    "books": ("toys", "home"),
+    "home": ("garden", "electronics"),
+    "beauty": ("jewelry", "apparel"),
+    "sports": ("outdoor", "shoes"),
+    "toys": ("books", "sports"),
+    "grocery": ("home", "beauty"),
+    "garden": ("home", "outdoor"),
+    "jewelry": ("beauty", "apparel"),
+    "outdoor": ("sports", "garden"),
+}
+#: Products in a truth row's ``oracle_products``; sessions in its ``holdout_sessions``.
+ORACLE_PRODUCTS: Final = 20
+HOLDOUT_SESSIONS: Final = 5
 
 #: The scenarios (population shapes, see "Scenarios" above) with their default length: ``None``
 #: keeps ``SimConfig.days``; a number is the days of history, to which the holdout is added.
@@ -334,10 +404,13 @@ def decline(day: int, churn_day: int, ramp: int) -> float:
 
 
 class _Catalogue:
-    """Products grouped by category, for fast weighted sampling.
+    """Products grouped by category, for fast weighted sampling, and their latent structure.
 
     Categories get log-normal popularity; within a category, products follow a Zipf law over
-    their popularity rank. Prices are log-normal around the category's median.
+    their popularity rank. Prices are log-normal around the category's median. All of this is
+    drawn from the simulation's main random stream (as before the latent structure existed);
+    :meth:`add_structure` adds, from a separate stream, the price tiers, the fashion curves,
+    the collections and the complements (see the module's "Catalogue").
     """
 
     def __init__(self, rng: random.Random) -> None:
@@ -346,15 +419,36 @@ class _Catalogue:
         rng.shuffle(ids)
         self.by_cat: list[list[tuple[str, str, float]]] = [[] for _ in _CATEGORY_NAMES]
         self.cum: list[list[float]] = [[] for _ in _CATEGORY_NAMES]
+        #: Every product by index: (id, category, price); its category index and Zipf base.
+        self.items: list[tuple[str, str, float]] = []
+        self.cat_of: list[int] = []
+        self.base: list[float] = []
         for n, pid in enumerate(ids):
             ci = n % n_cat
             cat = _CATEGORY_NAMES[ci]
             price = max(0.5, round(CATEGORIES[cat] * rng.lognormvariate(0.0, 0.55), 2))
             rank = len(self.by_cat[ci])
-            self.by_cat[ci].append((f"p-{pid:05d}", cat, price))
+            item = (f"p-{pid:05d}", cat, price)
+            self.by_cat[ci].append(item)
             prev = self.cum[ci][-1] if self.cum[ci] else 0.0
             self.cum[ci].append(prev + 1.0 / (rank + 1) ** ZIPF_S)
+            self.items.append(item)
+            self.cat_of.append(ci)
+            self.base.append(1.0 / (rank + 1) ** ZIPF_S)
         self.cat_cum = list(accumulate(rng.lognormvariate(0.0, 0.5) for _ in _CATEGORY_NAMES))
+        total = self.cat_cum[-1]
+        #: Share of each category in the category popularity.
+        self.cat_share = [
+            (c - (self.cat_cum[i - 1] if i else 0.0)) / total for i, c in enumerate(self.cat_cum)
+        ]
+        self.tier: list[int] = []
+        self.groups: list[list[int]] = []
+        self.collection: list[list[int]] = []
+        self.complements: list[list[int]] = []
+        self._fashion: list[tuple[int, float, float, float, float, float, float]] = []
+        self._days: dict[int, tuple[list[float], list[list[float]]]] = {}
+        self._last_day = -(1 << 30)
+        self._last: tuple[list[float], list[list[float]]] = ([], [])
 
     def product(self, ci: int, u: float) -> tuple[str, str, float]:
         """The product of category ``ci`` at quantile ``u`` of its popularity."""
@@ -365,12 +459,123 @@ class _Catalogue:
         """The category at quantile ``u`` of category popularity."""
         return min(bisect_right(self.cat_cum, u * self.cat_cum[-1]), len(self.cat_cum) - 1)
 
+    # -- latent structure -----------------------------------------------------------------------
+
+    def add_structure(self, rng: random.Random, days: int) -> None:
+        """Draw the tiers, fashion curves, collections and complements from ``rng``."""
+        n = len(self.items)
+        self.tier = [0] * n
+        for ci in range(len(_CATEGORY_NAMES)):
+            members = [i for i in range(n) if self.cat_of[i] == ci]
+            members.sort(key=lambda i: (self.items[i][2], i))
+            for k, i in enumerate(members):
+                self.tier[i] = k * 3 // len(members)
+        self.groups = [[] for _ in range(3 * len(_CATEGORY_NAMES))]
+        for i in range(n):
+            self.groups[3 * self.cat_of[i] + self.tier[i]].append(i)
+        # Fashion: (index, launch day, rise days, fade days, level before, level after, peak).
+        for i in range(n):
+            u = rng.random()
+            if u >= FASHION_LAUNCH_SHARE + FASHION_TREND_SHARE:
+                continue
+            launch = rng.uniform(-60.0, float(days))
+            rise = rng.uniform(3.0, 14.0)
+            fade = rng.uniform(10.0, 45.0)
+            before = 0.0 if u < FASHION_LAUNCH_SHARE else 1.0
+            after = rng.uniform(0.2, 1.0)
+            peak_rank = math.exp(rng.uniform(0.0, math.log(40.0))) - 1.0
+            peak = 1.0 / (peak_rank + 1.0) ** ZIPF_S
+            self._fashion.append((i, launch, rise, fade, before, after, peak))
+        # Collections: each (category, tier) group cut into groups of 6-10 products.
+        self.collection = [[] for _ in range(n)]
+        for group in self.groups:
+            members = list(group)
+            rng.shuffle(members)
+            while members:
+                size = rng.randint(COLLECTION_SIZE[0], COLLECTION_SIZE[1])
+                if len(members) - size < COLLECTION_SIZE[0]:
+                    size = len(members)
+                chunk, members = members[:size], members[size:]
+                for i in chunk:
+                    self.collection[i] = chunk
+        # Complements: 1-2 per product, in the complementary categories, mostly the same tier,
+        # by (static) popularity.
+        base_cum = [list(accumulate(self.base[i] for i in g)) for g in self.groups]
+        self.complements = [[] for _ in range(n)]
+        for i in range(n):
+            cats = COMPLEMENTS[_CATEGORY_NAMES[self.cat_of[i]]]
+            for k in range(1 if rng.random() < 0.5 else 2):
+                cj = _CATEGORY_NAMES.index(cats[k])
+                tj = self.tier[i] if rng.random() < 0.7 else rng.randrange(3)
+                g = 3 * cj + tj
+                c = base_cum[g]
+                j = self.groups[g][min(bisect_right(c, rng.random() * c[-1]), len(c) - 1)]
+                if j not in self.complements[i]:
+                    self.complements[i].append(j)
+
+    def fashion(self, i: int, day: float) -> float:
+        """The fashion multiplier of product ``i`` on (fractional) ``day``: popularity = Zipf base
+        x this."""
+        return self.weights(int(day))[0][i] / self.base[i]
+
+    def weights(self, day: int) -> tuple[list[float], list[list[float]]]:
+        """Popularity of every product on ``day`` (Zipf base x fashion at mid-day), and the
+        cumulative weights of each (category, tier) group; computed once per day."""
+        if day == self._last_day:
+            return self._last
+        cached = self._days.get(day)
+        if cached is not None:
+            self._last_day, self._last = day, cached
+            return cached
+        w = list(self.base)
+        x0 = day + 0.5
+        for i, launch, rise, fade, before, after, peak in self._fashion:
+            x = x0 - launch
+            if x <= 0.0:
+                w[i] = self.base[i] * before
+                continue
+            if x < rise:
+                s = x / rise
+                s = s * s * (3.0 - 2.0 * s)
+                bump = s
+            else:
+                s = 1.0
+                bump = math.exp(-(x - rise) / fade)
+            w[i] = self.base[i] * (before + (after - before) * s) + peak * bump
+        cums = [list(accumulate(w[i] for i in g)) for g in self.groups]
+        if len(self._days) >= 8:
+            self._days.clear()
+        self._days[day] = self._last = (w, cums)
+        self._last_day = day
+        return w, cums
+
+    def pick_in_collection(self, i: int, day: int, u: float) -> int:
+        """Another product of ``i``'s collection, at quantile ``u`` of popularity on ``day``
+        (-1 if none is sold that day)."""
+        w = self.weights(day)[0]
+        members = self.collection[i]
+        total = -w[i]
+        for j in members:
+            total += w[j]
+        if total <= 0.0:
+            return -1
+        x = u * total
+        last = -1
+        for j in members:
+            if j != i and w[j] > 0.0:
+                last = j
+                x -= w[j]
+                if x < 0.0:
+                    return j
+        return last
+
 
 class _Person:
     """One simulated person and their latent traits."""
 
     __slots__ = (
         "active_h",
+        "bought_h",
         "churn_day",
         "cid",
         "conversion",
@@ -387,7 +592,10 @@ class _Person:
         "rate",
         "revenue_h",
         "segment",
+        "sessions_h",
         "signup_day",
+        "tier_cum",
+        "tiers",
     )
 
     def __init__(self, idx: int) -> None:
@@ -409,6 +617,10 @@ class _Person:
         self.revenue_h = 0.0
         self.active_h = False
         self.n_pre = 0
+        self.tiers: list[float] = [1 / 3, 1 / 3, 1 / 3]
+        self.tier_cum: list[float] = [1 / 3, 2 / 3, 1.0]
+        self.bought_h: list[str] = []
+        self.sessions_h: dict[str, list[str]] = {}
 
 
 class _Sim:
@@ -423,6 +635,8 @@ class _Sim:
     segment_traits: dict[str, tuple[float, float, float]] = SEGMENT_TRAITS
     #: Share of registered customers who exist before the start (the others sign up later).
     existing_share: float = EXISTING_SHARE
+    #: P(a session with a cart adds a complement of its first item), see :data:`COMPLEMENT_CART`.
+    complement_cart_p: float = COMPLEMENT_CART
 
     def __init__(self, cfg: SimConfig) -> None:
         self.cfg = cfg
@@ -438,10 +652,20 @@ class _Sim:
         self.future: list[_Ev] = []  # heap: refunds and events spilling into a later day
         self.device_user: dict[str, int] = {}
         self._day_factors: dict[int, float] = {}
+        self._ranked: dict[int, list[tuple[list[int], list[float]]]] = {}
         start_hour = (self.start_ms % DAY_MS) // HOUR_MS
         rotated = [HOUR_WEIGHTS[(start_hour + h) % 24] for h in range(24)]
         self.hour_cum = list(accumulate(rotated))
         self.people = self._population()
+        # The latent product structure and the product choices come from separate streams, so
+        # the main one (population, sessions, times, funnels) draws exactly as before it existed.
+        self.cat.add_structure(random.Random(cfg.seed * 7919 + 17), cfg.days)
+        taste = random.Random(cfg.seed * 7919 + 29)
+        for p in self.people:
+            self._tier_taste(p, taste)
+        #: The product stream: every product choice, collection or complement jump, complement
+        #: added to a cart and the time of that added event.
+        self.prng = random.Random(cfg.seed * 7919 + 41)
         hold_day = cfg.days - cfg.holdout_days
         #: The truth population: registered before the holdout start.
         self.registered = [
@@ -516,6 +740,25 @@ class _Sim:
                     break
         p.pref_cum = list(accumulate(rng.random() + 0.2 for _ in p.pref_cats))
 
+    @staticmethod
+    def _tier_taste(p: _Person, rng: random.Random) -> None:
+        """Draw the person's weights over the price tiers: one favourite tier gets most."""
+        favourite = rng.randrange(3)
+        w = [rng.gammavariate(0.5, 1.0) + (1.0 if t == favourite else 0.0) for t in range(3)]
+        total = sum(w)
+        p.tiers = [x / total for x in w]
+        p.tier_cum = list(accumulate(p.tiers))
+
+    def category_taste(self, p: _Person) -> list[float]:
+        """P(category) of a fresh product pick by ``p``, per category index."""
+        cat = self.cat
+        out = [(1.0 - PREFERRED_SHARE) * s for s in cat.cat_share]
+        prev = 0.0
+        for ci, c in zip(p.pref_cats, p.pref_cum, strict=True):
+            out[ci] += PREFERRED_SHARE * (c - prev) / p.pref_cum[-1]
+            prev = c
+        return out
+
     # -- truth ----------------------------------------------------------------------------------
 
     def day_factor(self, day: int) -> float:
@@ -569,7 +812,61 @@ class _Sim:
             "session_conversion": round(p.conversion, 6),
             "signup_day": p.signup_day,
             "preferred_categories": [_CATEGORY_NAMES[c] for c in p.pref_cats],
+            "taste": self.taste(p),
+            "oracle_products": self.oracle_products(p),
+            "products_in_holdout": list(p.bought_h),
+            "holdout_sessions": [v for v in p.sessions_h.values() if len(v) >= 2][
+                :HOLDOUT_SESSIONS
+            ],
         }
+
+    def taste(self, p: _Person) -> dict[str, Any]:
+        """The person's latent taste: P(category) and P(price tier) of a fresh product pick."""
+        cats = sorted(
+            ((w, _CATEGORY_NAMES[ci]) for ci, w in enumerate(self.category_taste(p))),
+            key=lambda x: -x[0],
+        )
+        return {
+            "categories": {name: round(w, 6) for w, name in cats},
+            "price_tiers": [round(w, 6) for w in p.tiers],
+        }
+
+    def oracle_products(self, p: _Person, n: int = ORACLE_PRODUCTS) -> list[str]:
+        """The ``n`` products that ``p`` most likely picks fresh at the holdout start: P(category)
+        x P(tier) x the product's share of its (category, tier) popularity x fashion that day."""
+        day = self.cfg.days - self.cfg.holdout_days
+        cat = self.cat
+        ranked = self._ranked_groups(day)
+        cat_p = self.category_taste(p)
+        heap: list[tuple[float, int, int]] = []
+        for g, (_, shares) in enumerate(ranked):
+            scale = cat_p[g // 3] * p.tiers[g % 3]
+            if scale > 0.0 and shares:
+                heap.append((-scale * shares[0], g, 0))
+        heapq.heapify(heap)
+        out: list[str] = []
+        while heap and len(out) < n:
+            _, g, k = heapq.heappop(heap)
+            members, shares = ranked[g]
+            out.append(cat.items[members[k]][0])
+            if k + 1 < len(members):
+                scale = cat_p[g // 3] * p.tiers[g % 3]
+                heapq.heappush(heap, (-scale * shares[k + 1], g, k + 1))
+        return out
+
+    def _ranked_groups(self, day: int) -> list[tuple[list[int], list[float]]]:
+        """Per (category, tier) group: its products by popularity on ``day``, most popular
+        first, and their shares of the group's popularity (cached per day)."""
+        cached = self._ranked.get(day)
+        if cached is None:
+            w, cums = self.cat.weights(day)
+            cached = []
+            for g, members in enumerate(self.cat.groups):
+                total = cums[g][-1]
+                order = sorted(members, key=lambda i: (-w[i], i))
+                cached.append((order, [w[i] / total for i in order]))
+            self._ranked = {day: cached}
+        return cached
 
     def truth_rows(self) -> Iterator[bytes]:
         for p in self.registered:
@@ -577,13 +874,59 @@ class _Sim:
 
     # -- sessions -------------------------------------------------------------------------------
 
-    def _pick_product(self, p: _Person) -> tuple[str, str, float]:
+    def _pick_product(self, p: _Person, day: int, prev: int = -1) -> tuple[str, int]:
+        """Pick the product ``p`` views on ``day`` after viewing product ``prev`` (-1: none).
+
+        Returns ``(shadow, index)``. ``index`` is the product picked (an index into the
+        catalogue's ``items``), drawn from the product stream (``self.prng``). ``shadow`` is
+        the id the simulator picked before the latent structure existed, from the same three
+        draws of the main stream: it still steers the decisions that draw from the main stream
+        (a cart skips a product already in it), so they stay as they were for a seed.
+        """
         r = self.rng.random
-        if r() < 0.8:
+        cat = self.cat
+        if r() < PREFERRED_SHARE:
             ci = p.pref_cats[bisect_right(p.pref_cum, r() * p.pref_cum[-1])]
         else:
-            ci = self.cat.category(r())
-        return self.cat.product(ci, r())
+            ci = cat.category(r())
+        c = cat.cum[ci]
+        shadow = cat.by_cat[ci][min(bisect_right(c, r() * c[-1]), len(c) - 1)][0]
+        # The product stream: after a view of ``prev``, another product of its collection or
+        # one of its complements; else a fresh pick by taste: category, then price tier, then
+        # popularity x fashion on ``day`` within that category and tier.
+        q = self.prng.random
+        if prev >= 0:
+            u = q()
+            if u < COLLECTION_JUMP:
+                j = cat.pick_in_collection(prev, day, q())
+                if j >= 0:
+                    return shadow, j
+            elif u < COLLECTION_JUMP + COMPLEMENT_JUMP:
+                comps = cat.complements[prev]
+                j = comps[int(q() * len(comps))]
+                if cat.weights(day)[0][j] > 0.0:  # not before its launch
+                    return shadow, j
+        if q() < PREFERRED_SHARE:
+            ci = p.pref_cats[bisect_right(p.pref_cum, q() * p.pref_cum[-1])]
+        else:
+            ci = cat.category(q())
+        tier = p.tier_cum
+        g = 3 * ci + min(bisect_right(tier, q() * tier[-1]), 2)
+        c = cat.weights(day)[1][g]
+        return shadow, cat.groups[g][min(bisect_right(c, q() * c[-1]), len(c) - 1)]
+
+    def _complement(self, first: int, day: int, cart: list[tuple[str, str, float, int]]) -> int:
+        """The complement of the cart's first product ``first`` that the session adds on
+        ``day`` (product stream), or -1."""
+        q = self.prng.random
+        if q() >= self.complement_cart_p:
+            return -1
+        comps = self.cat.complements[first]
+        j = comps[int(q() * len(comps))]
+        if self.cat.weights(day)[0][j] <= 0.0:  # not before its launch
+            return -1
+        pid = self.cat.items[j][0]
+        return -1 if any(c[0] == pid for c in cart) else j
 
     def _session(
         self, p: _Person, day: int, out: list[_Ev], kind: str, start: int | None = None
@@ -618,13 +961,22 @@ class _Sim:
             link_type = "signup"
         keep_aid = kind != "member" or r() < 0.7
         aid: str | None = device
+        items = self.cat.items
+        # A complement added to the cart, waiting for the next event: it goes between the two,
+        # so the times of the session's other events stay as they were.
+        pending: list[tuple[int, int, str | None, str | None, dict[str, Any]]] = []
 
         def add(typ: str, extra: dict[str, Any] | None, gap_ms: float, both: bool = False) -> int:
             nonlocal t, seq
+            after = t
             t += int(gap_ms) + 500
             seq += 1
             ev_aid = aid if (both or cid is None or keep_aid) else None
             out.append((t, seq, owner, typ, cid, ev_aid, sid, extra))
+            if pending:
+                c_seq, _, c_cid, c_aid, c_extra = pending.pop()
+                c_ts = after + 250 + int(self.prng.random() * (t - after - 500))
+                out.append((c_ts, c_seq, owner, "add_to_cart", c_cid, c_aid, sid, c_extra))
             return t
 
         def link() -> None:
@@ -637,16 +989,17 @@ class _Sim:
         # Landing.
         if login_at == 0:
             link()
-        first = self._pick_product(p)
-        page = "/" if r() < 0.5 else f"/c/{first[1]}"
+        first = self._pick_product(p, day)
+        page = "/" if r() < 0.5 else f"/c/{items[first[1]][1]}"
         add("page_view", {"properties": {"page": page}}, 0)
         # Browsing.
         n_views = 1 + min(int(expo(1 / 2.5)), 14)
-        viewed: list[tuple[str, str, float]] = []
+        viewed: list[tuple[str, int]] = []  # (shadow id, product index), see _pick_product
         for step in range(n_views):
             if step == login_at and step > 0:
                 link()
-            prod = first if step == 0 else self._pick_product(p)
+            picked = first if step == 0 else self._pick_product(p, day, viewed[-1][1])
+            prod = items[picked[1]]
             u = r()
             if u < 0.3:
                 query = f"{_ADJECTIVES[int(r() * len(_ADJECTIVES))]} {prod[1]}"
@@ -667,7 +1020,7 @@ class _Sim:
                 },
                 expo(1 / 35_000),
             )
-            viewed.append(prod)
+            viewed.append(picked)
         if login_at >= n_views:
             link()
 
@@ -681,12 +1034,16 @@ class _Sim:
         if converts or r() < cart_p:
             n_items = 1 + (r() < 0.3) + (r() < 0.1)
             cart: list[tuple[str, str, float, int]] = []
-            in_cart: set[str] = set()
+            first_in_cart = -1
+            in_cart: set[str] = set()  # shadow ids: the main stream's decisions as before
             for j in range(n_items):
-                prod = viewed[-1 - j] if j < len(viewed) else self._pick_product(p)
-                if prod[0] in in_cart:
+                picked = viewed[-1 - j] if j < len(viewed) else self._pick_product(p, day)
+                if picked[0] in in_cart:
                     continue
-                in_cart.add(prod[0])
+                in_cart.add(picked[0])
+                if first_in_cart < 0:
+                    first_in_cart = picked[1]
+                prod = items[picked[1]]
                 q = 1 if r() < 0.8 else (2 if r() < 0.75 else 3)
                 add(
                     "add_to_cart",
@@ -706,14 +1063,31 @@ class _Sim:
                     },
                     expo(1 / 30_000),
                 )
+            n_drawn = len(cart)
+            extra_j = self._complement(first_in_cart, day, cart)
+            if extra_j >= 0:
+                prod = items[extra_j]
+                seq += 1
+                extra = {
+                    "product_id": prod[0],
+                    "category": prod[1],
+                    "price": prod[2],
+                    "quantity": 1,
+                }
+                pending.append((seq, t, cid, aid if (cid is None or keep_aid) else None, extra))
+                cart.append((prod[0], prod[1], prod[2], 1))
             if converts or r() < checkout_p:
                 total = round(sum(pr * q for _, _, pr, q in cart), 2)
                 add("checkout_start", {"total": total, "currency": "EUR"}, expo(1 / 30_000))
                 if converts:
-                    self._purchase(p, cart, total, add)
+                    self._purchase(p, cart, total, add, n_drawn)
         if kind == "member" and r() < 0.04:
             add("logout", None, expo(1 / 60_000))
             self.device_user.pop(device, None)
+        if pending:
+            c_seq, after, c_cid, c_aid, c_extra = pending.pop()
+            c_ts = after + 500 + int(self.prng.expovariate(1 / 20_000))
+            out.append((c_ts, c_seq, owner, "add_to_cart", c_cid, c_aid, sid, c_extra))
         self.seq = seq
 
     def _purchase(
@@ -722,23 +1096,25 @@ class _Sim:
         cart: list[tuple[str, str, float, int]],
         total: float,
         add: Callable[[str, dict[str, Any] | None, float], int],
+        n_drawn: int | None = None,
     ) -> None:
+        """Add the purchase of ``cart`` (and maybe queue its refund). ``n_drawn``: the cart's
+        first lines that the main stream drew (the others are complements, drawn apart); a
+        one-line refund returns one of those."""
         rng = self.rng
         self.n_orders += 1
         order_id = f"o-{self.cfg.seed}-{self.n_orders}"
-        items = [{"product_id": a, "category": b, "price": c, "quantity": q} for a, b, c, q in cart]
         purchase_ts = add(
             "purchase",
-            {"order_id": order_id, "total": total, "currency": "EUR", "items": items},
+            {"order_id": order_id, "total": total, "currency": "EUR", "items": _items(cart)},
             rng.expovariate(1 / 40_000),
         )
         if rng.random() < REFUND_SHARE:
             delay = int(rng.uniform(1.0, 30.0) * DAY_MS)
-            back = cart if (len(cart) == 1 or rng.random() < 0.6) else [rng.choice(cart)]
+            drawn = cart if n_drawn is None else cart[:n_drawn]
+            back = cart if (len(drawn) == 1 or rng.random() < 0.6) else [rng.choice(drawn)]
             amount = round(sum(pr * q for _, _, pr, q in back), 2)
-            refunded = [
-                {"product_id": a, "category": b, "price": c, "quantity": q} for a, b, c, q in back
-            ]
+            refunded = _items(back)
             self.n_refunds += 1  # refunds get negative seqs: unique, apart from the sessions'
             ev: _Ev = (
                 purchase_ts + delay,
@@ -797,6 +1173,8 @@ class _Sim:
         """All events of days ``[0, last_day)`` in ts order, holdout accounting on the way."""
         hold_ms, end_ms = self.hold_ms, self.end_ms
         people = self.people
+        # Sessions seen shortly before the holdout: their holdout part is not a whole session.
+        open_before: set[str] = set()
         for day in range(last_day):
             for ev in self.day_events(day):
                 ts = ev[0]
@@ -805,16 +1183,43 @@ class _Sim:
                 if ts < hold_ms:
                     if ev[4] is not None:
                         people[ev[2]].n_pre += 1
+                    if ev[6] is not None and ts >= hold_ms - 4 * HOUR_MS:
+                        open_before.add(ev[6])
                 elif holdout_truth:
                     typ = ev[3]
                     p = people[ev[2]]
                     if p.cid is not None and typ != "refund":
                         p.active_h = True
+                        extra = ev[7]
                         if typ == "purchase":
+                            assert extra is not None
                             p.purchases_h += 1
-                            assert ev[7] is not None
-                            p.revenue_h += ev[7]["total"]
+                            p.revenue_h += extra["total"]
+                            for item in extra["items"]:
+                                if item["product_id"] not in p.bought_h:
+                                    p.bought_h.append(item["product_id"])
+                        elif typ == "product_view" and ev[6] not in open_before:
+                            assert extra is not None and ev[6] is not None
+                            p.sessions_h.setdefault(ev[6], []).append(extra["product_id"])
                 yield ev
+
+
+def _items(cart: Sequence[tuple[str, str, float, int]]) -> list[dict[str, Any]]:
+    """The ``items`` of a purchase or refund: one per product (quantities of a product added
+    twice summed), in the cart's order.
+
+    >>> [(i["product_id"], i["quantity"]) for i in _items([("a", "x", 1.0, 1), ("b", "x", 2.0, 1),
+    ...                                                     ("a", "x", 1.0, 2)])]
+    [('a', 3), ('b', 1)]
+    """
+    merged: dict[str, dict[str, Any]] = {}
+    for pid, cat, price, q in cart:
+        item = merged.get(pid)
+        if item is None:
+            merged[pid] = {"product_id": pid, "category": cat, "price": price, "quantity": q}
+        else:
+            item["quantity"] += q
+    return list(merged.values())
 
 
 def _new_sim(cfg: SimConfig) -> _Sim:
@@ -1016,7 +1421,21 @@ def simulate_to_file(cfg: SimConfig, out: Path, truth: Path | None = None) -> Si
         ``signup_day``
             0-based day of the ``signup`` event, null if registered before ``start``.
         ``preferred_categories``
-            Categories of 80 % of the customer's product views.
+            Categories of 80 % of the customer's fresh product picks.
+        ``taste``
+            ``{"categories": {name: P}, "price_tiers": [P0, P1, P2]}``: the probabilities of
+            a category (all 12, most likely first) and of a price tier in a fresh product pick.
+        ``oracle_products``
+            The 20 product ids the customer most likely picks fresh at the holdout start:
+            P(category) x P(tier) x the product's share of its category and tier's popularity x
+            fashion that day (the recommendation oracle; it ignores collections, complements
+            and what the customer did).
+        ``products_in_holdout``
+            Distinct product ids the customer bought in the holdout, by first purchase.
+        ``holdout_sessions``
+            Up to 5 of the customer's sessions in the holdout (the first ones with at least two
+            product views; not one that began before the holdout), each the list of product ids
+            viewed, in order.
 
     Returns
     -------
