@@ -46,6 +46,8 @@ class FlowConfig:
     #: The action catalogue (attribution windows, the actions' models): decision records and
     #: outcomes in the input train the action models (None: decision records are rejected).
     actions: Catalog | None = None
+    #: Product knowledge (popularity, trending, co-occurrence) for recommendations.
+    products: bool = True
 
     @property
     def actions_keep_ms(self) -> int:

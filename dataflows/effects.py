@@ -21,9 +21,12 @@ from dataflows.records import (
     WriteCheckpoint,
     WriteConversion,
     WriteLink,
+    WritePopular,
+    WriteProduct,
     WriteProfile,
     WriteSegments,
 )
+from features.products import Note
 from features.rfm import RfmPoint
 from models.labels import Example
 
@@ -38,6 +41,8 @@ SINK_OPS: Final = (
     IndexSegment,
     ExitSegment,
     WriteConversion,
+    WriteProduct,
+    WritePopular,
 )
 
 
@@ -62,7 +67,7 @@ class Examples(NamedTuple):
     examples: list[Example]
 
 
-Effect = SinkOp | Rejected | Route | RfmChange | Examples | SegmentEvent
+Effect = SinkOp | Rejected | Route | RfmChange | Examples | SegmentEvent | Note
 
 
 def sink_op(effect: Effect) -> SinkOp | None:

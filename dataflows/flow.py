@@ -43,7 +43,14 @@ from dataflows.records import (
     SinkOp,
 )
 from dataflows.sinks import RedisSink
-from dataflows.snapshots import load_device, load_feedback, load_model, load_profile, load_rfm
+from dataflows.snapshots import (
+    load_any,
+    load_device,
+    load_feedback,
+    load_model,
+    load_profile,
+    load_rfm,
+)
 from dataflows.stats import FlowStats, count_dead_letter
 from dataflows.steps import Keyed
 from dataflows.steps.clock import MODEL_TIME, add_clock, newest_ts
@@ -58,6 +65,16 @@ from dataflows.steps.decode import (
 from dataflows.steps.feedback import FeedbackLogic, broadcast_time, is_outcome, key_feedback
 from dataflows.steps.identity import DeviceLogic
 from dataflows.steps.models import ModelLogic
+from dataflows.steps.products import (
+    BasketLogic,
+    BoardLogic,
+    ProductLogic,
+    board_reproject,
+    broadcast_reproject,
+    key_product_event,
+    to_board,
+)
+from dataflows.steps.products import broadcast_time as basket_time
 from dataflows.steps.profile import ProfileLogic
 from dataflows.steps.rfm import RfmLogic
 from dataflows.steps.stream_time import StreamTimeLogic, partition_of
@@ -205,6 +222,8 @@ def build_flow(
     flats = [device_flat, profile_flat, rfm_flat, models_flat]
     if feedback_flat is not None:
         flats.append(feedback_flat)
+    if cfg.products:
+        flats.append(_products(cfg, events, observed, to_models.trues))
     outputs = op.merge("outputs", *flats)
     sink_ops: Stream[SinkOp] = op.filter_map("sink_ops", outputs, sink_op)
     late_events = op.filter_map("late_events", outputs, rejected)
@@ -225,6 +244,39 @@ def build_flow(
     )
     op.output("write_redis", sink_ops, redis_sink)
     return flow
+
+
+def _products(
+    cfg: FlowConfig, events: Stream[In], observed: Stream[Any], clock: Stream[Keyed]
+) -> Stream[Any]:
+    """Product knowledge (:mod:`dataflows.steps.products`): baskets -> products -> the board."""
+    requests = op.filter("product_reproject_requests", clock, is_reproject)
+    reproject = op.flat_map("product_reproject", requests, broadcast_reproject)
+    to_baskets = op.merge(
+        "basket_items",
+        op.flat_map("product_events", events, key_product_event),
+        op.flat_map("basket_time", observed, basket_time),
+    )
+
+    def build_baskets(resume: Any) -> BasketLogic:
+        return BasketLogic(load_any(resume), cfg)
+
+    def build_products(resume: Any) -> ProductLogic:
+        return ProductLogic(load_any(resume), cfg)
+
+    def build_board(resume: Any) -> BoardLogic:
+        return BoardLogic(load_any(resume), cfg)
+
+    baskets = op.stateful_batch("baskets", to_baskets, build_baskets)
+    items = op.merge("product_items", op.map("basket_unwrap", baskets, lambda kv: kv[1]),
+                     reproject)  # fmt: skip
+    products = op.map("products_unwrap", op.stateful_batch("products", items, build_products),
+                      lambda kv: kv[1])  # fmt: skip
+    notes = op.merge("board_items", op.filter_map("board_notes", products, to_board),
+                     op.map("board_reproject", requests, board_reproject))  # fmt: skip
+    board = op.map("popularity_unwrap", op.stateful_batch("popularity", notes, build_board),
+                   lambda kv: kv[1])  # fmt: skip
+    return op.merge("product_outputs", products, board)
 
 
 def _feedback(

@@ -173,3 +173,26 @@ TOPIC_CHANGES = Counter(
     "the flow over every partition.",
     ["change"],
 )
+PRODUCT_TOUCHES = Counter(
+    "nextbest_product_touches_total",
+    "Product touches counted by the product knowledge (views, cart additions, purchase lines).",
+    ["kind"],
+)
+PRODUCT_PAIRS = Counter(
+    "nextbest_product_pairs_total",
+    "Co-occurrences counted (each on both products), by relation (view, cart, buy).",
+    ["relation"],
+)
+PRODUCT_NEIGHBOURS_REFUSED = Counter(
+    "nextbest_product_neighbours_refused_total",
+    "New neighbours not added because the product's relation already had the most it keeps.",
+)
+PRODUCTS = Gauge("nextbest_products", "Products held by the product knowledge (this process).")
+PRODUCT_COUNTERS = Gauge(
+    "nextbest_product_state_counters",
+    "Counters held by the product knowledge (popularity buckets and co-occurrence week counts; "
+    "this process): its state size.",
+)
+PRODUCT_SESSIONS = Gauge(
+    "nextbest_product_sessions", "Open sessions remembered for co-occurrence (this process)."
+)

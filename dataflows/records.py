@@ -167,6 +167,19 @@ class WriteConversion(msgspec.Struct, frozen=True, array_like=True):
     ttl_ms: int
 
 
+class WriteProduct(msgspec.Struct, frozen=True, array_like=True):
+    """Replace product ``product_id``'s projection (a JSON document, :mod:`features.products`)."""
+
+    product_id: str
+    data: bytes
+
+
+class WritePopular(msgspec.Struct, frozen=True, array_like=True):
+    """Replace the popularity board's top lists: list name -> encoded list."""
+
+    lists: dict[str, bytes]
+
+
 SinkOp = (
     WriteProfile
     | DropProfile
@@ -177,6 +190,8 @@ SinkOp = (
     | IndexSegment
     | ExitSegment
     | WriteConversion
+    | WriteProduct
+    | WritePopular
 )
 
 

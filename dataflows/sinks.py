@@ -26,6 +26,8 @@ from dataflows.records import (
     WriteCheckpoint,
     WriteConversion,
     WriteLink,
+    WritePopular,
+    WriteProduct,
     WriteProfile,
     WriteSegments,
 )
@@ -110,6 +112,10 @@ def _target(op: SinkOp) -> str:
         return f"seg:{op.segment}:{op.customer_id}"
     if isinstance(op, ExitSegment):
         return f"exit:{op.segment}:{op.customer_id}"
+    if isinstance(op, WriteProduct):
+        return "product:" + op.product_id
+    if isinstance(op, WritePopular):
+        return "popular"
     if isinstance(op, WriteConversion):  # a max, not a replacement: every one is kept
         return f"conversion:{op.key}:{op.action}:{op.ts}"
     return op.key
@@ -193,6 +199,10 @@ class _RedisPartition(StatelessSinkPartition[SinkOp]):
                 w.index(batch, op.segment, op.customer_id, op.since)
             elif isinstance(op, ExitSegment):
                 w.exit(batch, op.segment, op.customer_id, op.at)
+            elif isinstance(op, WriteProduct):
+                w.product(batch, op.product_id, op.data)
+            elif isinstance(op, WritePopular):
+                w.popular(batch, op.lists)
             elif isinstance(op, WriteConversion):
                 batch.append(self._conversions.command(op.key, op.action, op.ts, op.ttl_ms))
             else:

@@ -160,6 +160,11 @@ def load_model(raw: bytes | None) -> ModelSnapshot:
     return snap
 
 
+def load_any(raw: bytes | None) -> Any:
+    """A snapshot stored as one pickled value (the product knowledge's steps)."""
+    return _load(raw)
+
+
 def load_feedback(raw: bytes | None) -> Any:
     """A feedback join shard's snapshot: ``(join, waiting outcome records, newest ts)``."""
     return _load(raw)

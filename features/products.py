@@ -135,13 +135,13 @@ class Neighbours:
                 if not d:
                     del self.weeks[o]
                     self.categories.pop(o, None)
-        d = self.weeks.get(other)
-        if d is None:
+        counts = self.weeks.get(other)
+        if counts is None:
             if len(self.weeks) >= MAX_NEIGHBOURS:
                 self.refused += 1
                 return False
-            d = self.weeks[other] = {}
-        d[week] = d.get(week, 0) + 1
+            counts = self.weeks[other] = {}
+        counts[week] = counts.get(week, 0) + 1
         if category:
             self.categories[other] = category
         return True
@@ -290,8 +290,9 @@ def lpop(pop: float, at: int) -> float:
 
 def popularity(doc: Mapping[str, Any], at: int) -> float:
     """A projected product's popularity as of ``at`` (its stored value decayed further)."""
-    last = doc.get("last_seen") or 0
-    return float(doc.get("popularity") or 0.0) * 2.0 ** (-max(0, at - last) / POP_HALF_LIFE_MS)
+    last = int(doc.get("last_seen") or 0)
+    value = float(doc.get("popularity") or 0.0)
+    return value * float(2.0 ** (-max(0, at - last) / POP_HALF_LIFE_MS))
 
 
 def decayed(weight: float, relation: str, since: int, at: int) -> float:
@@ -300,7 +301,7 @@ def decayed(weight: float, relation: str, since: int, at: int) -> float:
     >>> decayed(4.0, "view", 0, 14 * DAY)
     1.0
     """
-    return weight * 2.0 ** (-max(0, at - since) / HALF_LIFE_MS[relation])
+    return weight * float(2.0 ** (-max(0, at - since) / HALF_LIFE_MS[relation]))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,6 +9,10 @@ Keys are namespaced and Redis Cluster compatible: all of one customer's keys sha
 ``nb:rfm:boundaries``               string: RFM quintile boundaries of the live population
 ``nb:{c:<customer_id>}:segments``   hash: the customer's memberships, segment -> since (ms)
 ``nb:{seg:<name>}:members``         sorted set: a segment's members scored by since (ms)
+``nb:{p:<product_id>}:product``     string: a product's knowledge (``features.products``, JSON)
+``nb:{pop}:lists``                  hash: the popularity board's top lists, name -> JSON
+``nb:{catalog}:items``              hash: the loaded catalogue, product id -> JSON
+``nb:{catalog}:version``            string: the catalogue's version (changes on every load)
 ==================================  =========================================================
 
 Writes are absolute: a profile is replaced whole by one registered Lua script call (``DEL`` +
@@ -60,6 +64,22 @@ redis.call('SET', KEYS[1], ARGV[1])
 redis.call('SET', KEYS[3], ARGV[2])
 return 1
 """
+
+
+#: The popularity board's top lists (one hash, written whole by the board's owner).
+POPULAR_KEY: Final = f"{NAMESPACE}:{{pop}}:lists"
+#: The loaded product catalogue and its version (see :mod:`nextbest.catalog`).
+CATALOG_KEY: Final = f"{NAMESPACE}:{{catalog}}:items"
+CATALOG_VERSION_KEY: Final = f"{NAMESPACE}:{{catalog}}:version"
+
+
+def product_key(product_id: str) -> str:
+    """Redis key of a product's knowledge (its own slot in Redis Cluster).
+
+    >>> product_key("p-1")
+    'nb:{p:p-1}:product'
+    """
+    return f"{NAMESPACE}:{{p:{product_id}}}:product"
 
 
 def model_keys(target: str) -> tuple[str, str, str]:
@@ -195,6 +215,16 @@ class ProfileWriter:
             batch.append(("ZREM", exits_key(segment), customer_id))
         else:
             batch.append(("ZADD", exits_key(segment), at, customer_id))
+
+    def product(self, batch: list[Command], product_id: str, data: bytes) -> None:
+        """Replace a product's knowledge."""
+        batch.append(("SET", product_key(product_id), data))
+
+    def popular(self, batch: list[Command], lists: Mapping[str, bytes]) -> None:
+        """Replace the popularity board's lists whole."""
+        batch.append(
+            ("EVALSHA", self._replace_sha, 1, POPULAR_KEY, *chain.from_iterable(lists.items()))
+        )
 
     def boundaries(self, batch: list[Command], data: bytes) -> None:
         """Publish RFM boundaries."""

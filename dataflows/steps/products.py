@@ -1,0 +1,337 @@
+"""Product knowledge: sessions -> touches and pairs -> product states -> the popularity board.
+
+Three keyed steps (see :mod:`features.products` for what is counted and why the result does not
+depend on arrival order or batching):
+
+``baskets``
+    :data:`SHARDS` keys ``basket:<n>`` by a stable hash of the event's session
+    (:func:`features.products.session_key`). Each remembers its open sessions' distinct products
+    and turns a product event into touches (the product was viewed, carted or bought) and pairs
+    (viewed or carted in the same session; bought in the same order), sent to the products'
+    shards. Event ids seen within a day are remembered: a duplicate counts once.
+``products``
+    :data:`SHARDS` keys ``products:<n>`` by a stable hash of the product id, each holding its
+    products' :class:`~features.products.ProductState`; a changed product is projected to Redis
+    (``nb:{p:<id>}:product``, at most once per write interval, like profiles) and its ranking
+    values go to the board.
+``popularity``
+    One owner (:class:`~features.products.Board`): the top lists, global, per category and
+    trending, written to ``nb:{pop}:lists``.
+
+Every basket shard hears the stream's newest event time (to forget closed sessions and old
+ids); the product shards and the board hear the customer clock's re-projection requests (Redis
+lost its data: write everything again).
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+import orjson
+from bytewax.operators import StatefulBatchLogic
+
+from dataflows import metrics
+from dataflows.config import FlowConfig
+from dataflows.records import In, WritePopular, WriteProduct
+from dataflows.snapshots import dump
+from dataflows.steps import RETAIN, Out
+from features import products as pr
+from features.interest import category_name
+
+#: Shards of the baskets and of the products (fixed: recovery state is keyed by them).
+SHARDS: Final = 16
+BOARD: Final = "popularity"
+_BASKETS: Final = tuple(f"basket:{i}" for i in range(SHARDS))
+_PRODUCTS: Final = tuple(f"products:{i}" for i in range(SHARDS))
+#: Event ids are remembered this long (event time) to count a duplicate once.
+DEDUP_MS: Final = pr.DAY
+_PRUNE_EVERY_MS: Final = 10 * pr.MINUTE
+
+
+def _shard(key: str) -> int:
+    return zlib.crc32(key.encode()) % SHARDS
+
+
+def product_shard(product_id: str) -> str:
+    """The ``products`` key of a product (stable across runs and processes).
+
+    >>> product_shard("p-00042"), product_shard("p-00042") == product_shard("p-00042")
+    ('products:3', True)
+    """
+    return _PRODUCTS[_shard(product_id)]
+
+
+def _pid(raw: str) -> str:
+    return raw[: pr.MAX_PRODUCT_ID]
+
+
+def key_product_event(item: In) -> list[tuple[str, Any]]:
+    """An event that touches products, keyed by its session's basket shard (else nothing).
+
+    >>> from schemas import Event
+    >>> from dataflows.records import RawRecord
+    >>> ev = Event(event_id="e", type="product_view", ts=0, anonymous_id="a", product_id="p")
+    >>> key_product_event(In(ev, RawRecord(b"", "f:1")))[0][0].startswith("basket:")
+    True
+    >>> key_product_event(In(Event(event_id="e", type="page_view", ts=0, anonymous_id="a"),
+    ...                      RawRecord(b"", "f:1")))
+    []
+    """
+    ev = item.event
+    t = ev.type
+    if t in ("product_view", "add_to_cart"):
+        if not ev.product_id:
+            return []
+    elif t != "purchase" or not (ev.items or ev.product_id):
+        return []
+    skey = pr.session_key(ev.customer_id, ev.anonymous_id, ev.session_id)
+    return [(_BASKETS[_shard(skey)], ("event", ev))]
+
+
+def broadcast_time(newest: int) -> list[tuple[str, Any]]:
+    """Every basket shard hears the stream's newest event time (to forget closed sessions)."""
+    return [(k, ("time", newest)) for k in _BASKETS]
+
+
+def broadcast_reproject(_: Any) -> list[tuple[str, Any]]:
+    """Every product shard writes everything again."""
+    return [(k, ("reproject", None)) for k in _PRODUCTS]
+
+
+def board_reproject(_: Any) -> tuple[str, Any]:
+    """The board writes everything again."""
+    return (BOARD, ("reproject", None))
+
+
+def to_board(effect: Any) -> tuple[str, Any] | None:
+    """A product's note, for the board's owner."""
+    return (BOARD, ("note", effect)) if isinstance(effect, pr.Note) else None
+
+
+class BasketLogic(StatefulBatchLogic[Any, Any, Any]):
+    """One basket shard (see the module docstring). Emits ``(products key, item)`` pairs."""
+
+    def __init__(self, resume: Any, cfg: FlowConfig) -> None:
+        sessions, seen, newest = resume or ({}, {}, -(2**62))
+        self.recovery = cfg.recovery
+        self.sessions: dict[str, pr.Basket] = sessions
+        self.seen: dict[str, int] = seen
+        self.newest: int = newest
+        self.pruned_at = -(2**62)
+        metrics.PRODUCT_SESSIONS.inc(len(self.sessions))
+
+    def on_batch(self, values: list[Any]) -> tuple[Iterable[Any], bool]:
+        out: list[tuple[str, Any]] = []
+        for kind, v in values:
+            if kind == "time":
+                if v > self.newest:
+                    self.newest = v
+            else:
+                self._event(v, out)
+        if self.newest - self.pruned_at >= _PRUNE_EVERY_MS:
+            self._prune()
+        return out, RETAIN
+
+    def _event(self, ev: Any, out: list[tuple[str, Any]]) -> None:
+        prev = self.seen.get(ev.event_id)
+        if prev is not None and abs(prev - ev.ts) <= DEDUP_MS:
+            return  # a duplicate
+        self.seen[ev.event_id] = ev.ts
+        ts = ev.ts
+        t = ev.type
+        if t == "purchase":
+            lines = [
+                (_pid(it.product_id), category_name(it.category or ""), it.price)
+                for it in ev.items or ()
+            ] or [(_pid(ev.product_id), category_name(ev.category or ""), ev.price)]
+            for p, c, price in lines:
+                out.append((product_shard(p), ("touch", (p, t, ts, c, price))))
+            metrics.PRODUCT_TOUCHES.labels("purchase").inc(len(lines))
+            for pair in pr.order_pairs([(p, c) for p, c, _ in lines], ts):
+                self._pair(pair, out)
+            return
+        p, c = _pid(ev.product_id), category_name(ev.category or "")
+        out.append((product_shard(p), ("touch", (p, t, ts, c, ev.price))))
+        relation = "view" if t == "product_view" else "cart"
+        metrics.PRODUCT_TOUCHES.labels(relation).inc()
+        skey = pr.session_key(ev.customer_id, ev.anonymous_id, ev.session_id)
+        basket = self.sessions.get(skey)
+        if basket is None or (skey[0] == "v" and ts - basket.last > pr.SESSION_GAP_MS):
+            if basket is None:
+                metrics.PRODUCT_SESSIONS.inc()
+            basket = self.sessions[skey] = pr.Basket(ts)
+        basket.last = max(basket.last, ts)
+        for other, oc in basket.add(relation, p, c):
+            self._pair((relation, p, c, other, oc, ts), out)
+
+    @staticmethod
+    def _pair(pair: pr.Pair, out: list[tuple[str, Any]]) -> None:
+        rel, a, ca, b, cb, ts = pair
+        out.append((product_shard(a), ("pair", (rel, a, b, cb, ts))))
+        out.append((product_shard(b), ("pair", (rel, b, a, ca, ts))))
+        metrics.PRODUCT_PAIRS.labels(rel).inc()
+
+    def _prune(self) -> None:
+        self.pruned_at = self.newest
+        closed = self.newest - pr.SESSION_KEEP_MS
+        gone = [k for k, b in self.sessions.items() if b.last < closed]
+        for k in gone:
+            del self.sessions[k]
+        metrics.PRODUCT_SESSIONS.dec(len(gone))
+        old = self.newest - DEDUP_MS
+        for eid in [e for e, ts in self.seen.items() if ts < old]:
+            del self.seen[eid]
+
+    def snapshot(self) -> Any:
+        if not self.recovery:
+            return None
+        return dump((self.sessions, self.seen, self.newest))  # type: ignore[arg-type]
+
+
+class _Writes:
+    """Coalesced writes of a shard's changed keys: at most once per ``interval`` of wall time,
+    the rest on the next notification or at the end of the input (like profiles)."""
+
+    interval: float
+    last_write: float = 0.0
+    dirty: set[str]
+
+    def due(self, force: bool) -> bool:
+        if not self.dirty:
+            return False
+        now = time.monotonic()
+        if not force and now - self.last_write < self.interval:
+            return False
+        self.last_write = now
+        return True
+
+    def notify_at(self) -> datetime | None:
+        if not self.dirty:
+            return None
+        wait = self.last_write + self.interval - time.monotonic()
+        return datetime.now(UTC) + timedelta(seconds=max(wait, 0.0))
+
+
+class ProductLogic(_Writes, StatefulBatchLogic[Any, Out, Any]):
+    """One product shard: its products' states; emits their projections and board notes."""
+
+    def __init__(self, resume: Any, cfg: FlowConfig) -> None:
+        products, dirty = resume or ({}, set())
+        self.products: dict[str, pr.ProductState] = products
+        self.dirty = dirty
+        self.interval = cfg.write_interval_ms / 1000
+        self.recovery = cfg.recovery
+        self.counters = sum(s.size() for s in self.products.values())
+        metrics.PRODUCTS.inc(len(self.products))
+        metrics.PRODUCT_COUNTERS.inc(self.counters)
+
+    def on_batch(self, values: list[Any]) -> tuple[Iterable[Out], bool]:
+        force = False
+        for kind, v in values:
+            if kind == "touch":
+                p, t, ts, c, price = v
+                self._state(p).touch(t, ts, c, price)
+                self.dirty.add(p)
+            elif kind == "pair":
+                rel, a, b, cb, ts = v
+                s = self._state(a)
+                before = s.relations[rel].refused if rel in s.relations else 0
+                s.pair(rel, b, cb, ts)
+                if s.relations[rel].refused != before:
+                    metrics.PRODUCT_NEIGHBOURS_REFUSED.inc()
+                self.dirty.add(a)
+            elif kind == "reproject":
+                self.dirty.update(self.products)
+                force = True
+        return self._flush(force), RETAIN
+
+    def _state(self, product_id: str) -> pr.ProductState:
+        s = self.products.get(product_id)
+        if s is None:
+            s = self.products[product_id] = pr.ProductState(product_id)
+            metrics.PRODUCTS.inc()
+        return s
+
+    def _flush(self, force: bool) -> list[Out]:
+        if not self.due(force):
+            return []
+        out: list[Out] = []
+        size = 0
+        for p in sorted(self.dirty):
+            s = self.products[p]
+            doc = pr.project(s)
+            out.append(WriteProduct(p, orjson.dumps(doc)))
+            out.append(pr.note_of(doc))
+        self.dirty = set()
+        size = sum(s.size() for s in self.products.values())
+        metrics.PRODUCT_COUNTERS.inc(size - self.counters)
+        self.counters = size
+        return out
+
+    def on_notify(self) -> tuple[Iterable[Out], bool]:
+        return self._flush(True), RETAIN
+
+    def on_eof(self) -> tuple[Iterable[Out], bool]:
+        return self._flush(True), RETAIN
+
+    def snapshot(self) -> Any:
+        if not self.recovery:
+            return None
+        return dump((self.products, self.dirty))  # type: ignore[arg-type]
+
+
+class BoardLogic(_Writes, StatefulBatchLogic[Any, Out, Any]):
+    """The popularity board's owner: keeps every product's note, writes the top lists."""
+
+    def __init__(self, resume: Any, cfg: FlowConfig) -> None:
+        board, lists, dirty = resume or (pr.Board(), {}, set())
+        self.board: pr.Board = board
+        #: list name -> its encoded top list, as last computed
+        self.lists: dict[str, bytes] = lists
+        #: categories whose list must be computed again ("" too: the global lists)
+        self.dirty = dirty
+        self.interval = cfg.write_interval_ms / 1000
+        self.recovery = cfg.recovery
+        self.force = False
+
+    def on_batch(self, values: list[Any]) -> tuple[Iterable[Out], bool]:
+        for kind, v in values:
+            if kind == "note":
+                old = self.board.notes.get(v.product_id)
+                if self.board.note(v):
+                    self.dirty.update({"", v.category})
+                    if old is not None:
+                        self.dirty.add(old.category)
+            elif kind == "reproject":
+                self.dirty.add("")
+                self.force = True
+        return self._flush(self.force), RETAIN
+
+    def _flush(self, force: bool) -> list[Out]:
+        self.force = False
+        if not self.due(force):
+            return []
+        cats = [c for c in self.dirty if c]
+        lists = self.board.lists(cats)
+        for c in cats:
+            if "c:" + c not in lists:
+                self.lists.pop("c:" + c, None)
+        for name, items in lists.items():
+            self.lists[name] = orjson.dumps(items)
+        self.dirty = set()
+        return [WritePopular(dict(sorted(self.lists.items())))]
+
+    def on_notify(self) -> tuple[Iterable[Out], bool]:
+        return self._flush(True), RETAIN
+
+    def on_eof(self) -> tuple[Iterable[Out], bool]:
+        return self._flush(True), RETAIN
+
+    def snapshot(self) -> Any:
+        if not self.recovery:
+            return None
+        return dump((self.board, self.lists, self.dirty))  # type: ignore[arg-type]
