@@ -222,9 +222,10 @@ class ProfileWriter:
 
     def popular(self, batch: list[Command], lists: Mapping[str, bytes]) -> None:
         """Replace the popularity board's lists whole."""
-        batch.append(
-            ("EVALSHA", self._replace_sha, 1, POPULAR_KEY, *chain.from_iterable(lists.items()))
-        )
+        args: list[str | bytes] = []
+        for name, data in lists.items():
+            args.extend((name, data))
+        batch.append(("EVALSHA", self._replace_sha, 1, POPULAR_KEY, *args))
 
     def boundaries(self, batch: list[Command], data: bytes) -> None:
         """Publish RFM boundaries."""
@@ -308,6 +309,11 @@ def _view(raw: Mapping[Any, Any] | None) -> ProfileView | None:
         return None
 
 
+def decode_profile(raw: Mapping[Any, Any] | None) -> ProfileView | None:
+    """A profile hash as read (``HGETALL``) decoded; absent or of an older layout: ``None``."""
+    return _view(raw)
+
+
 def read_profile(client: redis.Redis, key: str) -> tuple[ProfileView | None, RfmBoundaries | None]:
     """The stored view of a partition key and the RFM boundaries, in one round trip."""
     pipe = client.pipeline(transaction=False)
@@ -388,3 +394,32 @@ async def aread_link(client: aioredis.Redis, anonymous_id: str) -> str | None:
     """Async :func:`read_link`."""
     v = await client.get(link_key(anonymous_id))
     return v.decode() if isinstance(v, bytes) else v
+
+
+def write_catalog(client: redis.Redis, items: Iterable[Any], chunk: int = 1000) -> str:
+    """Replace the loaded catalogue with ``items`` (:class:`features.catalog.CatalogItem`):
+    written to a temporary key, renamed over the catalogue (readers see the old one or the new
+    one, never half), then a new version. Returns the version."""
+    import uuid
+
+    from features.catalog import encode_item
+
+    tmp = CATALOG_KEY + ":loading"
+    client.delete(tmp)
+    batch: list[Any] = []
+    n = 0
+    for item in items:
+        batch.extend((item.product_id, encode_item(item)))
+        n += 1
+        if len(batch) >= 2 * chunk:
+            client.hset(tmp, items=batch)
+            batch = []
+    if batch:
+        client.hset(tmp, items=batch)
+    if n:
+        client.rename(tmp, CATALOG_KEY)
+    else:
+        client.delete(CATALOG_KEY)
+    version = uuid.uuid4().hex
+    client.set(CATALOG_VERSION_KEY, version)
+    return version

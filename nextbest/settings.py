@@ -89,6 +89,15 @@ def _model_name(raw: str) -> str:
     return v
 
 
+def _on_off(raw: str) -> bool:
+    v = raw.strip().lower()
+    if v in {"on", "1", "true", "yes"}:
+        return True
+    if v in {"off", "0", "false", "no"}:
+        return False
+    raise ValueError(f"expected on or off, got {raw!r}")
+
+
 def _offset_reset(raw: str) -> str:
     v = raw.strip().lower()
     if v not in {"earliest", "latest", "fail"}:
@@ -233,6 +242,20 @@ SPECS: dict[str, Spec] = {
         "Action catalogue of next best action (YAML; format in the README, JSON Schema in "
         "`schemas/json/actions.schema.json`). Unset: the shipped example catalogue "
         "`decisions/actions.yaml`.",
+    ),
+    "recommendations": Spec(
+        "NEXTBEST_RECOMMENDATIONS",
+        None,
+        _nonempty,
+        "How recommendations are blended and filtered (YAML; fields in the README, "
+        '"Recommendations"). Unset: the shipped `decisions/recommendations.yaml`.',
+    ),
+    "products": Spec(
+        "NEXTBEST_PRODUCTS",
+        "on",
+        _on_off,
+        "Product knowledge in the dataflow (popularity, trending, co-occurrence: what "
+        "recommendations read); `off` leaves it out of `run` and `replay`.",
     ),
     "decision_log": Spec(
         "NEXTBEST_DECISION_LOG",
@@ -384,6 +407,8 @@ class Settings:
     recovery_dir: str | None
     segments: str | None
     actions: str | None
+    recommendations: str | None
+    products: bool
     decision_log: str | None
     topic_decisions: str
     snapshot_interval_s: int
@@ -470,6 +495,7 @@ class Settings:
             "idle_snapshot_days": self.idle_snapshot_days,
             "reproject_rate": self.reproject_rate,
             "max_future_ms": self.max_future_ms,
+            "products": self.products,
         }
         values.update(overrides)
         return FlowConfig(**values)

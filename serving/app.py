@@ -40,6 +40,7 @@ from serving.deps import get_redis as get_redis  # re-exported: tests override i
 from serving.errors import ApiError, error_responses, install_error_handlers
 from serving.metrics import CONTENT_TYPE, HttpMetrics, MetricsMiddleware
 from serving.nba import close_decisions, install_decisions
+from serving.reco import install_recommendations
 from serving.scoring import ModelSet
 from serving.segments import load_definitions, refresh_member_gauge
 from serving.segments import router as segments_router
@@ -252,6 +253,8 @@ class ServingSettings(CollectSettings, Protocol):
     def segments(self) -> str | None: ...
     @property
     def actions(self) -> str | None: ...
+    @property
+    def recommendations(self) -> str | None: ...
 
 
 def create_app(
@@ -315,6 +318,7 @@ def create_app(
     app.include_router(segments_router)
     app.include_router(collect_router)
     install_decisions(app, settings.actions, decision_log)
+    install_recommendations(app, settings.recommendations)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     return app
 

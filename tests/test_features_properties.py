@@ -452,8 +452,9 @@ def test_merge_of_two_histories_equals_the_union(
     events: list[Event], rnd: Any, lateness: int
 ) -> None:
     """Split one history between an anonymous visitor and a customer; merged it is the whole
-    (every feature but the cart, which merge approximates; the recent and bought products; within 25 days, so that no session id
-    is reused after its 31 days, which merge approximates too)."""
+    (every feature but the cart, which merge approximates; the recent and bought products too;
+    within 25 days, so that no session id is reused after its 31 days, which merge approximates
+    too)."""
     anon_events = [e for e in events if rnd.random() < 0.5]
     cust_events = [e for e in events if e not in anon_events]
     anon = pf.new_state("a:dev")

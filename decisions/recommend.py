@@ -1,0 +1,392 @@
+"""Recommendations: candidates from several sources, one blended score, business filters.
+
+Pure: the inputs are what serving read from Redis (:class:`Inputs`), the settings a
+:class:`RecoConfig` (a YAML file, ``NEXTBEST_RECOMMENDATIONS``; the shipped one is
+``decisions/recommendations.yaml``).
+
+**Sources** (each gives a candidate a score in ``[0, 1]``):
+
+* ``item_to_item``: the neighbours (:mod:`features.products`) of the *seeds*: the page's
+  ``context_product`` and the customer's most recent distinct products (viewed or carted; the
+  newest first). A seed's weight is ``seed_decay ** rank`` (the last click counts most; the
+  context product has rank 0). Per seed, a neighbour's value is the sum over relations of
+  ``relations[relation]`` x its co-occurrence weight (decayed to ``as_of``), divided by the
+  seed's strongest; a candidate's score is the sum over seeds of ``seed weight x value``,
+  divided by the largest such sum of the answer.
+* ``category``: the customer's top ``categories`` by interest, each with its share of their
+  interest, times a product's popularity in that category relative to the category's first.
+* ``trending``: trending over the last 24 hours, relative to the first.
+* ``popular``: popularity over the last weeks (global), relative to the first.
+
+**Score** = ``sum(weights[source] * source score)``; ties by product id. **Filters**: products
+bought within ``repurchase_days``, in the cart, out of stock in the catalogue, and the seeds that
+the page is about (the context product and the last product interacted with) are not
+recommended; with ``category``, only that category. **Diversity**: at most
+``max_per_category`` products of a category among the answer (then the next best of other
+categories). Each item says which sources proposed it and why (its strongest contribution).
+
+Examples
+--------
+>>> cfg = RecoConfig()
+>>> inp = Inputs(recent=[(0, "v", "a", "shoes")],
+...              neighbours={"a": ({"view": [("b", 4.0, "shoes"), ("c", 1.0, "bags")]}, 0)},
+...              popular=[("d", 5.0, "toys")])
+>>> [(i.product_id, i.sources, i.reason) for i in rank(inp, cfg, 3)]
+... # doctest: +NORMALIZE_WHITESPACE
+[('b', ['item_to_item'], 'viewed together with a'),
+ ('c', ['item_to_item'], 'viewed together with a'),
+ ('d', ['popular'], 'popular now')]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from features import products as pr
+
+#: Sources in the order they are listed in an item.
+SOURCES: Final = ("item_to_item", "category", "trending", "popular")
+RELATIONS: Final = pr.RELATIONS
+_REASONS: Final = {
+    "view": "viewed together with {}",
+    "cart": "added to cart together with {}",
+    "buy": "bought together with {}",
+}
+
+
+class RecoConfigError(ValueError):
+    """An invalid recommendations file: ``file``, ``line`` (or ``None``), ``field``."""
+
+    def __init__(self, file: str, line: int | None, field: str | None, message: str) -> None:
+        where = f"{file}:{line}" if line is not None else file
+        head = f"{where}: field {field}" if field else where
+        super().__init__(f"{head}: {message}")
+        self.file, self.line, self.field, self.message = file, line, field, message
+
+
+@dataclass(frozen=True, slots=True)
+class RecoConfig:
+    """How recommendations are blended and filtered (see the module docstring)."""
+
+    weights: Mapping[str, float] = field(
+        default_factory=lambda: {
+            "item_to_item": 1.0,
+            "category": 0.5,
+            "trending": 0.15,
+            "popular": 0.1,
+        }
+    )
+    relations: Mapping[str, float] = field(
+        default_factory=lambda: {"view": 1.0, "cart": 1.5, "buy": 2.0}
+    )
+    seeds: int = 5
+    seed_decay: float = 0.6
+    categories: int = 3
+    repurchase_days: float = 30.0
+    max_per_category: int = 4
+    #: A digest of the file, for answers' freshness (empty: the defaults).
+    digest: str = ""
+
+
+@dataclass(slots=True)
+class Inputs:
+    """What one answer reads.
+
+    ``recent``: ``(ts, kind, product, category)``, newest last (a profile's ``recent``);
+    ``neighbours``: product -> (relation -> ``[(neighbour, weight, category)]``, as of ms);
+    ``popular`` / ``trending``: ``[(product, score, category)]`` best first; ``by_category``:
+    category -> the same; ``interests``: category -> score; ``cart`` and ``bought`` (product ->
+    ts) as in a profile; ``unavailable``: products the catalogue says are out of stock.
+    """
+
+    recent: Sequence[tuple[int, str, str, str]] = ()
+    context_product: str | None = None
+    neighbours: Mapping[str, tuple[Mapping[str, Sequence[tuple[str, float, str]]], int]] = field(
+        default_factory=dict
+    )
+    popular: Sequence[tuple[str, float, str]] = ()
+    trending: Sequence[tuple[str, float, str]] = ()
+    by_category: Mapping[str, Sequence[tuple[str, float, str]]] = field(default_factory=dict)
+    interests: Mapping[str, float] = field(default_factory=dict)
+    cart: Mapping[str, int] = field(default_factory=dict)
+    bought: Mapping[str, int] = field(default_factory=dict)
+    unavailable: AbstractSet[str] = frozenset()
+    category: str | None = None
+    as_of: int = 0
+    #: personal sources (item-to-item from the history, category interest) allowed
+    personal: bool = True
+
+
+@dataclass(slots=True)
+class Item:
+    """One recommended product."""
+
+    product_id: str
+    score: float
+    category: str
+    sources: list[str]
+    reason: str
+    contributions: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The item as answered (the API's ``items``)."""
+        return {
+            "product_id": self.product_id,
+            "score": round(self.score, 6),
+            "category": self.category or None,
+            "sources": self.sources,
+            "reason": self.reason,
+            "contributions": {k: round(v, 6) for k, v in self.contributions.items()},
+        }
+
+
+def seeds(inp: Inputs, cfg: RecoConfig) -> list[str]:
+    """The products item-to-item starts from: the context product, then the most recent
+    distinct products (newest first), at most ``cfg.seeds``.
+
+    >>> seeds(Inputs(recent=[(1, "v", "a", ""), (2, "v", "b", ""), (3, "c", "a", "")],
+    ...              context_product="x"), RecoConfig())
+    ['x', 'a', 'b']
+    """
+    out: list[str] = []
+    if inp.context_product:
+        out.append(inp.context_product)
+    if inp.personal:
+        for _ts, _k, p, _c in reversed(inp.recent):
+            if p not in out:
+                out.append(p)
+    return out[: cfg.seeds]
+
+
+def excluded(inp: Inputs, cfg: RecoConfig) -> set[str]:
+    """Products not to recommend: bought within the repurchase window, in the cart, out of
+    stock, and what the page is about (the context product and the last one interacted with).
+
+    >>> sorted(excluded(Inputs(recent=[(0, "v", "a", ""), (5, "v", "b", "")],
+    ...                        cart={"c": 1}, bought={"d": 0, "e": -40 * 86_400_000},
+    ...                        unavailable={"f"}), RecoConfig()))
+    ['b', 'c', 'd', 'f']
+    """
+    out = set(inp.unavailable)
+    if inp.context_product:
+        out.add(inp.context_product)
+    if inp.recent:
+        out.add(inp.recent[-1][2])
+    if inp.personal:
+        out.update(inp.cart)
+        since = inp.as_of - cfg.repurchase_days * pr.DAY
+        out.update(p for p, ts in inp.bought.items() if ts >= since)
+    return out
+
+
+class _Candidates:
+    def __init__(self) -> None:
+        self.scores: dict[str, dict[str, float]] = {}
+        self.categories: dict[str, str] = {}
+        self.why: dict[str, tuple[float, str]] = {}
+
+    def add(self, product: str, category: str, source: str, value: float, why: str) -> None:
+        if value <= 0:
+            return
+        d = self.scores.setdefault(product, {})
+        d[source] = d.get(source, 0.0) + value
+        if category and product not in self.categories:
+            self.categories[product] = category
+        best = self.why.get(product)
+        if best is None or value > best[0]:
+            self.why[product] = (value, why)
+
+
+def _relative(items: Sequence[tuple[str, float, str]]) -> list[tuple[str, float, str]]:
+    """Scores divided by the first (best) one's."""
+    if not items or items[0][1] <= 0:
+        return []
+    top = items[0][1]
+    return [(p, s / top, c) for p, s, c in items if s > 0]
+
+
+def rank(inp: Inputs, cfg: RecoConfig, n: int) -> list[Item]:
+    """The ``n`` best products for ``inp`` (see the module docstring)."""
+    cand = _Candidates()
+    w = cfg.weights
+    # item-to-item
+    i2i: dict[str, float] = {}
+    i2i_cat: dict[str, str] = {}
+    i2i_why: dict[str, tuple[float, str]] = {}
+    for r, seed in enumerate(seeds(inp, cfg)):
+        got = inp.neighbours.get(seed)
+        if got is None:
+            continue
+        lists, since = got
+        per: dict[str, float] = {}
+        why: dict[str, tuple[float, str]] = {}
+        for relation, items in lists.items():
+            rw = cfg.relations.get(relation, 0.0)
+            if rw <= 0:
+                continue
+            f = 2.0 ** (-max(0, inp.as_of - since) / pr.HALF_LIFE_MS.get(relation, pr.WEEK))
+            for p, weight, c in items:
+                v = rw * weight * f
+                per[p] = per.get(p, 0.0) + v
+                if c:
+                    i2i_cat.setdefault(p, c)
+                if v > why.get(p, (0.0, ""))[0]:
+                    why[p] = (v, _REASONS.get(relation, "related to {}").format(seed))
+        top = max(per.values(), default=0.0)
+        if top <= 0:
+            continue
+        sw = cfg.seed_decay**r
+        for p, v in per.items():
+            x = sw * v / top
+            i2i[p] = i2i.get(p, 0.0) + x
+            if x > i2i_why.get(p, (0.0, ""))[0]:
+                i2i_why[p] = (x, why[p][1])
+    if i2i:
+        best = max(i2i.values())
+        for p, v in i2i.items():
+            cand.add(p, i2i_cat.get(p, ""), "item_to_item", w.get("item_to_item", 0) * v / best,
+                     i2i_why[p][1])  # fmt: skip
+    # category interest x category popularity
+    if inp.personal and inp.interests:
+        top_cats = sorted(inp.interests.items(), key=lambda kv: (-kv[1], kv[0]))[: cfg.categories]
+        total = sum(s for _, s in top_cats) or 1.0
+        for cat, s in top_cats:
+            share = s / total
+            for p, v, c in _relative(inp.by_category.get(cat, ())):
+                cand.add(p, c or cat, "category", w.get("category", 0) * share * v,
+                         f"popular in {cat} this week")  # fmt: skip
+    for p, v, c in _relative(inp.trending):
+        cand.add(p, c, "trending", w.get("trending", 0) * v, "trending now")
+    for p, v, c in _relative(inp.popular):
+        cand.add(p, c, "popular", w.get("popular", 0) * v, "popular now")
+    if inp.category is not None:
+        for p, v, c in _relative(inp.by_category.get(inp.category, ())):
+            cand.add(p, c, "category", w.get("category", 0) * v,
+                     f"popular in {inp.category} this week")  # fmt: skip
+    return _select(cand, excluded(inp, cfg), inp.category, cfg, n)
+
+
+def _select(
+    cand: _Candidates, out: set[str], category: str | None, cfg: RecoConfig, n: int
+) -> list[Item]:
+    scored = []
+    for p, parts in cand.scores.items():
+        if p in out:
+            continue
+        c = cand.categories.get(p, "")
+        if category is not None and c != category:
+            continue
+        scored.append((sum(parts.values()), p))
+    scored.sort(key=lambda t: (-t[0], t[1]))
+    items: list[Item] = []
+    per_cat: dict[str, int] = {}
+    held: list[tuple[float, str]] = []
+    for s, p in scored:
+        c = cand.categories.get(p, "")
+        if per_cat.get(c, 0) >= cfg.max_per_category and category is None:
+            held.append((s, p))
+            continue
+        per_cat[c] = per_cat.get(c, 0) + 1
+        items.append(_item(cand, p, s))
+        if len(items) == n:
+            return items
+    for s, p in held:  # not enough other categories: the diversity rule gives way
+        items.append(_item(cand, p, s))
+        if len(items) == n:
+            break
+    return items
+
+
+def _item(cand: _Candidates, p: str, s: float) -> Item:
+    parts = cand.scores[p]
+    return Item(
+        product_id=p,
+        score=s,
+        category=cand.categories.get(p, ""),
+        sources=[src for src in SOURCES if src in parts],
+        reason=cand.why[p][1],
+        contributions={k: parts[k] for k in SOURCES if k in parts},
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The settings file
+
+
+def builtin_path() -> Path:
+    """The shipped settings, ``decisions/recommendations.yaml``."""
+    return Path(__file__).with_name("recommendations.yaml")
+
+
+_SCALARS: Final = {
+    "seeds": (int, 0, 50),
+    "seed_decay": (float, 0.0, 1.0),
+    "categories": (int, 0, 20),
+    "repurchase_days": (float, 0.0, 3650.0),
+    "max_per_category": (int, 1, 100),
+}
+
+
+def load_config(path: str | Path | None = None) -> RecoConfig:
+    """Load and validate a recommendations file (``None``: the shipped one). Raises
+    :class:`RecoConfigError` naming the file, line and field."""
+    import hashlib
+
+    from features.segments.config import YamlError, line_of, load_yaml
+
+    p = builtin_path() if path is None else Path(path)
+    name = str(p)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise RecoConfigError(name, None, None, f"cannot read: {e}") from None
+    try:
+        doc = load_yaml(text)
+    except YamlError as e:
+        raise RecoConfigError(name, e.line, None, e.message) from None
+    if not isinstance(doc, dict):
+        raise RecoConfigError(name, None, None, "expected a mapping at the top")
+    defaults = RecoConfig()
+    known = {"weights", "relations", *_SCALARS}
+    for key in doc:
+        if key not in known:
+            raise RecoConfigError(name, line_of(doc, key), str(key),
+                                  f"unknown field; known: {', '.join(sorted(known))}")  # fmt: skip
+    out: dict[str, Any] = {}
+    for key, names in (("weights", SOURCES), ("relations", RELATIONS)):
+        if key not in doc:
+            continue
+        m = doc[key]
+        if not isinstance(m, dict):
+            raise RecoConfigError(name, line_of(doc, key), key, "expected a mapping")
+        values = dict(getattr(defaults, key))
+        for k, v in m.items():
+            if k not in names:
+                raise RecoConfigError(name, line_of(m, k), f"{key}.{k}",
+                                      f"unknown; known: {', '.join(names)}")  # fmt: skip
+            if not _finite(v) or v < 0:
+                raise RecoConfigError(name, line_of(m, k), f"{key}.{k}",
+                                      f"expected a number >= 0, got {v!r}")  # fmt: skip
+            values[k] = float(v)
+        out[key] = values
+    for key, (kind, low, high) in _SCALARS.items():
+        if key not in doc:
+            continue
+        v = doc[key]
+        ok = _finite(v) and (kind is float or isinstance(v, int)) and low <= v <= high
+        if not ok:
+            what = "an integer" if kind is int else "a number"
+            raise RecoConfigError(name, line_of(doc, key), key,
+                                  f"expected {what} in [{low}, {high}], got {v!r}")  # fmt: skip
+        out[key] = kind(v)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    return RecoConfig(**out, digest=digest)
+
+
+def _finite(x: object) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
