@@ -9,10 +9,11 @@ Pure: the inputs are what serving read from Redis (:class:`Inputs`), the setting
 * ``item_to_item``: the neighbours (:mod:`features.products`) of the *seeds*: the page's
   ``context_product`` and the customer's most recent distinct products (viewed or carted; the
   newest first). A seed's weight is ``seed_decay ** rank`` (the last click counts most; the
-  context product has rank 0). Per seed, a neighbour's value is the sum over relations of
+  context product has rank 0) times ``2 ** (-age / seed_half_life_hours)`` (what was viewed
+  a week ago says less about now). Per seed, a neighbour's value is the sum over relations of
   ``relations[relation]`` x its co-occurrence weight (decayed to ``as_of``), divided by the
-  seed's strongest; a candidate's score is the sum over seeds of ``seed weight x value``,
-  divided by the largest such sum of the answer.
+  seed's strongest; a candidate's score is the sum over seeds of ``seed weight x value``
+  (evidence adds up: a product near several recent products scores more than 1).
 * ``category``: the customer's top ``categories`` by interest, each with its share of their
   interest, times a product's popularity in that category relative to the category's first.
 * ``trending``: trending over the last 24 hours, relative to the first.
@@ -76,7 +77,7 @@ class RecoConfig:
     weights: Mapping[str, float] = field(
         default_factory=lambda: {
             "item_to_item": 1.0,
-            "category": 0.5,
+            "category": 1.0,
             "trending": 0.15,
             "popular": 0.1,
         }
@@ -86,9 +87,10 @@ class RecoConfig:
     )
     seeds: int = 5
     seed_decay: float = 0.6
+    seed_half_life_hours: float = 24.0
     categories: int = 3
-    repurchase_days: float = 30.0
-    max_per_category: int = 4
+    repurchase_days: float = 7.0
+    max_per_category: int = 5
     #: A digest of the file, for answers' freshness (empty: the defaults).
     digest: str = ""
 
@@ -153,14 +155,28 @@ def seeds(inp: Inputs, cfg: RecoConfig) -> list[str]:
     ...              context_product="x"), RecoConfig())
     ['x', 'a', 'b']
     """
-    out: list[str] = []
+    return [p for p, _ in seed_weights(inp, cfg)]
+
+
+def seed_weights(inp: Inputs, cfg: RecoConfig) -> list[tuple[str, float]]:
+    """The seeds with their weights: ``seed_decay ** rank`` times ``2 ** (-age /
+    seed_half_life)`` (the age of the newest interaction with it; the context product's is 0).
+
+    >>> [(p, round(w, 3)) for p, w in seed_weights(Inputs(
+    ...     recent=[(0, "v", "a", ""), (86_400_000, "v", "b", "")], as_of=86_400_000),
+    ...     RecoConfig())]
+    [('b', 1.0), ('a', 0.3)]
+    """
+    out: dict[str, float] = {}
     if inp.context_product:
-        out.append(inp.context_product)
+        out[inp.context_product] = 1.0
     if inp.personal:
-        for _ts, _k, p, _c in reversed(inp.recent):
-            if p not in out:
-                out.append(p)
-    return out[: cfg.seeds]
+        h = cfg.seed_half_life_hours * pr.HOUR
+        for ts, _k, p, _c in reversed(inp.recent):
+            if p not in out and len(out) < cfg.seeds:
+                age = max(0, inp.as_of - ts)
+                out[p] = cfg.seed_decay ** len(out) * 2.0 ** (-age / h)
+    return list(out.items())[: cfg.seeds]
 
 
 def excluded(inp: Inputs, cfg: RecoConfig) -> set[str]:
@@ -218,7 +234,7 @@ def rank(inp: Inputs, cfg: RecoConfig, n: int) -> list[Item]:
     i2i: dict[str, float] = {}
     i2i_cat: dict[str, str] = {}
     i2i_why: dict[str, tuple[float, str]] = {}
-    for r, seed in enumerate(seeds(inp, cfg)):
+    for seed, sw in seed_weights(inp, cfg):
         got = inp.neighbours.get(seed)
         if got is None:
             continue
@@ -240,17 +256,14 @@ def rank(inp: Inputs, cfg: RecoConfig, n: int) -> list[Item]:
         top = max(per.values(), default=0.0)
         if top <= 0:
             continue
-        sw = cfg.seed_decay**r
         for p, v in per.items():
             x = sw * v / top
             i2i[p] = i2i.get(p, 0.0) + x
             if x > i2i_why.get(p, (0.0, ""))[0]:
                 i2i_why[p] = (x, why[p][1])
-    if i2i:
-        best = max(i2i.values())
-        for p, v in i2i.items():
-            cand.add(p, i2i_cat.get(p, ""), "item_to_item", w.get("item_to_item", 0) * v / best,
-                     i2i_why[p][1])  # fmt: skip
+    for p, v in i2i.items():
+        cand.add(p, i2i_cat.get(p, ""), "item_to_item", w.get("item_to_item", 0) * v,
+                 i2i_why[p][1])  # fmt: skip
     # category interest x category popularity
     if inp.personal and inp.interests:
         top_cats = sorted(inp.interests.items(), key=lambda kv: (-kv[1], kv[0]))[: cfg.categories]
@@ -326,6 +339,7 @@ def builtin_path() -> Path:
 _SCALARS: Final = {
     "seeds": (int, 0, 50),
     "seed_decay": (float, 0.0, 1.0),
+    "seed_half_life_hours": (float, 0.01, 24.0 * 3650),
     "categories": (int, 0, 20),
     "repurchase_days": (float, 0.0, 3650.0),
     "max_per_category": (int, 1, 100),

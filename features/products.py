@@ -116,8 +116,8 @@ class Neighbours:
 
     newest: int = -(2**62)
     weeks: dict[str, dict[int, int]] = field(default_factory=dict)
-    #: neighbour -> its category (the newest touch's)
-    categories: dict[str, str] = field(default_factory=dict)
+    #: neighbour -> (week, category) of its newest co-occurrence (ties: the greatest name)
+    categories: dict[str, tuple[int, str]] = field(default_factory=dict)
     #: new neighbours not added because the relation was full
     refused: int = 0
 
@@ -142,8 +142,9 @@ class Neighbours:
                 return False
             counts = self.weeks[other] = {}
         counts[week] = counts.get(week, 0) + 1
-        if category:
-            self.categories[other] = category
+        cur = self.categories.get(other)
+        if cur is None or (week, category) > cur:
+            self.categories[other] = (week, category)
         return True
 
 
@@ -260,7 +261,8 @@ def project(state: ProductState) -> dict[str, Any]:
         rel = state.relations.get(relation)
         if rel is not None and rel.weeks:
             neighbours[relation] = [
-                [o, w, rel.categories.get(o, "")] for o, w in neighbour_weights(rel, relation, at)
+                [o, w, rel.categories.get(o, (0, ""))[1]]
+                for o, w in neighbour_weights(rel, relation, at)
             ]
     return {
         "id": state.product_id,

@@ -49,6 +49,7 @@ from serving.decision_log import DecisionLog
 from serving.deps import NowDep, parse_as_of
 from serving.errors import ApiError, error_responses
 from serving.metrics import LATENCY_BUCKETS
+from serving.reco import Recommender, get_recommender
 from serving.scoring import ModelSet
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,9 @@ REDIS_BUDGET_S: Final = 0.1
 MAX_N: Final = 20
 #: How long a degradation is reported by ``/readyz`` after it happened (seconds).
 DEGRADED_WINDOW_S: Final = 60.0
+#: A payload value that becomes the customer's recommended products, and how many.
+RECOMMENDATIONS: Final = "{recommendations}"
+PAYLOAD_PRODUCTS: Final = 4
 
 
 class DecisionMetrics:
@@ -110,6 +114,8 @@ class Decider:
     metrics: DecisionMetrics | None = None
     #: Count the served action and log the decision (``False``: a preview, e.g. the CLI).
     record: bool = True
+    #: Fills the payload values ``"{recommendations}"`` (none: they stay null).
+    recommender: Recommender | None = None
 
     def __post_init__(self) -> None:
         self.store = DecisionStore(self.client, self.catalog) if self.client is not None else None
@@ -172,12 +178,37 @@ class Decider:
         else:
             body = await self._decide(decision_id, key, stored, contacts, channel, as_of_ms)
         body["actions"] = body["actions"][:n]
+        if self.recommender is not None and degraded is None:
+            await self._fill_products(body["actions"], key, as_of_ms)
         body["customer_id"] = key[2:] if key.startswith("c:") else None
         if anonymous_id is not None:
             body["anonymous_id"] = anonymous_id
         if self.metrics is not None:
             self.metrics.seconds.labels(channel).observe(time.perf_counter() - t0)
         return body
+
+    async def _fill_products(self, actions: list[dict[str, Any]], key: str, as_of: int) -> None:
+        """Replace every payload value ``"{recommendations}"`` of the listed actions with the
+        customer's recommended products (:mod:`serving.reco`; ``[]`` when there are none)."""
+        slots = [
+            (a["payload"], k)
+            for a in actions
+            for k, v in self.catalog[a["id"]].payload.items()
+            if v == RECOMMENDATIONS
+        ]
+        if not slots:
+            return
+        assert self.recommender is not None
+        if key.startswith("c:"):
+            got = await self.recommender.recommend(as_of, PAYLOAD_PRODUCTS, customer_id=key[2:])
+        else:
+            got = await self.recommender.recommend(as_of, PAYLOAD_PRODUCTS, anonymous_id=key[2:])
+        products = [
+            {k: i.get(k) for k in ("product_id", "reason", "name", "price", "url") if k in i}
+            for i in got["items"]
+        ]
+        for payload, k in slots:
+            payload[k] = products
 
     async def _decide(
         self,
@@ -294,7 +325,12 @@ def get_decider(request: Request) -> Decider:
     state = request.app.state
     if state.decider is None:
         state.decider = Decider(
-            state.catalog, state.models, state.redis, state.decision_log, state.decision_metrics
+            state.catalog,
+            state.models,
+            state.redis,
+            state.decision_log,
+            state.decision_metrics,
+            recommender=get_recommender(request) if hasattr(state, "reco_config") else None,
         )
     assert isinstance(state.decider, Decider)
     return state.decider

@@ -1,5 +1,6 @@
 """Recommendations over HTTP: ``GET /v1/customers/{id}/recommendations``,
-``GET /v1/visitors/{anonymous_id}/recommendations`` and ``GET /v1/products/{id}/similar``.
+``GET /v1/visitors/{anonymous_id}/recommendations`` and ``GET /v1/products/{id}/similar``
+(the product's neighbours first, then the non-personal blend of its category to fill ``n``).
 
 One answer: one Redis round trip for the profile (its recent products, cart, purchases and
 category interests), the popularity board's global and trending lists and the page's
@@ -17,6 +18,7 @@ Redis does not answer within :data:`REDIS_BUDGET_S`, the answer is empty with
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -138,6 +140,18 @@ def _product(raw: bytes | None) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
+def similar_items(inp: Inputs, cfg: RecoConfig, n: int) -> list[Item]:
+    """Products like the context product: its neighbours first (item-to-item alone), then the
+    rest of the blend (popular in its category, trending, popular) to fill ``n``."""
+    first = rank(inp, dataclasses.replace(cfg, weights={"item_to_item": 1.0}), n)
+    if len(first) < n:
+        rest = {k: v for k, v in cfg.weights.items() if k != "item_to_item"}
+        seen = {i.product_id for i in first}
+        fill = rank(inp, dataclasses.replace(cfg, weights=rest), n + len(first))
+        first.extend([i for i in fill if i.product_id not in seen][: n - len(first)])
+    return first
+
+
 @dataclass
 class Recommender:
     """Everything an answer needs: the settings, Redis, the catalogue, the metrics."""
@@ -216,7 +230,7 @@ class Recommender:
                 unavailable=self.catalog.unavailable,
                 as_of=as_of,
             )
-            body = self._body(as_of, rank(inp, self.cfg, n), inp, None, products, None)
+            body = self._body(as_of, similar_items(inp, self.cfg, n), inp, None, products, None)
             body["known"] = doc is not None
         except TimeoutError:
             body = self._body(as_of, [], Inputs(as_of=as_of), None, {}, "redis_timeout")

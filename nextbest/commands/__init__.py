@@ -9,14 +9,17 @@ the commands share (usage errors, signal handling, argument types) is in
 from __future__ import annotations
 
 from nextbest.commands import (
+    catalog,
     decide,
     deliver,
     demo,
     evaluate,
     evaluate_nba,
     evaluate_policy,
+    evaluate_recs,
     export,
     profile,
+    recommend,
     replay,
     run,
     segments,
@@ -32,11 +35,14 @@ COMMANDS = (
     serve,
     profile,
     decide,
+    recommend,
+    catalog,
     segments,
     simulate,
     export,
     evaluate,
     evaluate_policy,
     evaluate_nba,
+    evaluate_recs,
     demo,
 )

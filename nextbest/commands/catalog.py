@@ -1,0 +1,72 @@
+"""``nextbest catalog load FILE``: load a product catalogue (JSONL or CSV) into Redis.
+
+Good rows load whatever the bad ones are; each bad row is reported with its line and reason
+(:mod:`features.catalog`). The load replaces the previous catalogue whole; serving sees the
+new one within a request (it reads the catalogue's version on every answer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from pathlib import Path
+
+import orjson
+
+from nextbest.commands.common import UsageError
+from nextbest.settings import Settings
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    c = sub.add_parser("catalog", help="load the product catalogue (JSONL or CSV) into Redis")
+    verbs = c.add_subparsers(dest="verb", metavar="VERB")
+    verbs.required = True
+    load = verbs.add_parser("load", help="replace the catalogue with FILE's good rows")
+    load.add_argument("file", metavar="FILE", help="JSONL, or CSV with a header row (.csv)")
+    load.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    c.set_defaults(func=cmd_catalog)
+
+
+def cmd_catalog(args: argparse.Namespace, settings: Settings) -> int:
+    """Load the catalogue; exit 1 when no row could be loaded."""
+    import redis
+
+    from features.catalog import parse_file
+    from features.store import write_catalog
+    from nextbest.runtime import redis_url
+
+    path = Path(args.file)
+    try:
+        items, errors = parse_file(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"catalog load: cannot read {path}: {exc}") from None
+    for e in errors[:100]:
+        print(f"{path}:{e.line}: {e.reason}: {e.detail}", file=sys.stderr)
+    if len(errors) > 100:
+        print(f"... and {len(errors) - 100} more rejected rows", file=sys.stderr)
+    if not items:
+        print(f"nextbest: catalog load: no valid row in {path}; nothing loaded", file=sys.stderr)
+        return 1
+    with redis_url(settings) as url:
+        client = redis.Redis.from_url(url)
+        try:
+            version = write_catalog(client, items)
+        finally:
+            client.close()
+    summary = {
+        "file": str(path),
+        "loaded": len(items),
+        "rejected": len(errors),
+        "rejected_by_reason": dict(Counter(e.reason for e in errors)),
+        "out_of_stock": sum(1 for i in items if not i.in_stock),
+        "version": version,
+    }
+    if args.json:
+        sys.stdout.write(orjson.dumps(summary).decode() + "\n")
+    else:
+        print(
+            f"loaded {len(items):,} products ({summary['out_of_stock']:,} out of stock), "
+            f"rejected {len(errors):,} rows; catalogue version {version}"
+        )
+    return 0
