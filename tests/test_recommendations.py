@@ -273,9 +273,14 @@ def test_replay_equals_live_through_kafka(
     nextbest_cli("replay", "--write-interval", "0", str(events), env=env)
     replayed = _product_keys(client)
     client.flushdb()
-    topics = {"NEXTBEST_TOPIC_CLICKSTREAM": "r-click", "NEXTBEST_TOPIC_TRANSACTIONS": "r-tx",
-              "NEXTBEST_TOPIC_DEAD_LETTER": "r-dead", "NEXTBEST_TOPIC_DECISIONS": "r-dec",
-              "NEXTBEST_TOPIC_PARTITIONS": "1", "NEXTBEST_KAFKA_BROKERS": kafka_brokers}  # fmt: skip
+    topics = {
+        "NEXTBEST_TOPIC_CLICKSTREAM": "r-click",
+        "NEXTBEST_TOPIC_TRANSACTIONS": "r-tx",
+        "NEXTBEST_TOPIC_DEAD_LETTER": "r-dead",
+        "NEXTBEST_TOPIC_DECISIONS": "r-dec",
+        "NEXTBEST_TOPIC_PARTITIONS": "1",
+        "NEXTBEST_KAFKA_BROKERS": kafka_brokers,
+    }
     live_env = {**env, **topics}
     nextbest_cli("simulate", "--customers", "250", "--days", "24", "--holdout-days", "4",
                  "--seed", "13", "--kafka", env=live_env)  # fmt: skip
@@ -488,8 +493,8 @@ def test_customer_visitor_and_similar_endpoints(api: TestClient, redis_client: r
     # the catalogue: out of stock is never recommended, names and URLs are attached
     from features.catalog import CatalogItem
 
-    write_catalog(redis_client, [CatalogItem("b", "Blue boots", "shoes", 59.0, False),
-                                 CatalogItem("c", "Clogs", "shoes", 30.0, True, "/p/c")])  # fmt: skip
+    boots = CatalogItem("b", "Blue boots", "shoes", 59.0, False)
+    write_catalog(redis_client, [boots, CatalogItem("c", "Clogs", "shoes", 30.0, True, "/p/c")])
     after = api.get("/v1/customers/42/recommendations", params={"as_of": AS_OF}).json()
     items = {i["product_id"]: i for i in after["items"]}
     assert "b" not in items and items["c"]["name"] == "Clogs" and items["c"]["url"] == "/p/c"
@@ -561,11 +566,8 @@ def test_recommend_and_evaluate_recs_cli(history: tuple[Path, Path], tmp_path: P
     assert similar["known"] and similar["items"]
     bad = nextbest_cli("recommend", cid, "--similar", "p", env=env, check=False)
     assert bad.returncode == 2
-    report = json.loads(
-        nextbest_cli(
-            "evaluate-recs", str(events), "--truth", str(truth), "--json", env=env, timeout=300
-        ).stdout  # fmt: skip
-    )
+    args = ("evaluate-recs", str(events), "--truth", str(truth), "--json")
+    report = json.loads(nextbest_cli(*args, env=env, timeout=300).stdout)
     scores = report["scores"]
     assert report["customers"] > 0 and report["prefixes"] > 0
     # the engine is evaluated, not a baseline in disguise: it reacts to the session
