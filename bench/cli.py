@@ -2,16 +2,17 @@
 
 One run simulates one file, starts its own Redis and broker in a temporary directory, measures
 (a) baseline, (b') the flow without models (``replay --no-models``), (b) full (models on),
-(a) baseline again, (d) memory (of what (b) wrote), (c) freshness (with its transport baseline
-first), (e) timer-driven segment transitions (:mod:`bench.timers`) and (f) next-best-action
-latency against the trivial endpoint of the same server, with Locust (:mod:`bench.nba`), (g) the
-closed loop of next best action (:mod:`bench.nba_loop`), stops
+(b'') the flow without product knowledge (``NEXTBEST_PRODUCTS=off``), (a) baseline again,
+(d) memory (of what (b) wrote), (c) freshness (with its transport baseline first), (e)
+timer-driven segment transitions (:mod:`bench.timers`) and (f) next-best-action and
+recommendations latency against the trivial endpoint of the same server, with Locust
+(:mod:`bench.nba`), (g) the closed loop of next best action (:mod:`bench.nba_loop`), stops
 everything it started, and prints a readable report (``--json``: one JSON object on stdout).
 Progress goes to stderr. Aims are reported, never asserted; every ratio is against the baseline
-of the same run, and ``models`` compares (b) with (b') of the same run; (f) compares NBA with
-``/healthz`` of the same server and run. The exit code is 1 when a section could not be measured
-(its ``error`` says why), else 0. ``--only nba`` runs section (f) alone (no simulated file; its
-own Redis and broker only).
+of the same run, ``models`` compares (b) with (b') and ``products`` (b) with (b'') of the same
+run; (f) compares NBA and recommendations with ``/healthz`` of the same server and run. The exit
+code is 1 when a section could not be measured (its ``error`` says why), else 0. ``--only nba``
+runs section (f) alone (no simulated file; its own Redis and broker only).
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ log = logging.getLogger("bench")
 #: Aims from the profile issue: reported against, never asserted.
 AIM_RATIO = 0.4
 AIM_MODELS_RATIO = 0.8
+#: Aim from the recommendations issue: the flow with product knowledge / without, >= this.
+AIM_PRODUCTS_RATIO = 0.8
 AIM_P99_MS = 250.0
 AIM_MEDIAN_BYTES = 2048
 
@@ -198,6 +201,28 @@ def _models_section(no_models: dict[str, Any], full: dict[str, Any] | None) -> d
     }
 
 
+def _products_section(off: dict[str, Any], full: dict[str, Any] | None) -> dict[str, Any]:
+    """Recommendations' cost in the flow: the full flow against the same replay with
+    ``NEXTBEST_PRODUCTS=off``, run right after it."""
+    if "error" in off:
+        return {"error": f"the flow without products: {off['error']}"}
+    if full is None or float(off["events_per_s_reported"]) <= 0:
+        return {"error": "needs the full flow and the flow without products", "no_products": off}
+    ratio = float(full["events_per_s_reported"]) / float(off["events_per_s_reported"])
+    return {
+        "events_per_s_products": full["events_per_s_reported"],
+        "events_per_s_no_products": off["events_per_s_reported"],
+        "products_over_no_products": round(ratio, 3),
+        "products_over_no_products_wall": round(
+            float(full["events_per_s_wall"]) / float(off["events_per_s_wall"]), 3
+        ),
+        "basis": "replay's reported events_per_s, product knowledge on (the full section) / "
+        "NEXTBEST_PRODUCTS=off, same file and Redis, flushed before each",
+        "meets_aim": ratio >= AIM_PRODUCTS_RATIO,
+        "no_products": off,
+    }
+
+
 def _nba_section(args: argparse.Namespace, svc: Services) -> dict[str, Any]:
     """Section (f) with the preset of ``--quick`` or of a full run, and the options."""
     preset = dict(NBA_QUICK if args.quick else NBA_FULL)
@@ -259,6 +284,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         "aims": {
             "full_over_baseline_min": AIM_RATIO,
             "models_over_no_models_min": AIM_MODELS_RATIO,
+            "products_over_no_products_min": AIM_PRODUCTS_RATIO,
             "freshness_p99_ms_max": AIM_P99_MS,
             "median_profile_bytes_max": AIM_MEDIAN_BYTES,
             "nba_p99_ms_max": AIM_NBA_P99_MS,
@@ -286,6 +312,9 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         # models comparison is of two neighbouring runs; memory then reads what (b) wrote.
         _section(result, "no_models", lambda: run_replay(svc, wl.path, wl.lines, models=False))
         full = _section(result, "full", lambda: run_replay(svc, wl.path, wl.lines))
+        # and without product knowledge right after (recommendations' cost in the flow)
+        _section(result, "no_products",
+                 lambda: run_replay(svc, wl.path, wl.lines, products=False))  # fmt: skip
         second = _section(result, "baseline", lambda: run_baseline(wl.path, args.batch_size))
         baseline = _combine_baselines(first, second)
         result["baseline"] = baseline if baseline is not None else result["baseline"]
@@ -341,6 +370,7 @@ def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     else:
         result["ratio"] = {"error": "needs both baseline and full"}
     result["models"] = _models_section(result.pop("no_models"), full)
+    result["products"] = _products_section(result.pop("no_products"), full)
     result["config"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     result["errors"] = sorted(
         name for name, sec in result.items() if isinstance(sec, dict) and "error" in sec
@@ -436,6 +466,16 @@ def render(r: dict[str, Any]) -> str:
             f"{_n(mo['events_per_s_models'])} vs {_n(mo['events_per_s_no_models'])} events/s)  "
             f"{mo['models_over_no_models_wall']:.2f} (wall)   "
             f"aim >= {AIM_MODELS_RATIO}: {_aim(mo['meets_aim'])}"
+        )
+    po = r.get("products", {})
+    if "error" in po:
+        add(f"    products     ERROR: {po['error']}")
+    elif po:
+        add(
+            f"    ratio products on/off   {po['products_over_no_products']:.2f} (reported, "
+            f"{_n(po['events_per_s_products'])} vs {_n(po['events_per_s_no_products'])} "
+            f"events/s)  {po['products_over_no_products_wall']:.2f} (wall)   "
+            f"aim >= {AIM_PRODUCTS_RATIO}: {_aim(po['meets_aim'])}"
         )
     add("")
     c = r.get("freshness", {})

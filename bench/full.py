@@ -43,11 +43,18 @@ def last_json_object(stdout: str) -> dict[str, Any]:
 
 
 def run_replay(
-    services: Services, path: Path, lines: int, timeout: float = 3600, *, models: bool = True
+    services: Services,
+    path: Path,
+    lines: int,
+    timeout: float = 3600,
+    *,
+    models: bool = True,
+    products: bool = True,
 ) -> dict[str, Any]:
     """Flush Redis, replay ``path`` through the CLI, and time it from outside and inside.
 
-    ``models=False`` adds ``--no-models`` (the flow without the churn/propensity models).
+    ``models=False`` adds ``--no-models`` (the flow without the churn/propensity models);
+    ``products=False`` sets ``NEXTBEST_PRODUCTS=off`` (no product knowledge).
     """
     client = services.client()
     try:
@@ -64,7 +71,7 @@ def run_replay(
     try:
         proc = subprocess.run(
             cmd,
-            env=services.cli_env(home),
+            env={**services.cli_env(home), "NEXTBEST_PRODUCTS": "on" if products else "off"},
             cwd=REPO,
             capture_output=True,
             text=True,
@@ -89,5 +96,8 @@ def run_replay(
         "customers": summary.get("customers"),
         "visitors": summary.get("visitors"),
         "models": models,
-        "command": "python -m nextbest replay FILE --json" + ("" if models else " --no-models"),
+        "products": products,
+        "command": ("" if products else "NEXTBEST_PRODUCTS=off ")
+        + "python -m nextbest replay FILE --json"
+        + ("" if models else " --no-models"),
     }

@@ -2,8 +2,9 @@
 
 Configured by the environment (the bench sets it; nothing here is for interactive use):
 
-* ``NB_BENCH_TARGET``: ``healthz`` (the trivial endpoint) or ``nba``
-  (``GET /v1/customers/{random bench customer}/next-best-action?channel=web&n=3``);
+* ``NB_BENCH_TARGET``: ``healthz`` (the trivial endpoint), ``nba``
+  (``GET /v1/customers/{random bench customer}/next-best-action?channel=web&n=3``) or ``reco``
+  (``GET /v1/customers/{random bench customer}/recommendations?n=10``);
 * ``NB_BENCH_CUSTOMERS`` and ``NB_BENCH_PREFIX``: the customer ids are ``PREFIX0`` ..
   ``PREFIX{N-1}``;
 * ``NB_BENCH_RATE`` and ``NB_BENCH_USERS``: about how many requests/s to pace at, spread evenly
@@ -15,7 +16,8 @@ Every request's client-side response time is recorded exactly (Locust's own perc
 rounded to whole milliseconds, too coarse for a 5 ms aim); the times of the spawn phase are
 dropped, as ``--reset-stats`` drops them from Locust's statistics. Each answer is checked while
 under load: a ``200``; for NBA also ``"degraded":false`` and ``"excluded":[]`` (every action of
-the bench catalogue was eligible) in the body. Failures are counted with their first reasons.
+the bench catalogue was eligible) in the body; for recommendations ``"degraded":false`` and 10
+products. Failures are counted with their first reasons.
 """
 
 from __future__ import annotations
@@ -135,6 +137,19 @@ if TARGET is not None:
                         resp.failure(f"degraded: {body[-160:]!r}")
                     elif b'"excluded":[]' not in body:
                         resp.failure(f"some action was excluded: {body[-400:]!r}")
+                    else:
+                        resp.success()
+            elif TARGET == "reco":
+                cid = f"{PREFIX}{random.randrange(CUSTOMERS)}"
+                path = f"/v1/customers/{cid}/recommendations?n=10"
+                with self.client.get(path, name="reco", catch_response=True) as resp:
+                    body = resp.content or b""
+                    if resp.status_code != 200:
+                        resp.failure(f"status {resp.status_code}: {body[:120]!r}")
+                    elif b'"degraded":false' not in body:
+                        resp.failure(f"degraded: {body[-160:]!r}")
+                    elif body.count(b'"product_id"') != 10:
+                        resp.failure(f"not 10 products: {body[:300]!r}")
                     else:
                         resp.success()
             else:

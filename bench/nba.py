@@ -79,6 +79,7 @@ PREFIX: Final = "nbb-"
 LOCUSTFILE: Final = Path(__file__).resolve().parent / "locustfile.py"
 #: Route label of the NBA route in ``nextbest_http_request_duration_seconds``.
 NBA_ROUTE: Final = "/v1/customers/{customer_id}/next-best-action"
+RECO_ROUTE: Final = "/v1/customers/{customer_id}/recommendations"
 TRIVIAL_ROUTE: Final = "/healthz"
 HOUR_MS: Final = 3_600_000
 DAY_MS: Final = 24 * HOUR_MS
@@ -227,6 +228,47 @@ def seed_customers(client: redis.Redis, count: int, now_ms: int, seed: int = 7) 
     for start in range(0, len(states), 200):
         written += write_states(client, states[start : start + 200])
     return written
+
+
+#: Products of the recommendations bench's catalogue besides the bench customers' own.
+RECO_PRODUCTS: Final = 2000
+
+
+def seed_products(client: redis.Redis, now_ms: int, seed: int = 7) -> int:
+    """Write product knowledge with the real code (:mod:`features.products`): a catalogue of
+    :data:`RECO_PRODUCTS` products in the bench categories with popularity over the last weeks,
+    and every bench customer's product (the seeds of item-to-item) with 30 neighbours per
+    relation; then the popularity board's lists. Returns the products written."""
+    from features import products as pr
+    from features.store import POPULAR_KEY, product_key
+
+    rng = random.Random(seed)
+    cats = ("shoes", "bags", "shirts", "hats")
+    catalog = [f"q-{cats[i % 4]}-{i}" for i in range(RECO_PRODUCTS)]
+    own = [f"p-{c}-{s}" for c in cats for s in range(3)] + [f"c-{c}-{i}" for c in cats
+                                                             for i in range(2)]  # fmt: skip
+    board = pr.Board()
+    pipe = client.pipeline(transaction=False)
+    for pid in [*catalog, *own]:
+        cat = pid.split("-")[1]
+        s = pr.ProductState(pid)
+        for _ in range(1 + int(rng.expovariate(1 / 20))):
+            kind = rng.choice(("product_view", "product_view", "add_to_cart", "purchase"))
+            s.touch(kind, now_ms - rng.randrange(21 * DAY_MS), cat, round(rng.uniform(5, 99), 2))
+        if pid in own:
+            for relation in pr.RELATIONS:
+                for other in rng.sample(catalog, 30):
+                    for _ in range(1 + int(rng.expovariate(1.0))):
+                        ts = now_ms - rng.randrange(21 * DAY_MS)
+                        s.pair(relation, other, other.split("-")[1], ts)
+        doc = pr.project(s)
+        board.note(pr.note_of(doc))
+        pipe.set(product_key(pid), orjson.dumps(doc))
+    lists = {name: orjson.dumps(items) for name, items in board.lists().items()}
+    pipe.delete(POPULAR_KEY)
+    pipe.hset(POPULAR_KEY, mapping=lists)  # type: ignore[arg-type]
+    pipe.execute()
+    return len(catalog) + len(own)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -458,7 +500,7 @@ def run_locust(
     rec = orjson.loads(out.read_bytes())
     times = [float(x) for x in rec["times_ms"]]
     window = float(rec["window_s"])
-    route = NBA_ROUTE if target == "nba" else TRIVIAL_ROUTE
+    route = {"nba": NBA_ROUTE, "reco": RECO_ROUTE}.get(target, TRIVIAL_ROUTE)
     http = bucket_delta(after.get(("http", route), {}), before.get(("http", route)))
     result: dict[str, Any] = {
         "target": target,
@@ -620,6 +662,7 @@ def measure_nba(
         client.flushall()
         now_ms = int(time.time() * 1000)
         written = seed_customers(client, customers, now_ms)
+        products = seed_products(client, now_ms)
     finally:
         client.close()
     workdir = Path(tempfile.mkdtemp(prefix="nba-", dir=services.workdir))
@@ -665,6 +708,7 @@ def measure_nba(
                     **kw,
                 )
             )
+        reco = _reco_runs(server, users, duration, latency_duration, rounds, kw)
         sample = [f"{PREFIX}{rng.randrange(customers)}" for _ in range(spot_checks)]
         checks.append(spot_check(server, sample))
         server.check_alive()
@@ -726,6 +770,57 @@ def measure_nba(
         "meets_p99_aim_paced": paced_p99 is not None and paced_p99 <= AIM_P99_MS,
         "meets_ratio_aim": ratio >= AIM_RATIO,
         "aims": {"nba_p99_ms_max": AIM_P99_MS, "nba_over_trivial_min": AIM_RATIO},
+        "reco": {"products_written": products, **reco},
+    }
+
+
+def _reco_runs(
+    server: Server,
+    users: int,
+    duration: int,
+    latency_duration: int | None,
+    rounds: int,
+    kw: dict[str, Any],
+) -> dict[str, Any]:
+    """Recommendations (``n=10``) against ``/healthz`` of the same server: closed-loop rounds
+    alternating the two, then both paced at about half the recommendations' throughput."""
+    run_locust(server, "reco", users=users, duration=1, rate=0, tag="warm-reco", **kw)
+    runs = []
+    for i in range(rounds):
+        for target in ("healthz", "reco"):
+            log.info("bench: reco: round %d, %s, %d users, %d s", i + 1, target, users, duration)
+            runs.append(run_locust(server, target, users=users, duration=duration, rate=0,
+                                   tag=f"reco-r{i}-{target}", **kw))  # fmt: skip
+    trivial = [r for r in runs if r["target"] == "healthz"]
+    reco = [r for r in runs if r["target"] == "reco"]
+    rate = sum(float(r["requests_per_s"]) for r in reco) / len(reco)
+    pace = max(10.0, round(rate / 2, -1))
+    paced = {}
+    for target in ("healthz", "reco"):
+        log.info("bench: reco: latency run, %s at %g requests/s", target, pace)
+        paced[target] = run_locust(server, target, users=users,
+                                   duration=latency_duration or duration, rate=pace,
+                                   tag=f"reco-paced-{target}", **kw)  # fmt: skip
+    t, r = _endpoint(trivial, decision=False), _endpoint(reco, decision=False)
+    ratio = r["requests_per_s"] / t["requests_per_s"] if t["requests_per_s"] else 0.0
+    paced_p99 = paced["reco"]["client_ms"].get("p99")
+    failures = sum(int(x["failed_total"]) for x in (*runs, *paced.values()))
+    for x in (*runs, *paced.values()):
+        for k in ("_http_buckets", "_decision_buckets", "_times"):
+            x.pop(k, None)
+    return {
+        "trivial": t,
+        "reco": r,
+        "reco_over_trivial": round(ratio, 3),
+        "paced": {
+            "rate_per_s": pace,
+            "healthz": _slim(paced["healthz"]),
+            "reco": _slim(paced["reco"]),
+        },
+        "failures": failures,
+        "meets_p99_aim": r["p99_ms"] is not None and r["p99_ms"] <= AIM_P99_MS,
+        "meets_p99_aim_paced": paced_p99 is not None and paced_p99 <= AIM_P99_MS,
+        "aims": {"reco_p99_ms_max": AIM_P99_MS},
     }
 
 
@@ -815,4 +910,18 @@ def render_nba(f: Mapping[str, Any]) -> list[str]:
     for r in f["runs"] + [pc["healthz"], pc["nba"]]:
         for reason in r.get("failure_reasons", [])[:2]:
             lines.append(f"      {r.get('target', '')} failure: {reason[:160]}")
+    rc = f.get("reco")
+    if rc:
+        t, r, p = rc["trivial"], rc["reco"], rc["paced"]
+        lines += [
+            f"    recommendations n=10 ({rc['products_written']:,} products): "
+            f"{r['requests_per_s']:,.0f} requests/s against /healthz {t['requests_per_s']:,.0f} "
+            f"(ratio {rc['reco_over_trivial']:.3f}); client p50 {ms(r['p50_ms'])} ms, p99 "
+            f"{ms(r['p99_ms'])} ms at saturation (aim <= {AIM_P99_MS:g} ms: "
+            f"{aim(rc['meets_p99_aim'])})",
+            f"    recommendations paced at ~{p['rate_per_s']:g}/s: client p50 "
+            f"{ms(p['reco']['p50_ms'])} ms, p99 {ms(p['reco']['p99_ms'])} ms (aim <= "
+            f"{AIM_P99_MS:g} ms: {aim(rc['meets_p99_aim_paced'])}); /healthz p99 "
+            f"{ms(p['healthz']['p99_ms'])} ms; {rc['failures']} failed answers",
+        ]
     return lines

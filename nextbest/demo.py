@@ -22,7 +22,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from dataflows.records import RawRecord
 from dataflows.sources import StopRequest
-from nextbest.demo_feedback import BrokerFeed, DecisionTicker
+from nextbest.demo_feedback import VISITOR, BrokerFeed, DecisionTicker, VisitorTicker
 from nextbest.live import LiveShop
 from nextbest.settings import Settings
 from nextbest.simulator import SimConfig
@@ -328,6 +328,9 @@ def _print_hints(base: str, url: str) -> None:
     print("\nTry (while the demo runs):")
     print(f"  curl -s {base}/v1/customers/{cid}/profile")
     print(f"  curl -s {base}/v1/customers/{cid}/next-best-action")
+    print(f"  curl -s '{base}/v1/visitors/{VISITOR}/recommendations?n=5'"
+          "   # the demo's visitor: changes with each product it views (*)")  # fmt: skip
+    print(f"  curl -s {base}/v1/customers/{cid}/recommendations")
     print(f"  curl -s {base}/v1/events -d '{{\"event_id\":\"try-1\",\"type\":\"page_view\","
           f"\"ts\":{int(time.time() * 1000)},\"customer_id\":\"{cid}\"}}'")  # fmt: skip
     print(f"  curl -s {base}/v1/segments")
@@ -336,8 +339,9 @@ def _print_hints(base: str, url: str) -> None:
     print(f"  curl -s {base}/readyz")
     print(f"  curl -s {base}/metrics | grep nextbest_")
     print(f"  open {base}/docs")
-    print("\nSegment transitions as they happen (+ entered, - exited), and every few seconds a "
-          "live customer's next best action (>):", flush=True)  # fmt: skip
+    print("\nSegment transitions as they happen (+ entered, - exited), every few seconds a "
+          "live customer's next best action (>), and the demo's visitor viewing a product and "
+          "what it is recommended next (*):", flush=True)  # fmt: skip
 
 
 def run_demo(
@@ -407,6 +411,7 @@ def run_demo(
         )
         tail = _TransitionTail(segment_events)
         ticker = DecisionTicker(base, lambda: shop.recent[-1] if shop.recent else None)
+        visitor = VisitorTicker(base)
         feed = BrokerFeed(brokers, settings.topics)
         t0 = time.perf_counter()
 
@@ -416,6 +421,7 @@ def run_demo(
             _print_hints(base, url)
             tail.start_here()
             ticker.start()
+            visitor.start()
 
         stats = FlowStats()
         flow = build_flow(
@@ -441,6 +447,7 @@ def run_demo(
                     raise
             finally:
                 ticker.stop()
+                visitor.stop()
                 tail.stop()
                 feed.close()
         if watchdog.failed is not None:

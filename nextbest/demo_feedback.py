@@ -142,3 +142,84 @@ class DecisionTicker:
                                      method="POST")  # fmt: skip
         with urllib.request.urlopen(req, timeout=6) as answer:
             answer.read()
+
+
+#: The demo's own visitor, who browses while the shop is open, and its session.
+VISITOR: Final = "demo-visitor"
+#: Seconds between two of its product views.
+VISIT_S: Final = 6.0
+
+
+def recommendation_line(at: str, viewed: str, category: str, body: dict[str, Any]) -> str:
+    """One printed step of the demo's visitor: what it viewed, what it is recommended now.
+
+    >>> body = {"items": [{"product_id": "p-2", "reason": "viewed together with p-1"},
+    ...                   {"product_id": "p-3", "reason": "trending now"}]}
+    >>> recommendation_line("12:00:01", "p-1", "shoes", body)
+    '  * 12:00:01  demo-visitor viewed p-1 (shoes) -> p-2 (viewed together with p-1), p-3 (trending now)'
+    """  # noqa: E501
+    recs = ", ".join(f"{i['product_id']} ({i['reason']})" for i in body["items"][:3])
+    return f"  * {at}  {VISITOR} viewed {viewed} ({category}) -> {recs or 'nothing yet'}"
+
+
+class VisitorTicker:
+    """The demo's visitor: every :data:`VISIT_S` seconds it views one of the products it was
+    just recommended (``POST /v1/events``), waits for the flow to take the view in, asks for
+    its recommendations again (``GET /v1/visitors/demo-visitor/recommendations``) and prints
+    what it viewed and what it is recommended now: the answer follows its last click."""
+
+    def __init__(self, base: str, seed: int = 11) -> None:
+        self.base = base
+        self.rng = random.Random(seed)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.views = 0
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="demo-visitor", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(VISIT_S):
+            try:
+                self.tick()
+            except (OSError, ValueError, KeyError) as exc:  # the API is restarting, or gone
+                log.debug("demo visitor: %s", exc)
+
+    def _recommendations(self) -> dict[str, Any]:
+        url = f"{self.base}/v1/visitors/{VISITOR}/recommendations?n=5"
+        with urllib.request.urlopen(url, timeout=2) as answer:
+            body: dict[str, Any] = orjson.loads(answer.read())
+        return body
+
+    def tick(self) -> None:
+        """One step: view a recommended product, then print the new recommendations."""
+        before = self._recommendations()
+        if not before["items"]:
+            return
+        # mostly the first, sometimes another: the visitor wanders through the catalogue
+        pick = before["items"][min(int(self.rng.expovariate(1.0)), len(before["items"]) - 1)]
+        now = int(time.time() * 1000)
+        self.views += 1
+        event = {"event_id": f"{VISITOR}-{now}-{self.views}", "type": "product_view",
+                 "ts": format_ts(now), "anonymous_id": VISITOR, "session_id": f"{VISITOR}-s",
+                 "product_id": pick["product_id"], "category": pick.get("category")}  # fmt: skip
+        req = urllib.request.Request(f"{self.base}/v1/events", data=orjson.dumps(event),
+                                     method="POST")  # fmt: skip
+        with urllib.request.urlopen(req, timeout=6) as answer:
+            answer.read()
+        seed = pick["product_id"]
+        deadline = time.monotonic() + 4
+        after = before
+        while time.monotonic() < deadline and not self._stop.is_set():
+            time.sleep(0.3)
+            after = self._recommendations()
+            if after["seeds"][:1] == [seed]:
+                break
+        at = time.strftime("%H:%M:%S", time.localtime(now / 1000))
+        print(recommendation_line(at, seed, pick.get("category") or "?", after), flush=True)

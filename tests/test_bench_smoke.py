@@ -78,6 +78,18 @@ def test_bench_quick_json() -> None:
     assert isinstance(models["meets_aim"], bool)
     assert report["aims"]["models_over_no_models_min"] == 0.8
 
+    products = report["products"]
+    _positive(products, "events_per_s_products", "events_per_s_no_products",
+              "products_over_no_products", "products_over_no_products_wall")  # fmt: skip
+    off = products["no_products"]
+    assert off["products"] is False and full["products"] is True
+    assert off["command"].startswith("NEXTBEST_PRODUCTS=off ")
+    assert off["read"] == workload["lines"] and off["accepted"] == full["accepted"]
+    expected = full["events_per_s_reported"] / off["events_per_s_reported"]
+    assert products["products_over_no_products"] == pytest.approx(expected, rel=0.01, abs=0.001)
+    assert isinstance(products["meets_aim"], bool)
+    assert report["aims"]["products_over_no_products_min"] == 0.8
+
     fresh = report["freshness"]
     _positive(fresh, "produced", "measured", "p50_ms", "p99_ms", "max_ms")
     assert fresh["p50_ms"] <= fresh["p99_ms"] <= fresh["max_ms"]
@@ -143,3 +155,13 @@ def _check_nba(nba: dict[str, Any]) -> None:
         assert check["problems"] == [] and check["actions_considered"] == [10]
     assert ok["spot_checks"][0]["requests"] == nba["customers"]  # every customer before the load
     assert ok["ok"] is True
+    # recommendations (n=10) against the same server's /healthz, every answer 10 products
+    reco = nba["reco"]
+    assert reco["products_written"] > 2000 and reco["failures"] == 0
+    for name in ("trivial", "reco"):
+        _positive(reco[name], "requests_per_s", "p50_ms", "p99_ms")
+        assert reco[name]["server_http"]["count"] >= reco[name]["client_ms"]["count"] > 0
+    _positive(reco["paced"]["reco"], "requests_per_s", "p99_ms")
+    expected = reco["reco"]["requests_per_s"] / reco["trivial"]["requests_per_s"]
+    assert reco["reco_over_trivial"] == pytest.approx(expected, rel=0.01, abs=0.001)
+    assert isinstance(reco["meets_p99_aim"], bool) and reco["aims"]["reco_p99_ms_max"] == 5.0

@@ -79,6 +79,20 @@ def test_the_demo_shop_is_live_now(tmp_path: Path) -> None:
         # live events keep coming: the profiles' newest events follow the wall clock
         _wait_for(log, "+ ", proc, timeout=60)  # a transition line printed live
         _wait_for(log, "  > ", proc, timeout=30)  # a live customer's decision printed
+        # the printed recommendations curl of the demo's visitor follows the products it views
+        (reco,) = [w.strip("'") for w in log.read_text().split() if "/recommendations?" in w]
+        first = httpx.get(reco, timeout=5).json()
+        _wait_for(log, "  * ", proc, timeout=30)  # the visitor viewed a product
+        viewed = [ln.split()[4] for ln in log.read_text().splitlines() if ln.startswith("  * ")]
+        deadline = time.monotonic() + 20
+        now = httpx.get(reco, timeout=5).json()
+        while now["seeds"][:1] != viewed[-1:] and time.monotonic() < deadline:
+            time.sleep(0.5)
+            viewed = [ln.split()[4] for ln in log.read_text().splitlines() if ln.startswith("  * ")]
+            now = httpx.get(reco, timeout=5).json()
+        assert now["personal"] and now["seeds"][0] == viewed[-1], (now, viewed)
+        assert now["items"] and now["items"] != first["items"]
+        assert viewed[-1] not in {i["product_id"] for i in now["items"]}
         time.sleep(3)
     finally:
         proc.send_signal(signal.SIGTERM)
