@@ -185,7 +185,10 @@ PRODUCT_PAIRS = Counter(
 )
 PRODUCT_NEIGHBOURS_REFUSED = Counter(
     "nextbest_product_neighbours_refused_total",
-    "New neighbours not added because the product's relation already had the most it keeps.",
+    "Co-occurrences not counted: full (the open weeks of the relation hold the most they may; "
+    "should stay 0) or late (for a closed week that did not keep the neighbour, or older than "
+    "the window).",
+    ["reason"],
 )
 PRODUCTS = Gauge("nextbest_products", "Products held by the product knowledge (this process).")
 PRODUCT_COUNTERS = Gauge(

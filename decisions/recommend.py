@@ -20,11 +20,12 @@ Pure: the inputs are what serving read from Redis (:class:`Inputs`), the setting
 * ``popular``: popularity over the last weeks (global), relative to the first.
 
 **Score** = ``sum(weights[source] * source score)``; ties by product id. **Filters**: products
-bought within ``repurchase_days``, in the cart, out of stock in the catalogue, and the seeds that
-the page is about (the context product and the last product interacted with) are not
-recommended; with ``category``, only that category. **Diversity**: at most
-``max_per_category`` products of a category among the answer (then the next best of other
-categories). Each item says which sources proposed it and why (its strongest contribution).
+bought within ``repurchase_days``, in the cart, out of stock in the catalogue, and the page's
+own product (``context_product``) are not recommended (a product viewed a moment ago may be:
+"continue where you left off", unless a neighbour outranks it); with ``category``, only that
+category. **Diversity**: at most ``max_per_category`` products of a category among the answer
+(then the next best of other categories). Each item says which sources proposed it and why
+(its strongest contribution).
 
 Examples
 --------
@@ -181,18 +182,16 @@ def seed_weights(inp: Inputs, cfg: RecoConfig) -> list[tuple[str, float]]:
 
 def excluded(inp: Inputs, cfg: RecoConfig) -> set[str]:
     """Products not to recommend: bought within the repurchase window, in the cart, out of
-    stock, and what the page is about (the context product and the last one interacted with).
+    stock, and the page's own product (``context_product``).
 
     >>> sorted(excluded(Inputs(recent=[(0, "v", "a", ""), (5, "v", "b", "")],
     ...                        cart={"c": 1}, bought={"d": 0, "e": -40 * 86_400_000},
-    ...                        unavailable={"f"}), RecoConfig()))
-    ['b', 'c', 'd', 'f']
+    ...                        unavailable={"f"}, context_product="g"), RecoConfig()))
+    ['c', 'd', 'f', 'g']
     """
     out = set(inp.unavailable)
     if inp.context_product:
         out.add(inp.context_product)
-    if inp.recent:
-        out.add(inp.recent[-1][2])
     if inp.personal:
         out.update(inp.cart)
         since = inp.as_of - cfg.repurchase_days * pr.DAY

@@ -14,17 +14,19 @@ order-independent too). Scores are computed from the counts when the state is pr
 * **Co-occurrence**, three relations (:data:`RELATIONS`): ``view`` (viewed in the same session),
   ``cart`` (added to the cart in the same session) and ``buy`` (bought in the same order), each a
   count per neighbour per event-time week over the last :data:`WEEKS` weeks, decayed with the
-  relation's half-life (:data:`HALF_LIFE_MS`: 7, 14 and 28 days). At most
-  :data:`MAX_NEIGHBOURS` neighbours per relation are kept; a new neighbour beyond that is not
-  added (counted: the one place where order matters, far beyond what is ever served).
+  relation's half-life (:data:`HALF_LIFE_MS`: 7, 14 and 28 days). A session pairs each new
+  product with the :data:`PAIR_WINDOW` distinct products seen just before it in the session.
   The projection keeps the :data:`TOP_K` strongest per relation.
-* **Memory per product** is bounded: ``POP_DAYS + POP_HOURS`` popularity counters plus at most
-  ``3 x MAX_NEIGHBOURS x WEEKS`` co-occurrence counters (in practice a few hundred: see the
-  README's "Recommendations" for measured sizes).
+* **Memory per product**: ``POP_DAYS + POP_HOURS`` popularity counters, and per relation the
+  products that co-occurred with it within the window, each with at most ``WEEKS`` counters,
+  up to :data:`MAX_NEIGHBOURS` (a safety bound: beyond it new neighbours are refused and
+  counted, the one case where arrival order would matter). Measured sizes: README,
+  "Recommendations".
 
 A bucket window is a ring: a count older than the newest bucket minus the window is ignored,
 and buckets that fall out of the window when a newer one arrives are dropped. The final content
-is therefore the counts of the buckets in the last window, whatever the arrival order.
+is therefore the counts of the buckets in the last window, whatever the arrival order (for the
+co-occurrence weeks: whatever the order within a week, see :class:`Neighbours`).
 
 Examples
 --------
@@ -59,8 +61,9 @@ RELATIONS: Final = ("view", "cart", "buy")
 HALF_LIFE_MS: Final = {"view": 7 * DAY, "cart": 14 * DAY, "buy": 28 * DAY}
 #: Weeks of co-occurrence counts kept (the current one and the ones before).
 WEEKS: Final = 6
-#: Most neighbours kept per relation (state) and projected per relation (Redis).
-MAX_NEIGHBOURS: Final = 200
+#: Most neighbours a relation holds (a safety bound: beyond it new neighbours are refused, and
+#: counted); neighbours projected per relation (Redis).
+MAX_NEIGHBOURS: Final = 2000
 TOP_K: Final = 20
 
 #: Popularity weight of a touch by event type (one purchase line counts once).
@@ -112,18 +115,32 @@ class Ring:
 
 @dataclass(slots=True)
 class Neighbours:
-    """One relation's co-occurrence: per neighbour, counts per week (window :data:`WEEKS`)."""
+    """One relation's co-occurrence: per neighbour, counts per week (window :data:`WEEKS`).
+
+    Every neighbour of the window is counted (the window is the bound), up to the safety bound
+    :data:`MAX_NEIGHBOURS`: beyond it a new neighbour is refused and counted, the one case where
+    the arrival order would matter.
+
+    >>> n = Neighbours()
+    >>> for o, wk in [("a", 0), ("b", 0), ("b", 1), ("c", WEEKS)]:
+    ...     _ = n.add(o, "x", wk)
+    >>> n.weeks, n.add("d", "x", 0), n.late  # week 0 left the window with "a"
+    ({'b': {1: 1}, 'c': {6: 1}}, False, 1)
+    """
 
     newest: int = -(2**62)
     weeks: dict[str, dict[int, int]] = field(default_factory=dict)
     #: neighbour -> (week, category) of its newest co-occurrence (ties: the greatest name)
     categories: dict[str, tuple[int, str]] = field(default_factory=dict)
-    #: new neighbours not added because the relation was full
+    #: new neighbours not added because the relation held :data:`MAX_NEIGHBOURS`
     refused: int = 0
+    #: co-occurrences older than the window
+    late: int = 0
 
     def add(self, other: str, category: str, week: int) -> bool:
         """Count one co-occurrence with ``other`` in ``week`` (False: ignored)."""
         if week <= self.newest - WEEKS:
+            self.late += 1
             return False
         if week > self.newest:
             self.newest = week
@@ -314,8 +331,10 @@ def decayed(weight: float, relation: str, since: int, at: int) -> float:
 SESSION_GAP_MS: Final = 30 * MINUTE
 #: A session's state is forgotten this long after its last event (event time).
 SESSION_KEEP_MS: Final = 6 * HOUR
-#: Distinct products remembered per session and relation (a new one pairs with each of them).
+#: Distinct products remembered per session and relation, and how many of the last of them a
+#: new product pairs with.
 SESSION_PRODUCTS: Final = 12
+PAIR_WINDOW: Final = 4
 
 
 @dataclass(slots=True)
@@ -326,7 +345,8 @@ class Basket:
     products: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def add(self, relation: str, product: str, category: str) -> list[tuple[str, str]]:
-        """Add a product; the ``(other, other_category)`` it now co-occurs with (new pairs only).
+        """Add a product; the ``(other, other_category)`` it now co-occurs with: the last
+        :data:`PAIR_WINDOW` distinct products before it (a product seen before: none).
 
         >>> b = Basket(0)
         >>> b.add("view", "a", "x"), b.add("view", "b", "y"), b.add("view", "a", "x")
@@ -335,7 +355,7 @@ class Basket:
         seen = self.products.setdefault(relation, {})
         if product in seen:
             return []
-        pairs = list(seen.items())
+        pairs = list(seen.items())[-PAIR_WINDOW:]
         seen[product] = category
         if len(seen) > SESSION_PRODUCTS:
             del seen[next(iter(seen))]

@@ -502,8 +502,8 @@ def format_report(report: RecoReport) -> str:
     engine                      0.600
     popularity                  0.200
     aims
-    hit rate vs global popularity     n/a  (aim >= 1.5)  not met
-    hit rate vs oracle                n/a  (aim >= 0.5)  not met
+    hit rate vs global popularity     n/a  (aim >= 1.5)  not measured
+    hit rate vs oracle                n/a  (aim >= 0.5)  not measured
     next product vs popularity      3.00x  (aim >= 2.0)  met
     """
     k = report.k
@@ -524,9 +524,8 @@ def format_report(report: RecoReport) -> str:
     lines.append("aims")
     for a in report.aims:
         ratio = "n/a" if a.ratio is None else f"{a.ratio:.2f}x"
-        lines.append(
-            f"{a.name:<30}{ratio:>8}  (aim >= {a.target})  {'met' if a.met else 'not met'}"
-        )
+        verdict = "not measured" if a.ratio is None else ("met" if a.met else "not met")
+        lines.append(f"{a.name:<30}{ratio:>8}  (aim >= {a.target})  {verdict}")
     return "\n".join(lines)
 
 

@@ -152,9 +152,25 @@ def differences(a: dict[bytes, Any], b: dict[bytes, Any]) -> list[Any]:
                 fields = set(a[k]) | set(b[k])
                 out.append((k, {f: (a[k].get(f), b[k].get(f)) for f in fields
                                 if a[k].get(f) != b[k].get(f)}))  # fmt: skip
+            elif _json_object(a[k]) is not None and _json_object(b[k]) is not None:
+                x, y = _json_object(a[k]), _json_object(b[k])
+                assert x is not None and y is not None
+                out.append((k, {f: (x.get(f), y.get(f)) for f in set(x) | set(y)
+                                if x.get(f) != y.get(f)}))  # fmt: skip
             else:
                 out.append((k, a[k], b[k]))
     return out
+
+
+def _json_object(raw: Any) -> dict[str, Any] | None:
+    """A value that is a JSON object (a product's knowledge), decoded; else None."""
+    if not isinstance(raw, bytes) or not raw.startswith(b"{"):
+        return None
+    try:
+        got = json.loads(raw)
+    except ValueError:
+        return None
+    return got if isinstance(got, dict) else None
 
 
 def stop_run(proc: subprocess.Popen[bytes], log: Path) -> dict[str, Any]:

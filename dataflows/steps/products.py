@@ -239,10 +239,14 @@ class ProductLogic(_Writes, StatefulBatchLogic[Any, Out, Any]):
             elif kind == "pair":
                 rel, a, b, cb, ts = v
                 s = self._state(a)
-                before = s.relations[rel].refused if rel in s.relations else 0
+                r = s.relations.get(rel)
+                before = (r.refused, r.late) if r is not None else (0, 0)
                 s.pair(rel, b, cb, ts)
-                if s.relations[rel].refused != before:
-                    metrics.PRODUCT_NEIGHBOURS_REFUSED.inc()
+                r = s.relations[rel]
+                if r.refused != before[0]:
+                    metrics.PRODUCT_NEIGHBOURS_REFUSED.labels("full").inc()
+                elif r.late != before[1]:
+                    metrics.PRODUCT_NEIGHBOURS_REFUSED.labels("late").inc()
                 self.dirty.add(a)
             elif kind == "reproject":
                 self.dirty.update(self.products)
