@@ -87,20 +87,21 @@ def decision_line(body: dict[str, Any], customer_id: str) -> str:
     return f"  > {at}  {customer_id}  {body['channel']}: {a['id']}  {a['explanation']['arbitration']}{tag}"  # noqa: E501
 
 
-class DecisionTicker:
-    """Asks for, prints and answers a live customer's decision every :data:`TICK_S` seconds
-    (in a thread, from :meth:`start` to :meth:`stop`)."""
+class _Ticker:
+    """Calls :meth:`tick` every ``every`` seconds in a thread, from :meth:`start` to
+    :meth:`stop`; an API that is restarting or gone only skips a tick."""
 
-    def __init__(self, base: str, pick: Callable[[], str | None], seed: int = 7) -> None:
+    name = "demo-ticker"
+
+    def __init__(self, base: str, every: float, seed: int) -> None:
         self.base = base
-        self.pick = pick
+        self.every = every
         self.rng = random.Random(seed)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.decided = 0
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="demo-decisions", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -109,11 +110,26 @@ class DecisionTicker:
             self._thread.join(5)
 
     def _loop(self) -> None:
-        while not self._stop.wait(TICK_S):
+        while not self._stop.wait(self.every):
             try:
                 self.tick()
-            except (OSError, ValueError, KeyError) as exc:  # the API is restarting, or gone
-                log.debug("demo decision: %s", exc)
+            except (OSError, ValueError, KeyError) as exc:
+                log.debug("%s: %s", self.name, exc)
+
+    def tick(self) -> None:
+        raise NotImplementedError
+
+
+class DecisionTicker(_Ticker):
+    """Asks for, prints and answers a live customer's decision every :data:`TICK_S` seconds
+    (in a thread, from :meth:`start` to :meth:`stop`)."""
+
+    name = "demo-decisions"
+
+    def __init__(self, base: str, pick: Callable[[], str | None], seed: int = 7) -> None:
+        super().__init__(base, TICK_S, seed)
+        self.pick = pick
+        self.decided = 0
 
     def tick(self) -> None:
         """One decision: ask, print, report the outcome."""
@@ -162,34 +178,17 @@ def recommendation_line(at: str, viewed: str, category: str, body: dict[str, Any
     return f"  * {at}  {VISITOR} viewed {viewed} ({category}) -> {recs or 'nothing yet'}"
 
 
-class VisitorTicker:
+class VisitorTicker(_Ticker):
     """The demo's visitor: every :data:`VISIT_S` seconds it views one of the products it was
     just recommended (``POST /v1/events``), waits for the flow to take the view in, asks for
     its recommendations again (``GET /v1/visitors/demo-visitor/recommendations``) and prints
     what it viewed and what it is recommended now: the answer follows its last click."""
 
+    name = "demo-visitor"
+
     def __init__(self, base: str, seed: int = 11) -> None:
-        self.base = base
-        self.rng = random.Random(seed)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__(base, VISIT_S, seed)
         self.views = 0
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="demo-visitor", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(5)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(VISIT_S):
-            try:
-                self.tick()
-            except (OSError, ValueError, KeyError) as exc:  # the API is restarting, or gone
-                log.debug("demo visitor: %s", exc)
 
     def _recommendations(self) -> dict[str, Any]:
         url = f"{self.base}/v1/visitors/{VISITOR}/recommendations?n=5"

@@ -60,7 +60,7 @@ def product_shard(product_id: str) -> str:
     """The ``products`` key of a product (stable across runs and processes).
 
     >>> product_shard("p-00042"), product_shard("p-00042") == product_shard("p-00042")
-    ('products:3', True)
+    ('products:13', True)
     """
     return _PRODUCTS[_shard(product_id)]
 
@@ -192,13 +192,32 @@ class BasketLogic(StatefulBatchLogic[Any, Any, Any]):
         return dump((self.sessions, self.seen, self.newest))  # type: ignore[arg-type]
 
 
-class _Writes:
+class _Writes(StatefulBatchLogic[Any, Out, Any]):
     """Coalesced writes of a shard's changed keys: at most once per ``interval`` of wall time,
-    the rest on the next notification or at the end of the input (like profiles)."""
+    the rest on the next notification or at the end of the input (like profiles); the state
+    in the recovery snapshots when recovery is on."""
 
     interval: float
+    recovery: bool
     last_write: float = 0.0
     dirty: set[str]
+
+    def _flush(self, force: bool) -> list[Out]:
+        """The writes of what changed (``force``: now, whatever the interval)."""
+        raise NotImplementedError
+
+    def _held(self) -> Any:
+        """What the recovery snapshot holds."""
+        raise NotImplementedError
+
+    def on_notify(self) -> tuple[Iterable[Out], bool]:
+        return self._flush(True), RETAIN
+
+    def on_eof(self) -> tuple[Iterable[Out], bool]:
+        return self._flush(True), RETAIN
+
+    def snapshot(self) -> Any:
+        return dump(self._held()) if self.recovery else None
 
     def due(self, force: bool) -> bool:
         if not self.dirty:
@@ -216,7 +235,7 @@ class _Writes:
         return datetime.now(UTC) + timedelta(seconds=max(wait, 0.0))
 
 
-class ProductLogic(_Writes, StatefulBatchLogic[Any, Out, Any]):
+class ProductLogic(_Writes):
     """One product shard: its products' states; emits their projections and board notes."""
 
     def __init__(self, resume: Any, cfg: FlowConfig) -> None:
@@ -276,19 +295,11 @@ class ProductLogic(_Writes, StatefulBatchLogic[Any, Out, Any]):
         self.counters = size
         return out
 
-    def on_notify(self) -> tuple[Iterable[Out], bool]:
-        return self._flush(True), RETAIN
-
-    def on_eof(self) -> tuple[Iterable[Out], bool]:
-        return self._flush(True), RETAIN
-
-    def snapshot(self) -> Any:
-        if not self.recovery:
-            return None
-        return dump((self.products, self.dirty))  # type: ignore[arg-type]
+    def _held(self) -> Any:
+        return (self.products, self.dirty)
 
 
-class BoardLogic(_Writes, StatefulBatchLogic[Any, Out, Any]):
+class BoardLogic(_Writes):
     """The popularity board's owner: keeps every product's note, writes the top lists."""
 
     def __init__(self, resume: Any, cfg: FlowConfig) -> None:
@@ -329,13 +340,5 @@ class BoardLogic(_Writes, StatefulBatchLogic[Any, Out, Any]):
         self.dirty = set()
         return [WritePopular(dict(sorted(self.lists.items())))]
 
-    def on_notify(self) -> tuple[Iterable[Out], bool]:
-        return self._flush(True), RETAIN
-
-    def on_eof(self) -> tuple[Iterable[Out], bool]:
-        return self._flush(True), RETAIN
-
-    def snapshot(self) -> Any:
-        if not self.recovery:
-            return None
-        return dump((self.board, self.lists, self.dirty))  # type: ignore[arg-type]
+    def _held(self) -> Any:
+        return (self.board, self.lists, self.dirty)
