@@ -7,7 +7,8 @@ category interests), the popularity board's global and trending lists and the pa
 ``context_product`` (two for a visitor linked to a customer: the link first), then one for the
 knowledge of the seed products and the lists of the customer's top categories; then
 :func:`decisions.recommend.rank`. The catalogue (``nextbest catalog load``) is kept in memory
-and read again when its version changes (the version is read in the first round trip).
+and read again, in the background, when its version changes (the version is read in the first
+round trip).
 
 A customer or visitor without a profile gets the non-personal list (trending and popular, and
 item-to-item from a ``context_product``), never a 404; ``"personal": false`` says so. When
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -48,6 +50,8 @@ from schemas.keys import customer_key, device_key
 from serving.deps import NowDep, parse_as_of
 from serving.errors import error_responses
 from serving.metrics import LATENCY_BUCKETS
+
+log = logging.getLogger(__name__)
 
 #: The Redis part of an answer must finish within this (seconds).
 REDIS_BUDGET_S: Final = 0.1
@@ -90,13 +94,30 @@ class RecoMetrics:
 
 @dataclass
 class CatalogCache:
-    """The loaded catalogue in memory, by version."""
+    """The loaded catalogue in memory, by version. Answers read the version; a new one is
+    loaded in the background (:meth:`notice`), outside any answer's Redis budget, and answers
+    use the one held meanwhile."""
 
     version: bytes | None = None
     items: dict[str, CatalogItem] = field(default_factory=dict)
     unavailable: frozenset[str] = frozenset()
+    _loading: asyncio.Task[None] | None = None
 
-    async def refresh(self, client: aioredis.Redis, version: bytes | None) -> None:
+    def notice(self, client: aioredis.Redis, version: Any) -> None:
+        """Start loading the catalogue of ``version`` unless it is held or being loaded."""
+        if version == self.version or self._loading is not None:
+            return
+        self._loading = asyncio.get_running_loop().create_task(self._load(client, version))
+
+    async def _load(self, client: aioredis.Redis, version: Any) -> None:
+        try:
+            await self.refresh(client, version)
+        except (RedisError, OSError) as exc:
+            log.warning("catalogue version %r not loaded: %s", version, exc)
+        finally:
+            self._loading = None
+
+    async def refresh(self, client: aioredis.Redis, version: Any) -> None:
         """Read the catalogue again if ``version`` (as just read) is not the one held."""
         if version == self.version:
             return
@@ -211,7 +232,7 @@ class Recommender:
                 pipe.hmget(POPULAR_KEY, ["all", "trend"])
                 pipe.get(CATALOG_VERSION_KEY)
                 raw, (pop, trend), version = await pipe.execute()
-                await self.catalog.refresh(self.client, version)
+                self.catalog.notice(self.client, version)
                 doc = _product(raw)
                 cat = (doc or {}).get("category") or ""
                 if not cat and product_id in self.catalog.items:
@@ -265,7 +286,7 @@ class Recommender:
         got = await pipe.execute()
         v = decode_profile(got[0])
         lists = got[1]
-        await self.catalog.refresh(client, got[2])
+        self.catalog.notice(client, got[2])
         products: dict[str, dict[str, Any] | None] = {}
         if context_product:
             products[context_product] = _product(got[3])

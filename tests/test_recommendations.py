@@ -9,6 +9,7 @@ import json
 import pickle
 import random
 import textwrap
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -498,7 +499,13 @@ def test_customer_visitor_and_similar_endpoints(api: TestClient, redis_client: r
 
     boots = CatalogItem("b", "Blue boots", "shoes", 59.0, False)
     write_catalog(redis_client, [boots, CatalogItem("c", "Clogs", "shoes", 30.0, True, "/p/c")])
-    after = api.get("/v1/customers/42/recommendations", params={"as_of": AS_OF}).json()
+    # (the new catalogue is loaded in the background when an answer sees its version)
+    deadline = time.monotonic() + 10
+    while True:
+        after = api.get("/v1/customers/42/recommendations", params={"as_of": AS_OF}).json()
+        if after["freshness"]["catalog_version"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
     items = {i["product_id"]: i for i in after["items"]}
     assert "b" not in items and items["c"]["name"] == "Clogs" and items["c"]["url"] == "/p/c"
     # metrics: bounded labels

@@ -64,7 +64,10 @@ async def _recommend(url: str, cfg: Any, args: argparse.Namespace, as_of: int) -
 
     client = create_redis(url)
     try:
+        from features.store import CATALOG_VERSION_KEY
+
         rec = Recommender(cfg, client)
+        await rec.catalog.refresh(client, await client.get(CATALOG_VERSION_KEY))
         if args.similar is not None:
             return await rec.similar(args.similar, args.n, as_of)
         return await rec.recommend(
