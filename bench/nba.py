@@ -239,6 +239,7 @@ def seed_products(client: redis.Redis, now_ms: int, seed: int = 7) -> int:
     :data:`RECO_PRODUCTS` products in the bench categories with popularity over the last weeks,
     and every bench customer's product (the seeds of item-to-item) with 30 neighbours per
     relation; then the popularity board's lists. Returns the products written."""
+    from features import popularity as popular
     from features import products as pr
     from features.store import POPULAR_KEY, product_key
 
@@ -247,7 +248,7 @@ def seed_products(client: redis.Redis, now_ms: int, seed: int = 7) -> int:
     catalog = [f"q-{cats[i % 4]}-{i}" for i in range(RECO_PRODUCTS)]
     own = [f"p-{c}-{s}" for c in cats for s in range(3)] + [f"c-{c}-{i}" for c in cats
                                                              for i in range(2)]  # fmt: skip
-    board = pr.Board()
+    board = popular.Board()
     pipe = client.pipeline(transaction=False)
     for pid in [*catalog, *own]:
         cat = pid.split("-")[1]
@@ -262,7 +263,7 @@ def seed_products(client: redis.Redis, now_ms: int, seed: int = 7) -> int:
                         ts = now_ms - rng.randrange(21 * DAY_MS)
                         s.pair(relation, other, other.split("-")[1], ts)
         doc = pr.project(s)
-        board.note(pr.note_of(doc))
+        board.note(popular.note_of(doc))
         pipe.set(product_key(pid), orjson.dumps(doc))
     lists = {name: orjson.dumps(items) for name, items in board.lists().items()}
     pipe.delete(POPULAR_KEY)

@@ -26,7 +26,7 @@ from dataflows.records import (
     WriteProfile,
     WriteSegments,
 )
-from features.products import Note
+from features.popularity import Note
 from features.rfm import RfmPoint
 from models.labels import Example
 

@@ -299,7 +299,7 @@ def _boundaries(raw: bytes | None) -> RfmBoundaries | None:
         return None
 
 
-def _view(raw: Mapping[Any, Any] | None) -> ProfileView | None:
+def decode_profile(raw: Mapping[Any, Any] | None) -> ProfileView | None:
     """Decode a stored hash; an empty hash or one of an older layout reads as absent."""
     if not raw:
         return None
@@ -309,18 +309,13 @@ def _view(raw: Mapping[Any, Any] | None) -> ProfileView | None:
         return None
 
 
-def decode_profile(raw: Mapping[Any, Any] | None) -> ProfileView | None:
-    """A profile hash as read (``HGETALL``) decoded; absent or of an older layout: ``None``."""
-    return _view(raw)
-
-
 def read_profile(client: redis.Redis, key: str) -> tuple[ProfileView | None, RfmBoundaries | None]:
     """The stored view of a partition key and the RFM boundaries, in one round trip."""
     pipe = client.pipeline(transaction=False)
     pipe.hgetall(profile_key(key))
     pipe.get(BOUNDARIES_KEY)
     raw, bounds = pipe.execute()
-    return _view(raw), _boundaries(bounds)
+    return decode_profile(raw), _boundaries(bounds)
 
 
 def read_link(client: redis.Redis, anonymous_id: str) -> str | None:
@@ -362,7 +357,7 @@ def _queue_stored(pipe: Any, key: str) -> None:
 
 def _stored(results: list[Any]) -> StoredProfile:
     raw, bounds, members = results
-    return StoredProfile(_view(raw), _boundaries(bounds), decode_memberships(members))
+    return StoredProfile(decode_profile(raw), _boundaries(bounds), decode_memberships(members))
 
 
 def read_stored_profile(client: redis.Redis, key: str) -> StoredProfile:
@@ -387,39 +382,10 @@ async def aread_profile(
     pipe.hgetall(profile_key(key))
     pipe.get(BOUNDARIES_KEY)
     raw, bounds = await pipe.execute()
-    return _view(raw), _boundaries(bounds)
+    return decode_profile(raw), _boundaries(bounds)
 
 
 async def aread_link(client: aioredis.Redis, anonymous_id: str) -> str | None:
     """Async :func:`read_link`."""
     v = await client.get(link_key(anonymous_id))
     return v.decode() if isinstance(v, bytes) else v
-
-
-def write_catalog(client: redis.Redis, items: Iterable[Any], chunk: int = 1000) -> str:
-    """Replace the loaded catalogue with ``items`` (:class:`features.catalog.CatalogItem`):
-    written to a temporary key, renamed over the catalogue (readers see the old one or the new
-    one, never half), then a new version. Returns the version."""
-    import uuid
-
-    from features.catalog import encode_item
-
-    tmp = CATALOG_KEY + ":loading"
-    client.delete(tmp)
-    batch: list[Any] = []
-    n = 0
-    for item in items:
-        batch.extend((item.product_id, encode_item(item)))
-        n += 1
-        if len(batch) >= 2 * chunk:
-            client.hset(tmp, items=batch)
-            batch = []
-    if batch:
-        client.hset(tmp, items=batch)
-    if n:
-        client.rename(tmp, CATALOG_KEY)
-    else:
-        client.delete(CATALOG_KEY)
-    version = uuid.uuid4().hex
-    client.set(CATALOG_VERSION_KEY, version)
-    return version

@@ -40,7 +40,7 @@ from serving.deps import get_redis as get_redis  # re-exported: tests override i
 from serving.errors import ApiError, error_responses, install_error_handlers
 from serving.metrics import CONTENT_TYPE, HttpMetrics, MetricsMiddleware
 from serving.nba import close_decisions, install_decisions
-from serving.reco import install_recommendations
+from serving.reco_api import install_recommendations
 from serving.scoring import ModelSet
 from serving.segments import load_definitions, refresh_member_gauge
 from serving.segments import router as segments_router

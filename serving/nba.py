@@ -49,7 +49,8 @@ from serving.decision_log import DecisionLog
 from serving.deps import NowDep, parse_as_of
 from serving.errors import ApiError, error_responses
 from serving.metrics import LATENCY_BUCKETS
-from serving.reco import Recommender, get_recommender
+from serving.reco import Recommender
+from serving.reco_api import get_recommender
 from serving.scoring import ModelSet
 
 log = logging.getLogger(__name__)

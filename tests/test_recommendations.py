@@ -35,6 +35,7 @@ from decisions.recommend import (
     load_config,
     rank,
 )
+from features import popularity as popular
 from features import products as pr
 from features.catalog import parse_lines
 from features.store import (
@@ -42,8 +43,8 @@ from features.store import (
     POPULAR_KEY,
     link_key,
     product_key,
-    write_catalog,
 )
+from nextbest.commands.catalog import write_catalog
 from nextbest.settings import Settings
 from schemas.events import Event, Item
 from serving.app import create_app
@@ -111,10 +112,10 @@ def test_a_product_state_does_not_depend_on_the_order_of_its_touches(
 def test_the_board_does_not_depend_on_the_order_of_its_notes(
     notes: list[tuple[str, float, int]], rnd: random.Random
 ) -> None:
-    made = [pr.Note(p, "c" + str(t % 2), lp, max(0.0, lp), 1000 * t, t) for p, lp, t in notes]
+    made = [popular.Note(p, "c" + str(t % 2), lp, max(0.0, lp), 1000 * t, t) for p, lp, t in notes]
     shuffled = list(made)
     rnd.shuffle(shuffled)
-    a, b = pr.Board(), pr.Board()
+    a, b = popular.Board(), popular.Board()
     for n in made:
         a.note(n)
     for n in shuffled:
@@ -174,8 +175,8 @@ def test_states_pickle_and_go_on_alike() -> None:
         x.pair("view", "c", "shoes", T0 + 3 * DAY)
         x.touch("add_to_cart", T0 + 3 * DAY, "shoes", 4.0)
     assert pr.project(clone) == pr.project(s)
-    board = pr.Board()
-    board.note(pr.note_of(pr.project(s)))
+    board = popular.Board()
+    board.note(popular.note_of(pr.project(s)))
     assert pickle.loads(pickle.dumps(board)).lists() == board.lists()
     basket = pr.Basket(T0)
     basket.add("view", "a", "x")

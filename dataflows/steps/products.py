@@ -39,6 +39,7 @@ from dataflows.config import FlowConfig
 from dataflows.records import In, WritePopular, WriteProduct
 from dataflows.snapshots import dump
 from dataflows.steps import RETAIN, Out
+from features import popularity as popular
 from features import products as pr
 from features.interest import category_name
 
@@ -109,7 +110,7 @@ def board_reproject(_: Any) -> tuple[str, Any]:
 
 def to_board(effect: Any) -> tuple[str, Any] | None:
     """A product's note, for the board's owner."""
-    return (BOARD, ("note", effect)) if isinstance(effect, pr.Note) else None
+    return (BOARD, ("note", effect)) if isinstance(effect, popular.Note) else None
 
 
 class BasketLogic(StatefulBatchLogic[Any, Any, Any]):
@@ -288,7 +289,7 @@ class ProductLogic(_Writes):
             s = self.products[p]
             doc = pr.project(s)
             out.append(WriteProduct(p, orjson.dumps(doc)))
-            out.append(pr.note_of(doc))
+            out.append(popular.note_of(doc))
         self.dirty = set()
         size = sum(s.size() for s in self.products.values())
         metrics.PRODUCT_COUNTERS.inc(size - self.counters)
@@ -303,8 +304,8 @@ class BoardLogic(_Writes):
     """The popularity board's owner: keeps every product's note, writes the top lists."""
 
     def __init__(self, resume: Any, cfg: FlowConfig) -> None:
-        board, lists, dirty = resume or (pr.Board(), {}, set())
-        self.board: pr.Board = board
+        board, lists, dirty = resume or (popular.Board(), {}, set())
+        self.board: popular.Board = board
         #: list name -> its encoded top list, as last computed
         self.lists: dict[str, bytes] = lists
         #: categories whose list must be computed again ("" too: the global lists)

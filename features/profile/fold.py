@@ -22,12 +22,14 @@ from features.profile.state import (
     DUPLICATE,
     LATE,
     MAX_IDENTITIES,
-    RECENT_PRODUCTS,
     SESSION_GAP_MS,
     SESSION_KEEP_MS,
     Aggregate,
     Link,
     ProfileState,
+    keep_newest,
+    purchased,
+    remember,
 )
 from features.registry import SERIES, SERIES_ADDED_BY
 from features.windows import KEY_MASK, KEY_SHIFT
@@ -101,27 +103,6 @@ def _set_runs(a: Aggregate, runs: dict[int, int]) -> None:
         a.run_first = a.run_last = None
 
 
-def _purchased(e: Event) -> list[str]:
-    """The products of a purchase: its lines', else its own ``product_id``."""
-    if e.items:
-        return [it.product_id for it in e.items]
-    return [e.product_id] if e.product_id else []
-
-
-def _keep_newest(bought: dict[str, int]) -> None:
-    """Keep the :data:`BOUGHT_PRODUCTS` newest purchases (ties: the greatest product id)."""
-    keep = sorted(bought.items(), key=lambda kv: (kv[1], kv[0]))[-BOUGHT_PRODUCTS:]
-    bought.clear()
-    bought.update(sorted(keep))
-
-
-def _recent(a: Aggregate, e: Event, kind: str) -> None:
-    """Remember a product interaction (the newest :data:`RECENT_PRODUCTS`)."""
-    a.recent.append((e.ts, e.event_id, kind, e.product_id or "", e.category or ""))
-    if len(a.recent) > RECENT_PRODUCTS:
-        del a.recent[0]
-
-
 def _fold(a: Aggregate, e: Event) -> None:
     """Apply one event to an aggregate. Exact when events come in ``(ts, event_id)`` order."""
     ts = e.ts
@@ -162,10 +143,10 @@ def _fold(a: Aggregate, e: Event) -> None:
         a.cart_cents = 0
         a.cart.clear()
         bought = a.bought
-        for pid in _purchased(e):
+        for pid in purchased(e):
             bought[pid] = ts
         if len(bought) > BOUGHT_PRODUCTS:
-            _keep_newest(bought)
+            keep_newest(bought)
     elif t == "refund":
         a.revenue -= _cents(e.total)
     elif t == "add_to_cart":
@@ -174,7 +155,7 @@ def _fold(a: Aggregate, e: Event) -> None:
         a.cart_cents += _cents(e.price) * q
         a.cart_ts = ts
         if e.product_id:
-            _recent(a, e, "c")
+            remember(a, e, "c")
             cart = a.cart
             if e.product_id in cart or len(cart) < CART_PRODUCTS:
                 cart[e.product_id] = cart.get(e.product_id, 0) + q
@@ -189,7 +170,7 @@ def _fold(a: Aggregate, e: Event) -> None:
         else:
             a.cart.pop(e.product_id or "", None)
     elif t == "product_view" and e.product_id:
-        _recent(a, e, "v")
+        remember(a, e, "v")
     if e.category is not None or e.items:
         contrib = _interest.contributions(e)
         if contrib:

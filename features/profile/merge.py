@@ -8,7 +8,6 @@ from features import interest as _interest
 from features.profile.fold import (
     _coalesce,
     _fold,
-    _keep_newest,
     _order,
     _prune,
     _rebuild,
@@ -22,6 +21,7 @@ from features.profile.state import (
     SESSION_KEEP_MS,
     Aggregate,
     ProfileState,
+    keep_newest,
 )
 from schemas.events import Event
 
@@ -58,7 +58,7 @@ def _combine(a: Aggregate, b: Aggregate) -> Aggregate:
     for pid, ts in b.bought.items():
         bought[pid] = max(ts, bought.get(pid, ts))
     if len(bought) > BOUGHT_PRODUCTS:
-        _keep_newest(bought)
+        keep_newest(bought)
     recent = sorted(chain(a.recent, b.recent))[-RECENT_PRODUCTS:]
     scores, iref = _interest.combine(a.interest, a.iref, b.interest, b.iref)
     sids = dict(a.sids)

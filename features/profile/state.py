@@ -279,3 +279,27 @@ class ProfileView(_Keyed):
     def n_categories(self) -> int:
         """Categories with an interest score."""
         return len(self.interests)
+
+
+# Products a profile remembers (what recommendations read)
+
+
+def purchased(e: Event) -> list[str]:
+    """The products of a purchase: its lines', else its own ``product_id``."""
+    if e.items:
+        return [it.product_id for it in e.items]
+    return [e.product_id] if e.product_id else []
+
+
+def keep_newest(bought: dict[str, int]) -> None:
+    """Keep the :data:`BOUGHT_PRODUCTS` newest purchases (ties: the greatest product id)."""
+    keep = sorted(bought.items(), key=lambda kv: (kv[1], kv[0]))[-BOUGHT_PRODUCTS:]
+    bought.clear()
+    bought.update(sorted(keep))
+
+
+def remember(a: Aggregate, e: Event, kind: str) -> None:
+    """Remember a product interaction (the newest :data:`RECENT_PRODUCTS`)."""
+    a.recent.append((e.ts, e.event_id, kind, e.product_id or "", e.category or ""))
+    if len(a.recent) > RECENT_PRODUCTS:
+        del a.recent[0]

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+import uuid
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import orjson
+import redis
 
+from features.store import CATALOG_KEY, CATALOG_VERSION_KEY
 from nextbest.commands.common import UsageError
 from nextbest.settings import Settings
 
@@ -30,10 +35,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def cmd_catalog(args: argparse.Namespace, settings: Settings) -> int:
     """Load the catalogue; exit 1 when no row could be loaded."""
-    import redis
-
     from features.catalog import parse_file
-    from features.store import write_catalog
     from nextbest.runtime import redis_url
 
     path = Path(args.file)
@@ -70,3 +72,30 @@ def cmd_catalog(args: argparse.Namespace, settings: Settings) -> int:
             f"rejected {len(errors):,} rows; catalogue version {version}"
         )
     return 0
+
+
+def write_catalog(client: redis.Redis, items: Iterable[Any], chunk: int = 1000) -> str:
+    """Replace the loaded catalogue with ``items`` (:class:`features.catalog.CatalogItem`):
+    written to a temporary key, renamed over the catalogue (readers see the old one or the new
+    one, never half), then a new version. Returns the version."""
+    from features.catalog import encode_item
+
+    tmp = CATALOG_KEY + ":loading"
+    client.delete(tmp)
+    batch: list[Any] = []
+    n = 0
+    for item in items:
+        batch.extend((item.product_id, encode_item(item)))
+        n += 1
+        if len(batch) >= 2 * chunk:
+            client.hset(tmp, items=batch)
+            batch = []
+    if batch:
+        client.hset(tmp, items=batch)
+    if n:
+        client.rename(tmp, CATALOG_KEY)
+    else:
+        client.delete(CATALOG_KEY)
+    version = uuid.uuid4().hex
+    client.set(CATALOG_VERSION_KEY, version)
+    return version
