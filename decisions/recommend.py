@@ -199,107 +199,124 @@ def excluded(inp: Inputs, cfg: RecoConfig) -> set[str]:
     return out
 
 
+#: A reason before it is written out: (its template, the product or category it names).
+Why = tuple[str, str]
+
+
 class _Candidates:
+    """Scores by source, the candidates' categories, and each one's strongest contribution."""
+
     def __init__(self) -> None:
-        self.scores: dict[str, dict[str, float]] = {}
+        self.scores: dict[str, dict[str, float]] = {s: {} for s in SOURCES}
         self.categories: dict[str, str] = {}
-        self.why: dict[str, tuple[float, str]] = {}
+        self.why: dict[str, tuple[float, Why]] = {}
 
-    def add(self, product: str, category: str, source: str, value: float, why: str) -> None:
-        if value <= 0:
+    def add_all(self, source: str, items: Sequence[tuple[str, float, str]], weight: float,
+                why: Why) -> None:  # fmt: skip
+        """Add a list's relative scores (``weight`` x each) with one reason for all."""
+        if weight <= 0:
             return
-        d = self.scores.setdefault(product, {})
-        d[source] = d.get(source, 0.0) + value
-        if category and product not in self.categories:
-            self.categories[product] = category
-        best = self.why.get(product)
-        if best is None or value > best[0]:
-            self.why[product] = (value, why)
+        scores, cats, best = self.scores[source], self.categories, self.why
+        for p, v, c in items:
+            x = weight * v
+            scores[p] = scores.get(p, 0.0) + x
+            if c and p not in cats:
+                cats[p] = c
+            b = best.get(p)
+            if b is None or x > b[0]:
+                best[p] = (x, why)
 
 
-def _relative(items: Sequence[tuple[str, float, str]]) -> list[tuple[str, float, str]]:
-    """Scores divided by the first (best) one's."""
+def _relative(items: Sequence[tuple[str, float, str]], most: int) -> list[tuple[str, float, str]]:
+    """The first ``most`` scores divided by the first (best) one's."""
     if not items or items[0][1] <= 0:
         return []
     top = items[0][1]
-    return [(p, s / top, c) for p, s, c in items if s > 0]
+    return [(p, s / top, c) for p, s, c in items[:most] if s > 0]
 
 
-def rank(inp: Inputs, cfg: RecoConfig, n: int) -> list[Item]:
-    """The ``n`` best products for ``inp`` (see the module docstring)."""
-    cand = _Candidates()
-    w = cfg.weights
-    # item-to-item
-    i2i: dict[str, float] = {}
-    i2i_cat: dict[str, str] = {}
-    i2i_why: dict[str, tuple[float, str]] = {}
+def _item_to_item(inp: Inputs, cfg: RecoConfig, cand: _Candidates) -> None:
+    """The item-to-item source (see the module docstring)."""
+    weight = cfg.weights.get("item_to_item", 0.0)
+    if weight <= 0:
+        return
+    scores, cats, best = cand.scores["item_to_item"], cand.categories, cand.why
     for seed, sw in seed_weights(inp, cfg):
         got = inp.neighbours.get(seed)
         if got is None:
             continue
         lists, since = got
         per: dict[str, float] = {}
-        why: dict[str, tuple[float, str]] = {}
+        strongest: dict[str, tuple[float, str]] = {}
         for relation, items in lists.items():
             rw = cfg.relations.get(relation, 0.0)
             if rw <= 0:
                 continue
-            f = 2.0 ** (-max(0, inp.as_of - since) / pr.HALF_LIFE_MS.get(relation, pr.WEEK))
-            for p, weight, c in items:
-                v = rw * weight * f
+            f = rw * 2.0 ** (-max(0, inp.as_of - since) / pr.HALF_LIFE_MS.get(relation, pr.WEEK))
+            for p, nw, c in items:
+                v = nw * f
                 per[p] = per.get(p, 0.0) + v
-                if c:
-                    i2i_cat.setdefault(p, c)
-                if v > why.get(p, (0.0, ""))[0]:
-                    why[p] = (v, _REASONS.get(relation, "related to {}").format(seed))
+                if c and p not in cats:
+                    cats[p] = c
+                if v > strongest.get(p, (0.0, ""))[0]:
+                    strongest[p] = (v, relation)
         top = max(per.values(), default=0.0)
         if top <= 0:
             continue
+        k = weight * sw / top
         for p, v in per.items():
-            x = sw * v / top
-            i2i[p] = i2i.get(p, 0.0) + x
-            if x > i2i_why.get(p, (0.0, ""))[0]:
-                i2i_why[p] = (x, why[p][1])
-    for p, v in i2i.items():
-        cand.add(p, i2i_cat.get(p, ""), "item_to_item", w.get("item_to_item", 0) * v,
-                 i2i_why[p][1])  # fmt: skip
-    # category interest x category popularity
-    if inp.personal and inp.interests:
+            x = k * v
+            scores[p] = scores.get(p, 0.0) + x
+            b = best.get(p)
+            if b is None or x > b[0]:
+                best[p] = (x, (_REASONS.get(strongest[p][1], "related to {}"), seed))
+
+
+def rank(inp: Inputs, cfg: RecoConfig, n: int) -> list[Item]:
+    """The ``n`` best products for ``inp`` (see the module docstring). Each list source
+    proposes at most ``max(3 n, 30)`` of its first products: enough for ``n`` after the
+    filters and the diversity rule, and the cost of an answer stays small."""
+    cand = _Candidates()
+    w = cfg.weights
+    most = max(3 * n, 30)
+    _item_to_item(inp, cfg, cand)
+    if inp.personal and inp.interests:  # category interest x category popularity
         top_cats = sorted(inp.interests.items(), key=lambda kv: (-kv[1], kv[0]))[: cfg.categories]
         total = sum(s for _, s in top_cats) or 1.0
         for cat, s in top_cats:
-            share = s / total
-            for p, v, c in _relative(inp.by_category.get(cat, ())):
-                cand.add(p, c or cat, "category", w.get("category", 0) * share * v,
-                         f"popular in {cat} this week")  # fmt: skip
-    for p, v, c in _relative(inp.trending):
-        cand.add(p, c, "trending", w.get("trending", 0) * v, "trending now")
-    for p, v, c in _relative(inp.popular):
-        cand.add(p, c, "popular", w.get("popular", 0) * v, "popular now")
+            items = _relative(inp.by_category.get(cat, ()), most)
+            cand.add_all("category", items, w.get("category", 0) * s / total,
+                         ("popular in {} this week", cat))  # fmt: skip
     if inp.category is not None:
-        for p, v, c in _relative(inp.by_category.get(inp.category, ())):
-            cand.add(p, c, "category", w.get("category", 0) * v,
-                     f"popular in {inp.category} this week")  # fmt: skip
+        items = _relative(inp.by_category.get(inp.category, ()), most)
+        cand.add_all("category", items, w.get("category", 0),
+                     ("popular in {} this week", inp.category))  # fmt: skip
+    cand.add_all("trending", _relative(inp.trending, most), w.get("trending", 0),
+                 ("trending now", ""))  # fmt: skip
+    cand.add_all("popular", _relative(inp.popular, most), w.get("popular", 0),
+                 ("popular now", ""))  # fmt: skip
     return _select(cand, excluded(inp, cfg), inp.category, cfg, n)
 
 
 def _select(
     cand: _Candidates, out: set[str], category: str | None, cfg: RecoConfig, n: int
 ) -> list[Item]:
-    scored = []
-    for p, parts in cand.scores.items():
-        if p in out:
-            continue
-        c = cand.categories.get(p, "")
-        if category is not None and c != category:
-            continue
-        scored.append((sum(parts.values()), p))
+    totals: dict[str, float] = {}
+    for scores in cand.scores.values():
+        for p, v in scores.items():
+            totals[p] = totals.get(p, 0.0) + v
+    cats = cand.categories
+    scored = [
+        (s, p)
+        for p, s in totals.items()
+        if s > 0 and p not in out and (category is None or cats.get(p, "") == category)
+    ]
     scored.sort(key=lambda t: (-t[0], t[1]))
     items: list[Item] = []
     per_cat: dict[str, int] = {}
     held: list[tuple[float, str]] = []
     for s, p in scored:
-        c = cand.categories.get(p, "")
+        c = cats.get(p, "")
         if per_cat.get(c, 0) >= cfg.max_per_category and category is None:
             held.append((s, p))
             continue
@@ -315,14 +332,15 @@ def _select(
 
 
 def _item(cand: _Candidates, p: str, s: float) -> Item:
-    parts = cand.scores[p]
+    parts = {src: cand.scores[src][p] for src in SOURCES if p in cand.scores[src]}
+    template, arg = cand.why[p][1]
     return Item(
         product_id=p,
         score=s,
         category=cand.categories.get(p, ""),
-        sources=[src for src in SOURCES if src in parts],
-        reason=cand.why[p][1],
-        contributions={k: parts[k] for k in SOURCES if k in parts},
+        sources=list(parts),
+        reason=template.format(arg),
+        contributions=parts,
     )
 
 

@@ -228,13 +228,17 @@ def neighbour_weights(rel: Neighbours, relation: str, at: int) -> list[tuple[str
     [('b', 1.70711), ('a', 0.707107)]
     """
     h = HALF_LIFE_MS[relation]
+    factors = {
+        wk: 2.0 ** (-max(0, at - (wk * WEEK + WEEK // 2)) / h)
+        for wk in range(rel.newest - WEEKS + 1, rel.newest + 1)
+    }
     out: list[tuple[float, str]] = []
     for other, d in rel.weeks.items():
-        w = 0.0
-        for wk in sorted(d):
-            mid = wk * WEEK + WEEK // 2
-            w += d[wk] * 2.0 ** (-max(0, at - mid) / h)
-        out.append((w, other))
+        if len(d) == 1:
+            ((wk, n),) = d.items()
+            out.append((n * factors[wk], other))
+        else:
+            out.append((sum(d[wk] * factors[wk] for wk in sorted(d)), other))
     top = heapq.nsmallest(TOP_K, out, key=lambda t: (-t[0], t[1]))
     return [(o, _sig(w)) for w, o in top]
 

@@ -192,8 +192,9 @@ def test_a_session_pairs_each_two_products_once_and_duplicates_count_once() -> N
     views = [_ev(i, "product_view", T0 + i, anonymous_id="d", session_id="s1", product_id=p,
                  category="x") for i, p in enumerate("abab")]  # fmt: skip
     out, _ = logic.on_batch([("event", e) for e in [*views, views[0]]])
-    pairs = [v for _, (kind, v) in out if kind == "pair"]
-    touches = [v for _, (kind, v) in out if kind == "touch"]
+    items = [item for _, (_, batch) in out for item in batch]
+    pairs = [v for kind, v in items if kind == "pair"]
+    touches = [v for kind, v in items if kind == "touch"]
     assert sorted((a, b) for _rel, a, b, _c, _ts in pairs) == [("a", "b"), ("b", "a")]
     assert len(touches) == 4  # the duplicate of e0 counts once
     order = _ev(
@@ -205,7 +206,8 @@ def test_a_session_pairs_each_two_products_once_and_duplicates_count_once() -> N
         items=[Item(product_id="a", category="x"), Item(product_id="z", category="y")],
     )
     out, _ = logic.on_batch([("event", order)])
-    assert sorted(v[0] for _, (kind, v) in out if kind == "pair") == ["buy", "buy"]
+    items = [item for _, (_, batch) in out for item in batch]
+    assert sorted(v[0] for kind, v in items if kind == "pair") == ["buy", "buy"]
 
 
 # -- replay = live, batching, the flow -----------------------------------------------------------

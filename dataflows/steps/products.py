@@ -29,6 +29,7 @@ import time
 import zlib
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any, Final
 
 import orjson
@@ -51,12 +52,15 @@ _PRODUCTS: Final = tuple(f"products:{i}" for i in range(SHARDS))
 #: Event ids are remembered this long (event time) to count a duplicate once.
 DEDUP_MS: Final = pr.DAY
 _PRUNE_EVERY_MS: Final = 10 * pr.MINUTE
+#: Metric increments of a batch: (counter, label) -> amount.
+Counts = dict[tuple[Any, str], int]
 
 
 def _shard(key: str) -> int:
     return zlib.crc32(key.encode()) % SHARDS
 
 
+@lru_cache(maxsize=65536)
 def product_shard(product_id: str) -> str:
     """The ``products`` key of a product (stable across runs and processes).
 
@@ -126,18 +130,24 @@ class BasketLogic(StatefulBatchLogic[Any, Any, Any]):
         metrics.PRODUCT_SESSIONS.inc(len(self.sessions))
 
     def on_batch(self, values: list[Any]) -> tuple[Iterable[Any], bool]:
-        out: list[tuple[str, Any]] = []
+        out: dict[str, list[Any]] = {}
+        counts: Counts = {}
         for kind, v in values:
             if kind == "time":
                 if v > self.newest:
                     self.newest = v
             else:
-                self._event(v, out)
+                self._event(v, out, counts)
         if self.newest - self.pruned_at >= _PRUNE_EVERY_MS:
             self._prune()
-        return out, RETAIN
+        for (metric, label), n in counts.items():
+            metric.labels(label).inc(n)
+        # one item per product shard and batch: what each shard has to count
+        return [(k, ("items", items)) for k, items in out.items()], RETAIN
 
-    def _event(self, ev: Any, out: list[tuple[str, Any]]) -> None:
+    def _event(
+        self, ev: Any, out: dict[str, list[Any]], counts: dict[tuple[Any, str], int]
+    ) -> None:
         prev = self.seen.get(ev.event_id)
         if prev is not None and abs(prev - ev.ts) <= DEDUP_MS:
             return  # a duplicate
@@ -150,15 +160,17 @@ class BasketLogic(StatefulBatchLogic[Any, Any, Any]):
                 for it in ev.items or ()
             ] or [(_pid(ev.product_id), category_name(ev.category or ""), ev.price)]
             for p, c, price in lines:
-                out.append((product_shard(p), ("touch", (p, t, ts, c, price))))
-            metrics.PRODUCT_TOUCHES.labels("purchase").inc(len(lines))
+                out.setdefault(product_shard(p), []).append(("touch", (p, t, ts, c, price)))
+            key = (metrics.PRODUCT_TOUCHES, "purchase")
+            counts[key] = counts.get(key, 0) + len(lines)
             for pair in pr.order_pairs([(p, c) for p, c, _ in lines], ts):
-                self._pair(pair, out)
+                self._pair(pair, out, counts)
             return
         p, c = _pid(ev.product_id), category_name(ev.category or "")
-        out.append((product_shard(p), ("touch", (p, t, ts, c, ev.price))))
+        out.setdefault(product_shard(p), []).append(("touch", (p, t, ts, c, ev.price)))
         relation = "view" if t == "product_view" else "cart"
-        metrics.PRODUCT_TOUCHES.labels(relation).inc()
+        key = (metrics.PRODUCT_TOUCHES, relation)
+        counts[key] = counts.get(key, 0) + 1
         skey = pr.session_key(ev.customer_id, ev.anonymous_id, ev.session_id)
         basket = self.sessions.get(skey)
         if basket is None or (skey[0] == "v" and ts - basket.last > pr.SESSION_GAP_MS):
@@ -167,14 +179,15 @@ class BasketLogic(StatefulBatchLogic[Any, Any, Any]):
             basket = self.sessions[skey] = pr.Basket(ts)
         basket.last = max(basket.last, ts)
         for other, oc in basket.add(relation, p, c):
-            self._pair((relation, p, c, other, oc, ts), out)
+            self._pair((relation, p, c, other, oc, ts), out, counts)
 
     @staticmethod
-    def _pair(pair: pr.Pair, out: list[tuple[str, Any]]) -> None:
+    def _pair(pair: pr.Pair, out: dict[str, list[Any]], counts: Counts) -> None:
         rel, a, ca, b, cb, ts = pair
-        out.append((product_shard(a), ("pair", (rel, a, b, cb, ts))))
-        out.append((product_shard(b), ("pair", (rel, b, a, ca, ts))))
-        metrics.PRODUCT_PAIRS.labels(rel).inc()
+        out.setdefault(product_shard(a), []).append(("pair", (rel, a, b, cb, ts)))
+        out.setdefault(product_shard(b), []).append(("pair", (rel, b, a, ca, ts)))
+        key = (metrics.PRODUCT_PAIRS, rel)
+        counts[key] = counts.get(key, 0) + 1
 
     def _prune(self) -> None:
         self.pruned_at = self.newest
@@ -245,33 +258,44 @@ class ProductLogic(_Writes):
         self.dirty = dirty
         self.interval = cfg.write_interval_ms / 1000
         self.recovery = cfg.recovery
-        self.counters = sum(s.size() for s in self.products.values())
+        #: each product's counters when it was last written (the state-size metric)
+        self.sizes = {p: s.size() for p, s in self.products.items()}
         metrics.PRODUCTS.inc(len(self.products))
-        metrics.PRODUCT_COUNTERS.inc(self.counters)
+        metrics.PRODUCT_COUNTERS.inc(sum(self.sizes.values()))
 
     def on_batch(self, values: list[Any]) -> tuple[Iterable[Out], bool]:
         force = False
         for kind, v in values:
-            if kind == "touch":
-                p, t, ts, c, price = v
-                self._state(p).touch(t, ts, c, price)
-                self.dirty.add(p)
-            elif kind == "pair":
-                rel, a, b, cb, ts = v
-                s = self._state(a)
-                r = s.relations.get(rel)
-                before = (r.refused, r.late) if r is not None else (0, 0)
-                s.pair(rel, b, cb, ts)
-                r = s.relations[rel]
-                if r.refused != before[0]:
-                    metrics.PRODUCT_NEIGHBOURS_REFUSED.labels("full").inc()
-                elif r.late != before[1]:
-                    metrics.PRODUCT_NEIGHBOURS_REFUSED.labels("late").inc()
-                self.dirty.add(a)
+            if kind == "items":
+                self._apply(v)
             elif kind == "reproject":
                 self.dirty.update(self.products)
                 force = True
         return self._flush(force), RETAIN
+
+    def _apply(self, items: list[tuple[str, Any]]) -> None:
+        """Touches and pairs of one batch of a basket shard."""
+        dirty = self.dirty
+        full = late = 0
+        for kind, v in items:
+            if kind == "touch":
+                p, t, ts, c, price = v
+                self._state(p).touch(t, ts, c, price)
+                dirty.add(p)
+                continue
+            rel, a, b, cb, ts = v
+            s = self._state(a)
+            r = s.relations.get(rel)
+            before = (r.refused, r.late) if r is not None else (0, 0)
+            s.pair(rel, b, cb, ts)
+            r = s.relations[rel]
+            full += r.refused - before[0]
+            late += r.late - before[1]
+            dirty.add(a)
+        if full:
+            metrics.PRODUCT_NEIGHBOURS_REFUSED.labels("full").inc(full)
+        if late:
+            metrics.PRODUCT_NEIGHBOURS_REFUSED.labels("late").inc(late)
 
     def _state(self, product_id: str) -> pr.ProductState:
         s = self.products.get(product_id)
@@ -284,16 +308,18 @@ class ProductLogic(_Writes):
         if not self.due(force):
             return []
         out: list[Out] = []
-        size = 0
+        grew = 0
+        sizes = self.sizes
         for p in sorted(self.dirty):
             s = self.products[p]
             doc = pr.project(s)
             out.append(WriteProduct(p, orjson.dumps(doc)))
             out.append(popular.note_of(doc))
+            n = s.size()
+            grew += n - sizes.get(p, 0)
+            sizes[p] = n
         self.dirty = set()
-        size = sum(s.size() for s in self.products.values())
-        metrics.PRODUCT_COUNTERS.inc(size - self.counters)
-        self.counters = size
+        metrics.PRODUCT_COUNTERS.inc(grew)
         return out
 
     def _held(self) -> Any:

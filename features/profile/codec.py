@@ -127,6 +127,11 @@ def _put(fields: dict[str, str], name: str, value: str) -> None:
     if len(value) <= MAX_FIELD_BYTES and (value.isascii() or len(value.encode()) <= 64):
         fields[name] = value
         return
+    if value.isascii():  # one byte per character: plain slices
+        fields[name] = value[:MAX_FIELD_BYTES]
+        for i, start in enumerate(range(MAX_FIELD_BYTES, len(value), MAX_FIELD_BYTES), 1):
+            fields[f"{name}/{i}"] = value[start : start + MAX_FIELD_BYTES]
+        return
     chunks: list[str] = []
     cur: list[str] = []
     size = 0
