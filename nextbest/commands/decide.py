@@ -86,7 +86,11 @@ async def _decide(
     try:
         models = ModelSet(tuple("action:" + a for a in cat.ids))
         await models.arefresh(client)
-        decider = Decider(cat, models, client, log, record=args.record)
+        from nextbest.commands.recommend import reco_config
+        from serving.reco import Recommender
+
+        recommender = Recommender(reco_config(settings), client)
+        decider = Decider(cat, models, client, log, record=args.record, recommender=recommender)
         return await decider.decide(
             args.channel, as_of, args.n, customer_id=args.id, anonymous_id=args.anonymous_id
         )
