@@ -925,4 +925,7 @@ def render_nba(f: Mapping[str, Any]) -> list[str]:
             f"{AIM_P99_MS:g} ms: {aim(rc['meets_p99_aim_paced'])}); /healthz p99 "
             f"{ms(p['healthz']['p99_ms'])} ms; {rc['failures']} failed answers",
         ]
+        for r in (p["reco"], p["healthz"]):
+            for reason in r.get("failure_reasons", [])[:2]:
+                lines.append(f"      reco run failure: {reason[:160]}")
     return lines
