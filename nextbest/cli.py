@@ -35,7 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (its help texts are the CLI reference in the README)."""
     p = _Parser(
         prog="nextbest",
-        description="nextbest: real-time customer profiles, segments and next best actions.",
+        description="nextbest: real-time customer profiles, segments, next best actions and "
+        "product recommendations.",
         epilog="Configuration comes from NEXTBEST_* environment variables (see README).",
     )
     p.add_argument("--version", action="version", version=f"nextbest {__version__}")
