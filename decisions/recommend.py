@@ -20,9 +20,10 @@ Pure: the inputs are what serving read from Redis (:class:`Inputs`), the setting
 * ``popular``: popularity over the last weeks (global), relative to the first.
 
 **Score** = ``sum(weights[source] * source score)``; ties by product id. **Filters**: products
-bought within ``repurchase_days``, in the cart, out of stock in the catalogue, and the page's
-own product (``context_product``) are not recommended (a product viewed a moment ago may be:
-"continue where you left off", unless a neighbour outranks it); with ``category``, only that
+bought within ``repurchase_days``, in the cart, out of stock in the catalogue, the page's own
+product (``context_product``) and the product interacted with last, if that was within
+``exclude_last_minutes`` (the page the visitor is on), are not recommended (one viewed earlier
+may be: "continue where you left off"); with ``category``, only that
 category. **Diversity**: at most ``max_per_category`` products of a category among the answer
 (then the next best of other categories). Each item says which sources proposed it and why
 (its strongest contribution).
@@ -91,6 +92,7 @@ class RecoConfig:
     seed_half_life_hours: float = 24.0
     categories: int = 3
     repurchase_days: float = 7.0
+    exclude_last_minutes: float = 30.0
     max_per_category: int = 5
     #: A digest of the file, for answers' freshness (empty: the defaults).
     digest: str = ""
@@ -182,17 +184,22 @@ def seed_weights(inp: Inputs, cfg: RecoConfig) -> list[tuple[str, float]]:
 
 def excluded(inp: Inputs, cfg: RecoConfig) -> set[str]:
     """Products not to recommend: bought within the repurchase window, in the cart, out of
-    stock, and the page's own product (``context_product``).
+    stock, the page's own product (``context_product``) and the product interacted with last
+    when that was within ``exclude_last_minutes`` (the page the visitor is on).
 
     >>> sorted(excluded(Inputs(recent=[(0, "v", "a", ""), (5, "v", "b", "")],
     ...                        cart={"c": 1}, bought={"d": 0, "e": -40 * 86_400_000},
     ...                        unavailable={"f"}, context_product="g"), RecoConfig()))
-    ['c', 'd', 'f', 'g']
+    ['b', 'c', 'd', 'f', 'g']
+    >>> excluded(Inputs(recent=[(0, "v", "b", "")], as_of=3_600_000), RecoConfig())
+    set()
     """
     out = set(inp.unavailable)
     if inp.context_product:
         out.add(inp.context_product)
     if inp.personal:
+        if inp.recent and inp.as_of - inp.recent[-1][0] <= cfg.exclude_last_minutes * 60_000:
+            out.add(inp.recent[-1][2])
         out.update(inp.cart)
         since = inp.as_of - cfg.repurchase_days * pr.DAY
         out.update(p for p, ts in inp.bought.items() if ts >= since)
@@ -359,6 +366,7 @@ _SCALARS: Final = {
     "seed_half_life_hours": (float, 0.01, 24.0 * 3650),
     "categories": (int, 0, 20),
     "repurchase_days": (float, 0.0, 3650.0),
+    "exclude_last_minutes": (float, 0.0, 1440.0),
     "max_per_category": (int, 1, 100),
 }
 

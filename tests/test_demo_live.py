@@ -92,6 +92,7 @@ def test_the_demo_shop_is_live_now(tmp_path: Path) -> None:
             now = httpx.get(reco, timeout=5).json()
         assert now["personal"] and now["seeds"][0] == viewed[-1], (now, viewed)
         assert now["items"] and now["items"] != first["items"]
+        assert viewed[-1] not in {i["product_id"] for i in now["items"]}  # the page it is on
         time.sleep(3)
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -353,8 +353,10 @@ def test_filters_exclude_bought_cart_out_of_stock_and_the_pages_product() -> Non
     inp = _inputs(cart={"c": 1}, bought={"s1": T0 - DAY, "p2": T0 - 30 * DAY},
                   unavailable=frozenset({"d"}), context_product="p1")  # fmt: skip
     got = {i.product_id for i in rank(inp, cfg, 20)}
-    assert got.isdisjoint({"c", "s1", "d", "p1"}) and {"b", "p2", "t1"} <= got
-    assert excluded(_inputs(bought={"s1": T0 - 8 * DAY}), cfg) == set()  # outside 7 days
+    assert got.isdisjoint({"a", "c", "s1", "d", "p1"}) and {"b", "p2", "t1"} <= got
+    # bought outside 7 days; the last product viewed more than 30 minutes ago
+    assert excluded(_inputs(bought={"s1": T0 - 8 * DAY}), cfg) == {"a"}
+    assert excluded(_inputs(bought={"s1": T0 - 8 * DAY}, as_of=T0 + 31 * 60_000), cfg) == set()
     # only a category
     only = rank(_inputs(category="toys", by_category={"toys": [("p2", 1.0, "toys")]}), cfg, 20)
     assert only and {i.category for i in only} == {"toys"}
