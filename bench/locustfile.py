@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -39,6 +40,22 @@ USERS = int(os.environ.get("NB_BENCH_USERS", "1"))
 OUT = os.environ.get("NB_BENCH_OUT")
 #: How many failure reasons are kept (the count is always exact).
 MAX_REASONS = 5
+
+
+#: Target -> its path (``{}``: the customer) and the check of a complete answer: every action of
+#: the bench catalogue eligible; ten products.
+def _all_eligible(body: bytes) -> bool:
+    return b'"excluded":[]' in body
+
+
+def _ten_products(body: bytes) -> bool:
+    return body.count(b'"product_id"') == 10
+
+
+ANSWERS: dict[str, tuple[str, Callable[[bytes], bool]]] = {
+    "nba": ("/v1/customers/{}/next-best-action?channel=web&n=3", _all_eligible),
+    "reco": ("/v1/customers/{}/recommendations?n=10", _ten_products),
+}
 
 
 class Recorder:
@@ -126,35 +143,22 @@ if TARGET is not None:
         @task
         def hit(self) -> None:
             """One request to the target, checked."""
-            if TARGET == "nba":
-                cid = f"{PREFIX}{random.randrange(CUSTOMERS)}"
-                path = f"/v1/customers/{cid}/next-best-action?channel=web&n=3"
-                with self.client.get(path, name="nba", catch_response=True) as resp:
-                    body = resp.content or b""
-                    if resp.status_code != 200:
-                        resp.failure(f"status {resp.status_code}: {body[:120]!r}")
-                    elif b'"degraded":false' not in body:
-                        resp.failure(f"degraded: {body[-160:]!r}")
-                    elif b'"excluded":[]' not in body:
-                        resp.failure(f"some action was excluded: {body[-400:]!r}")
-                    else:
-                        resp.success()
-            elif TARGET == "reco":
-                cid = f"{PREFIX}{random.randrange(CUSTOMERS)}"
-                path = f"/v1/customers/{cid}/recommendations?n=10"
-                with self.client.get(path, name="reco", catch_response=True) as resp:
-                    body = resp.content or b""
-                    if resp.status_code != 200:
-                        resp.failure(f"status {resp.status_code}: {body[:120]!r}")
-                    elif b'"degraded":false' not in body:
-                        resp.failure(f"degraded: {body[-160:]!r}")
-                    elif body.count(b'"product_id"') != 10:
-                        resp.failure(f"not 10 products: {body[:300]!r}")
-                    else:
-                        resp.success()
-            else:
+            if TARGET == "healthz":
                 with self.client.get("/healthz", name="healthz", catch_response=True) as resp:
                     if resp.status_code != 200:
                         resp.failure(f"status {resp.status_code}")
                     else:
                         resp.success()
+                return
+            cid = f"{PREFIX}{random.randrange(CUSTOMERS)}"
+            path, complete = ANSWERS[str(TARGET)]
+            with self.client.get(path.format(cid), name=TARGET, catch_response=True) as resp:
+                body = resp.content or b""
+                if resp.status_code != 200:
+                    resp.failure(f"status {resp.status_code}: {body[:120]!r}")
+                elif b'"degraded":false' not in body:
+                    resp.failure(f"degraded: {body[-160:]!r}")
+                elif not complete(body):
+                    resp.failure(f"incomplete answer: {body[-400:]!r}")
+                else:
+                    resp.success()
