@@ -74,7 +74,6 @@ from dataflows.steps.products import (
     key_product_event,
     to_board,
 )
-from dataflows.steps.products import broadcast_time as basket_time
 from dataflows.steps.profile import ProfileLogic
 from dataflows.steps.rfm import RfmLogic
 from dataflows.steps.stream_time import StreamTimeLogic, partition_of
@@ -223,7 +222,7 @@ def build_flow(
     if feedback_flat is not None:
         flats.append(feedback_flat)
     if cfg.products:
-        flats.append(_products(cfg, events, observed, to_models.trues))
+        flats.append(_products(cfg, events, to_models.trues))
     outputs = op.merge("outputs", *flats)
     sink_ops: Stream[SinkOp] = op.filter_map("sink_ops", outputs, sink_op)
     late_events = op.filter_map("late_events", outputs, rejected)
@@ -246,17 +245,11 @@ def build_flow(
     return flow
 
 
-def _products(
-    cfg: FlowConfig, events: Stream[In], observed: Stream[Any], clock: Stream[Keyed]
-) -> Stream[Any]:
+def _products(cfg: FlowConfig, events: Stream[In], clock: Stream[Keyed]) -> Stream[Any]:
     """Product knowledge (:mod:`dataflows.steps.products`): baskets -> products -> the board."""
     requests = op.filter("product_reproject_requests", clock, is_reproject)
     reproject = op.flat_map("product_reproject", requests, broadcast_reproject)
-    to_baskets = op.merge(
-        "basket_items",
-        op.flat_map("product_events", events, key_product_event),
-        op.flat_map("basket_time", observed, basket_time),
-    )
+    to_baskets = op.flat_map("product_events", events, key_product_event)
 
     def build_baskets(resume: Any) -> BasketLogic:
         return BasketLogic(load_any(resume), cfg)

@@ -89,16 +89,30 @@ class RecoMetrics:
             self.candidates.labels(s)
 
 
+@dataclass(frozen=True)
+class Catalogue:
+    """One version of the loaded catalogue."""
+
+    version: bytes | None
+    items: dict[str, CatalogItem]
+    unavailable: frozenset[str]
+
+
 @dataclass
 class CatalogCache:
     """The loaded catalogue in memory, by version. Answers read the version; a new one is
     loaded in the background (:meth:`notice`), outside any answer's Redis budget, and answers
     use the one held meanwhile."""
 
-    version: bytes | None = None
-    items: dict[str, CatalogItem] = field(default_factory=dict)
-    unavailable: frozenset[str] = frozenset()
+    #: the catalogue held: replaced whole by a load, so an answer that took it once uses one
+    #: version throughout (its availability, its names and the version it reports)
+    held: Catalogue = field(default_factory=lambda: Catalogue(None, {}, frozenset()))
     _loading: asyncio.Task[None] | None = None
+
+    @property
+    def version(self) -> bytes | None:
+        """The version held."""
+        return self.held.version
 
     def notice(self, client: aioredis.Redis, version: Any) -> None:
         """Start loading the catalogue of ``version`` unless it is held or being loaded."""
@@ -126,9 +140,9 @@ class CatalogCache:
             except Exception:  # a hand-written field must not break answers
                 continue
             items[item.product_id] = item
-        self.items = items
-        self.unavailable = frozenset(p for p, i in items.items() if not i.in_stock)
-        self.version = version
+        self.held = Catalogue(
+            version, items, frozenset(p for p, i in items.items() if not i.in_stock)
+        )
 
 
 def _board(raw: Any, trend: bool = False) -> Lists:
@@ -201,11 +215,11 @@ class Recommender:
             if self.client is None:
                 raise RedisError("no Redis client")
             async with asyncio.timeout(REDIS_BUDGET_S):
-                key, inp, v, products = await self._read(
+                key, inp, v, products, catalogue = await self._read(
                     key, anonymous_id, as_of, context_product, category, recent
                 )
             items = rank(inp, self.cfg, n)
-            body = self._body(as_of, items, inp, v, products, None)
+            body = self._body(as_of, items, inp, v, products, None, catalogue)
         except TimeoutError:
             body = self._body(as_of, [], Inputs(as_of=as_of), None, {}, "redis_timeout")
         except (RedisError, OSError):
@@ -229,11 +243,12 @@ class Recommender:
                 pipe.hmget(POPULAR_KEY, ["all", "trend"])
                 pipe.get(CATALOG_VERSION_KEY)
                 raw, (pop, trend), version = await pipe.execute()
+                catalogue = self.catalog.held
                 self.catalog.notice(self.client, version)
                 doc = _product(raw)
                 cat = (doc or {}).get("category") or ""
-                if not cat and product_id in self.catalog.items:
-                    cat = self.catalog.items[product_id].category or ""
+                if not cat and product_id in catalogue.items:
+                    cat = catalogue.items[product_id].category or ""
                 by_cat: dict[str, Lists] = {}
                 if cat:
                     by_cat[cat] = _board(await self.client.hget(POPULAR_KEY, "c:" + cat))
@@ -245,11 +260,13 @@ class Recommender:
                 trending=_board(trend, trend=True),
                 by_category=by_cat,
                 interests={cat: 1.0} if cat else {},
-                unavailable=self.catalog.unavailable,
+                unavailable=catalogue.unavailable,
                 as_of=as_of,
             )
-            body = self._body(as_of, similar_items(inp, self.cfg, n), inp, None, products, None)
+            items = similar_items(inp, self.cfg, n)
+            body = self._body(as_of, items, inp, None, products, None, catalogue)
             body["known"] = doc is not None
+            body["personal"] = False  # about a product, not a person
         except TimeoutError:
             body = self._body(as_of, [], Inputs(as_of=as_of), None, {}, "redis_timeout")
         except (RedisError, OSError):
@@ -266,7 +283,7 @@ class Recommender:
         context_product: str | None,
         category: str | None,
         recent: list[str] | None,
-    ) -> tuple[str, Inputs, ProfileView | None, dict[str, dict[str, Any] | None]]:
+    ) -> tuple[str, Inputs, ProfileView | None, dict[str, dict[str, Any] | None], Catalogue]:
         client = self.client
         assert client is not None
         if anonymous_id is not None:
@@ -283,6 +300,7 @@ class Recommender:
         got = await pipe.execute()
         v = decode_profile(got[0])
         lists = got[1]
+        catalogue = self.catalog.held
         self.catalog.notice(client, got[2])
         products: dict[str, dict[str, Any] | None] = {}
         if context_product:
@@ -292,7 +310,7 @@ class Recommender:
             popular=_board(lists[0]),
             trending=_board(lists[1], trend=True),
             category=category,
-            unavailable=self.catalog.unavailable,
+            unavailable=catalogue.unavailable,
             as_of=as_of,
             personal=v is not None or bool(recent),
         )
@@ -321,7 +339,7 @@ class Recommender:
                     by[c] = _board(raw)
                 inp.by_category = by
         inp.neighbours = self._neighbours(products)
-        return key, inp, v, products
+        return key, inp, v, products, catalogue
 
     @staticmethod
     def _neighbours(
@@ -341,11 +359,13 @@ class Recommender:
         v: ProfileView | None,
         products: dict[str, dict[str, Any] | None],
         degraded: str | None,
+        catalogue: Catalogue | None = None,
     ) -> dict[str, Any]:
+        held = catalogue or self.catalog.held
         out = []
         for it in items:
             d = it.to_json()
-            c = self.catalog.items.get(it.product_id)
+            c = held.items.get(it.product_id)
             if c is not None:
                 d.update(name=c.name, price=c.price, url=c.url)
                 if c.category and not d["category"]:
@@ -366,7 +386,7 @@ class Recommender:
                 "newest_event": format_ts(newest) if newest else None,
                 "profile_last_event": format_ts(profile_last) if profile_last else None,
                 "products_last_event": format_ts(newest_products) if newest_products else None,
-                "catalog_version": self.catalog.version.decode() if self.catalog.version else None,
+                "catalog_version": held.version.decode() if held.version else None,
                 "config": self.cfg.digest or None,
             },
             "degraded": degraded is not None,

@@ -496,6 +496,7 @@ def test_customer_visitor_and_similar_endpoints(api: TestClient, redis_client: r
     # similar products, known or not
     sim = api.get("/v1/products/a/similar", params={"n": 4, "as_of": AS_OF}).json()
     assert sim["known"] and [i["product_id"] for i in sim["items"]][:2] == ["b", "c"]
+    assert sim["personal"] is False
     assert "a" not in {i["product_id"] for i in sim["items"]}
     new = api.get("/v1/products/brand-new/similar", params={"as_of": AS_OF}).json()
     assert not new["known"] and new["items"]

@@ -18,9 +18,11 @@ depend on arrival order or batching):
     One owner (:class:`~features.products.Board`): the top lists, global, per category and
     trending, written to ``nb:{pop}:lists``.
 
-Every basket shard hears the stream's newest event time (to forget closed sessions and old
-ids); the product shards and the board hear the customer clock's re-projection requests (Redis
-lost its data: write everything again).
+A basket shard forgets closed sessions and old event ids by the newest time of the product
+views and cart additions it received (its own clock: the stream's newest time would run ahead
+whenever the transactions are read ahead of the clickstream, and close sessions still open);
+the product shards and the board hear the customer clock's re-projection requests (Redis lost
+its data: write everything again).
 """
 
 from __future__ import annotations
@@ -97,11 +99,6 @@ def key_product_event(item: In) -> list[tuple[str, Any]]:
     return [(_BASKETS[_shard(skey)], ("event", ev))]
 
 
-def broadcast_time(newest: int) -> list[tuple[str, Any]]:
-    """Every basket shard hears the stream's newest event time (to forget closed sessions)."""
-    return [(k, ("time", newest)) for k in _BASKETS]
-
-
 def broadcast_reproject(_: Any) -> list[tuple[str, Any]]:
     """Every product shard writes everything again."""
     return [(k, ("reproject", None)) for k in _PRODUCTS]
@@ -132,12 +129,8 @@ class BasketLogic(StatefulBatchLogic[Any, Any, Any]):
     def on_batch(self, values: list[Any]) -> tuple[Iterable[Any], bool]:
         out: dict[str, list[Any]] = {}
         counts: Counts = {}
-        for kind, v in values:
-            if kind == "time":
-                if v > self.newest:
-                    self.newest = v
-            else:
-                self._event(v, out, counts)
+        for _kind, v in values:
+            self._event(v, out, counts)
         if self.newest - self.pruned_at >= _PRUNE_EVERY_MS:
             self._prune()
         for (metric, label), n in counts.items():
@@ -166,6 +159,8 @@ class BasketLogic(StatefulBatchLogic[Any, Any, Any]):
             for pair in pr.order_pairs([(p, c) for p, c, _ in lines], ts):
                 self._pair(pair, out, counts)
             return
+        if ts > self.newest:
+            self.newest = ts  # the shard's clock: its views and cart additions only
         p, c = _pid(ev.product_id), category_name(ev.category or "")
         out.setdefault(product_shard(p), []).append(("touch", (p, t, ts, c, ev.price)))
         relation = "view" if t == "product_view" else "cart"
