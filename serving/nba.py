@@ -29,7 +29,6 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Annotated, Any, Final
 
-import orjson
 import redis.asyncio as aioredis
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -46,7 +45,7 @@ from schemas.decisions import encode_decision
 from schemas.events import MAX_ID_LEN
 from schemas.keys import customer_key, device_key
 from serving.decision_log import DecisionLog
-from serving.deps import NowDep, parse_as_of
+from serving.deps import NowDep, json_answer, parse_as_of
 from serving.errors import ApiError, error_responses
 from serving.metrics import LATENCY_BUCKETS
 from serving.reco import Recommender
@@ -347,12 +346,6 @@ AsOfQ = Annotated[
 router = APIRouter(tags=["decisions"])
 
 
-def _json(body: dict[str, Any]) -> Response:
-    """The answer as JSON, serialised by orjson (FastAPI's generic encoder walks every nested
-    value in Python: most of a decision's CPU time)."""
-    return Response(orjson.dumps(body), media_type="application/json")
-
-
 @router.get(
     "/v1/customers/{customer_id}/next-best-action",
     responses=error_responses(422),
@@ -368,7 +361,7 @@ async def customer_nba(
 ) -> Response:
     """The ranked, explained actions for a customer on a channel (the first is served)."""
     as_of_ms = now_ms if as_of is None else parse_as_of(as_of)
-    return _json(await decider.decide(channel, as_of_ms, n, customer_id=customer_id))
+    return json_answer(await decider.decide(channel, as_of_ms, n, customer_id=customer_id))
 
 
 @router.get(
@@ -387,4 +380,4 @@ async def visitor_nba(
     """The decision for the customer the device is linked to, else for the device's own
     anonymous profile (an unknown device: an empty profile)."""
     as_of_ms = now_ms if as_of is None else parse_as_of(as_of)
-    return _json(await decider.decide(channel, as_of_ms, n, anonymous_id=anonymous_id))
+    return json_answer(await decider.decide(channel, as_of_ms, n, anonymous_id=anonymous_id))

@@ -5,14 +5,13 @@ recommender."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
-import orjson
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
 
 from features import products as pr
 from schemas.events import MAX_ID_LEN
-from serving.deps import NowDep, parse_as_of
+from serving.deps import NowDep, json_answer, parse_as_of
 from serving.errors import error_responses
 from serving.reco import MAX_N, RecoMetrics, Recommender
 
@@ -54,10 +53,6 @@ IdPath = Annotated[str, Path(min_length=1, max_length=MAX_ID_LEN)]
 router = APIRouter(tags=["recommendations"])
 
 
-def _json(body: dict[str, Any]) -> Response:
-    return Response(orjson.dumps(body), media_type="application/json")
-
-
 @router.get(
     "/v1/customers/{customer_id}/recommendations",
     responses=error_responses(422),
@@ -78,7 +73,7 @@ async def customer_recommendations(
     body = await rec.recommend(
         as_of_ms, n, customer_id=customer_id, context_product=context_product, category=category
     )
-    return _json(body)
+    return json_answer(body)
 
 
 @router.get(
@@ -101,7 +96,7 @@ async def visitor_recommendations(
     body = await rec.recommend(
         as_of_ms, n, anonymous_id=anonymous_id, context_product=context_product, category=category
     )
-    return _json(body)
+    return json_answer(body)
 
 
 @router.get(
@@ -119,4 +114,4 @@ async def similar_products(
     """Viewed, carted and bought together with the product, then popular in its category
     (``"known": false``: the stream has not seen the product yet)."""
     as_of_ms = now_ms if as_of is None else parse_as_of(as_of)
-    return _json(await rec.similar(product_id, n, as_of_ms))
+    return json_answer(await rec.similar(product_id, n, as_of_ms))
