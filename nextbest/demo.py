@@ -115,8 +115,9 @@ def _api_server(
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """``nextbest serve`` in a child process on 127.0.0.1:port, sharing our Redis and broker
     (``POST /v1/events`` and the decision log go to the broker, which the demo's flow reads)."""
+    # (API keys off: the demo binds loopback, and its printed curl commands carry no key)
     env = dict(os.environ, NEXTBEST_REDIS_URL=redis_url, NEXTBEST_LOG_LEVEL="WARNING",
-               NEXTBEST_KAFKA_BROKERS=brokers)  # fmt: skip
+               NEXTBEST_KAFKA_BROKERS=brokers, NEXTBEST_AUTH="off")  # fmt: skip
     log = open(home / "demo-serve.log", "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen(
         [sys.executable, "-m", "nextbest", "serve", "--host", "127.0.0.1", "--port", str(port)],

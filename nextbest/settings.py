@@ -16,6 +16,7 @@ nextbest.settings.ConfigError: NEXTBEST_METRICS_PORT: expected an integer in [0,
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -96,6 +97,24 @@ def _on_off(raw: str) -> bool:
     if v in {"off", "0", "false", "no"}:
         return False
     raise ValueError(f"expected on or off, got {raw!r}")
+
+
+def _auth_mode(raw: str) -> str:
+    if raw not in ("auto", "on", "off"):
+        raise ValueError(f"expected auto, on or off, got {raw!r}")
+    return raw
+
+
+_ORIGIN_RE = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?")
+
+
+def _origins(raw: str) -> tuple[str, ...]:
+    """``https://a.example,http://localhost:3000`` -> a tuple; ``*`` allows any origin."""
+    out = tuple(o.strip() for o in raw.split(",") if o.strip())
+    for o in out:
+        if o != "*" and not _ORIGIN_RE.fullmatch(o):
+            raise ValueError(f"expected origins like https://shop.example[:port] or *, got {o!r}")
+    return out
 
 
 def _offset_reset(raw: str) -> str:
@@ -257,6 +276,30 @@ SPECS: dict[str, Spec] = {
         "Product knowledge in the dataflow (popularity, trending, co-occurrence: what "
         "recommendations read); `off` leaves it out of `run` and `replay`.",
     ),
+    "auth": Spec(
+        "NEXTBEST_AUTH",
+        "auto",
+        _auth_mode,
+        "API keys on the HTTP API: `on` (keys required), `off` (no checks; `serve` refuses it "
+        "unless bound to a loopback address: for the embedded demo only) or `auto` (`on` when "
+        "NEXTBEST_API_KEYS is set; else `off` on loopback, and `serve` refuses to start on any "
+        'other address). See the README, "Access control".',
+    ),
+    "api_keys": Spec(
+        "NEXTBEST_API_KEYS",
+        None,
+        _nonempty,
+        "The API keys file (YAML: each key's name, SHA-256 and scopes `collect`, `read`, "
+        "`admin`; `nextbest keys new` makes one). Keys themselves are never stored.",
+    ),
+    "cors_origins": Spec(
+        "NEXTBEST_CORS_ORIGINS",
+        "",
+        _origins,
+        "Comma-separated origins (`https://shop.example`) allowed to call the collect, "
+        "decision and recommendation routes from a browser (CORS, preflight included). "
+        "Unset: no CORS headers.",
+    ),
     "decision_log": Spec(
         "NEXTBEST_DECISION_LOG",
         None,
@@ -409,6 +452,9 @@ class Settings:
     actions: str | None
     recommendations: str | None
     products: bool
+    auth: str
+    api_keys: str | None
+    cors_origins: tuple[str, ...]
     decision_log: str | None
     topic_decisions: str
     snapshot_interval_s: int

@@ -21,8 +21,9 @@ from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 import uvicorn
-from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Path, Request
 from fastapi.responses import JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
@@ -30,11 +31,13 @@ from redis.exceptions import RedisError
 from features.store import aread_link, aread_stored_profile
 from schemas.events import MAX_ID_LEN
 from schemas.keys import customer_key, device_key
+from serving.auth import KeyRing, guarded, require
 from serving.bodies import HealthBody, ProfileBody, ReadyBody, VisitorBody
 from serving.collect import CollectSettings, start_collect, stop_collect
 from serving.collect import router as collect_router
+from serving.cors import RouteCORS
 from serving.decision_log import DecisionLog
-from serving.deps import NowDep, RedisDep, parse_as_of
+from serving.deps import AsOfQ, NowDep, RedisDep, parse_as_of
 from serving.deps import get_now_ms as get_now_ms  # re-exported: tests override it
 from serving.deps import get_redis as get_redis  # re-exported: tests override it
 from serving.errors import ApiError, error_responses, install_error_handlers
@@ -110,7 +113,8 @@ router = APIRouter()
 @router.get(
     "/v1/customers/{customer_id}/profile",
     response_model=ProfileBody,
-    responses=error_responses(404, 422, 503),
+    responses=error_responses(401, 403, 404, 422, 503),
+    dependencies=[Depends(require("read"))],
     tags=["profiles"],
     summary="A customer's profile as of a time",
 )
@@ -121,13 +125,7 @@ async def get_profile(
     redis: RedisDep,
     models: ModelsDep,
     now_ms: NowDep,
-    as_of: Annotated[
-        str | None,
-        Query(
-            description="RFC 3339 with a zone, or epoch milliseconds. Default: now.",
-            examples=["2026-01-02T03:04:05Z", "1767323045000"],
-        ),
-    ] = None,
+    as_of: AsOfQ = None,
 ) -> dict[str, Any]:
     """The stored profile rendered as of ``as_of`` (one Redis round trip)."""
     as_of_ms = now_ms if as_of is None else parse_as_of(as_of)
@@ -141,7 +139,8 @@ async def get_profile(
     "/v1/visitors/{anonymous_id}/profile",
     response_model=VisitorBody,
     response_model_exclude_unset=True,
-    responses=error_responses(404, 422, 503),
+    responses=error_responses(401, 403, 404, 422, 503),
+    dependencies=[Depends(require("read"))],
     tags=["profiles"],
     summary="A visitor's profile: the linked customer's, or the anonymous one",
 )
@@ -152,10 +151,7 @@ async def get_visitor_profile(
     redis: RedisDep,
     models: ModelsDep,
     now_ms: NowDep,
-    as_of: Annotated[
-        str | None,
-        Query(description="RFC 3339 with a zone, or epoch milliseconds. Default: now."),
-    ] = None,
+    as_of: AsOfQ = None,
 ) -> dict[str, Any]:
     """The profile of the customer the device is linked to (with the resolved id), or the
     device's anonymous profile when it was never linked."""
@@ -168,7 +164,12 @@ async def get_visitor_profile(
     return models.document(view, as_of_ms, bounds, resolved_from=anonymous_id, segments=segments)
 
 
-@router.get("/v1/models", tags=["models"], summary="The online models and their quality")
+@router.get(
+    "/v1/models",
+    tags=["models"],
+    summary="The online models and their quality",
+    **guarded("read"),
+)
 async def list_models(models: ModelsDep) -> dict[str, Any]:
     """Each model's loaded version, status, examples seen, label balance, rolling
     progressive-validation metrics (ROC AUC, log loss, Brier score) and their recent history."""
@@ -255,6 +256,8 @@ class ServingSettings(CollectSettings, Protocol):
     def actions(self) -> str | None: ...
     @property
     def recommendations(self) -> str | None: ...
+    @property
+    def cors_origins(self) -> tuple[str, ...]: ...
 
 
 def create_app(
@@ -265,6 +268,7 @@ def create_app(
     collect_ack_timeout: float | None = None,
     collect_disabled: str | None = None,
     decision_log: DecisionLog | None = None,
+    auth: KeyRing | None = None,
 ) -> FastAPI:
     """Build the app; its lifespan opens (and closes) the Redis pool on ``redis_url``.
 
@@ -302,7 +306,7 @@ def create_app(
             app.state.redis = None
             await client.aclose(close_connection_pool=True)
 
-    app = FastAPI(
+    app = FastAPIOffline(  # /docs and /redoc from packaged assets: nothing from the internet
         title="nextbest",
         version=_api_version(),
         description="Real-time personalisation engine: customer profiles and operations.",
@@ -313,13 +317,16 @@ def create_app(
     app.state.models = ModelSet()
     app.state.segments = load_definitions(settings.segments)
     app.state.redis = None
+    app.state.auth = auth
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(segments_router)
-    app.include_router(collect_router)
+    app.include_router(collect_router, **guarded("collect"))
     install_decisions(app, settings.actions, decision_log)
     install_recommendations(app, settings.recommendations)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    if settings.cors_origins:
+        app.add_middleware(RouteCORS, origins=settings.cors_origins)
     return app
 
 
@@ -331,6 +338,7 @@ def run_server(
     kafka_brokers: str | None = None,
     collect_disabled: str | None = None,
     decision_log: DecisionLog | None = None,
+    auth: KeyRing | None = None,
 ) -> None:
     """Serve the API with uvicorn until SIGTERM or SIGINT (blocking).
 
@@ -344,6 +352,7 @@ def run_server(
         kafka_brokers,
         collect_disabled=collect_disabled,
         decision_log=decision_log,
+        auth=auth,
     )
     with suppress(KeyboardInterrupt):
         uvicorn.run(

@@ -8,14 +8,14 @@ Tests override :func:`get_redis` and :func:`get_now_ms` through ``app.dependency
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, Final, cast
 
 import orjson
 import redis.asyncio as aioredis
-from fastapi import Depends, Request, Response
+from fastapi import Depends, Query, Request, Response
 
 from schemas.events import parse_as_of as parse_as_of_text
-from serving.errors import ApiError
+from serving.errors import AS_OF_HELP, ApiError
 
 
 def get_redis(request: Request) -> aioredis.Redis:
@@ -47,12 +47,7 @@ def parse_as_of(raw: str) -> int:
     """
     ms = parse_as_of_text(raw)
     if ms is None:
-        raise ApiError(
-            422,
-            "bad_as_of",
-            f"as_of {raw[:40]!r}: expected RFC 3339 with a zone (e.g. 2026-01-02T03:04:05Z) "
-            "or epoch milliseconds, between 1970-01-01 and 2100-01-01",
-        )
+        raise ApiError(422, "bad_as_of", f"as_of {raw[:40]!r}: {AS_OF_HELP}")
     return ms
 
 
@@ -61,6 +56,39 @@ def json_answer(body: dict[str, Any]) -> Response:
     value in Python: most of a decision's CPU time)."""
     return Response(orjson.dumps(body), media_type="application/json")
 
+
+# The exact language of ``as_of``, stated in the OpenAPI document so that every value valid by
+# the schema is accepted (a schema-driven fuzzer checks it): epoch milliseconds below
+# 4102444800000 (2100-01-01), or an RFC 3339 date-time of 1971-2098 (a zone offset cannot move
+# it out of the range) with a real calendar day, up to 6 fractional digits, and a zone (``Z`` or
+# ``+hh:mm``; a space for the ``+`` of an unencoded query string).
+_EPOCH: Final = (
+    r"[0-9]{1,12}|[0-3][0-9]{12}|40[0-9]{11}|410[01][0-9]{9}|4102[0-3][0-9]{8}"
+    r"|41024[0-3][0-9]{7}|410244[0-3][0-9]{6}|4102444[0-7][0-9]{5}"
+)
+_YEAR: Final = r"(?:197[1-9]|19[89][0-9]|20[0-8][0-9]|209[0-8])"
+_LEAP: Final = r"(?:19(?:7[26]|8[048]|9[26])|20(?:[02468][048]|[13579][26]))"
+_DAY: Final = (
+    rf"(?:{_YEAR}-(?:(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8])|(?:0[13-9]|1[0-2])-(?:29|30)"
+    rf"|(?:0[13578]|1[02])-31)|{_LEAP}-02-29)"
+)
+_TIME: Final = (
+    r"T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,6})?"
+    r"(?:Z|[+\- ](?:[01][0-9]|2[0-3]):[0-5][0-9])"
+)
+#: The pattern of an ``as_of`` query value (see :func:`parse_as_of`).
+AS_OF_PATTERN: Final = rf"^(?:{_EPOCH}|{_DAY}{_TIME})$"
+
+#: An ``as_of`` query parameter: its pattern is the exact set :func:`parse_as_of` accepts.
+AsOfQ = Annotated[
+    str | None,
+    Query(
+        description="Render as of this time: epoch milliseconds (below 4102444800000), or an "
+        "RFC 3339 date-time from 1971 to 2098 with a zone (`Z` or `+hh:mm`). Default: now.",
+        pattern=AS_OF_PATTERN,
+        examples=["2026-01-02T03:04:05Z", "1767323045000"],
+    ),
+]
 
 RedisDep = Annotated[aioredis.Redis, Depends(get_redis)]
 NowDep = Annotated[int, Depends(get_now_ms)]

@@ -1,9 +1,9 @@
 """Error bodies and handlers: every error the API returns is ``{"error": code, "detail": text}``.
 
 ``error`` is machine readable and drawn from a small fixed set (``not_found``, ``bad_as_of``,
-``unknown_segment``, ``bad_cursor``, ``validation_error``, ``method_not_allowed``,
-``redis_unavailable``, ``redis_error``, ``internal_error``, ``http_<status>``); ``detail`` is for
-humans.
+``unknown_segment``, ``bad_cursor``, ``unauthorized``, ``forbidden``, ``cors_rejected``,
+``validation_error``, ``method_not_allowed``, ``redis_unavailable``, ``redis_error``,
+``internal_error``, ``http_<status>``); ``detail`` is for humans.
 """
 
 from __future__ import annotations
@@ -40,11 +40,18 @@ class ErrorBody(BaseModel):
 class ApiError(Exception):
     """An error with its HTTP status and machine-readable code, rendered as :class:`ErrorBody`."""
 
-    def __init__(self, status_code: int, error: str, detail: str) -> None:
+    def __init__(
+        self,
+        status_code: int,
+        error: str,
+        detail: str,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(detail)
         self.status_code = status_code
         self.error = error
         self.detail = detail
+        self.headers = headers
 
 
 def error_response(
@@ -69,7 +76,7 @@ def _error_cause(exc: BaseException) -> str:
 
 async def _api_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return error_response(exc.status_code, exc.error, exc.detail)
+    return error_response(exc.status_code, exc.error, exc.detail, headers=exc.headers)
 
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
@@ -78,8 +85,19 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
 
 
+#: What a bad ``as_of`` is told (its schema pattern and :func:`serving.deps.parse_as_of`).
+AS_OF_HELP: Final = (
+    "expected RFC 3339 with a zone (e.g. 2026-01-02T03:04:05Z) or epoch milliseconds, "
+    "between 1970-01-01 and 2100-01-01"
+)
+
+
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
+    for err in exc.errors():  # as_of keeps its own code, whichever check refused it
+        if tuple(err.get("loc", ())) == ("query", "as_of"):
+            raw = str(err.get("input", ""))
+            return error_response(422, "bad_as_of", f"as_of {raw[:40]!r}: {AS_OF_HELP}")
     return error_response(422, "validation_error", _validation_detail(exc))
 
 
@@ -111,6 +129,8 @@ def install_error_handlers(app: FastAPI) -> None:
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` entries documenting :class:`ErrorBody` for the given statuses."""
     descriptions = {
+        401: "No API key, or an unknown one (when the server has keys)",
+        403: "The API key lacks the route's scope",
         404: "Not found",
         422: "Invalid request",
         503: "A dependency (Redis) is unavailable",

@@ -61,6 +61,13 @@ class HttpMetrics:
             registry=self.registry,
         )
 
+        self.auth_failures = Counter(
+            "nextbest_http_auth_failures_total",
+            "Requests refused by API-key checks, by reason (missing, unknown: 401; scope: 403).",
+            ("reason",),
+            registry=self.registry,
+        )
+
         self.model_metric = Gauge(
             "nextbest_model_metric",
             "Rolling progressive-validation metrics of the loaded model checkpoints.",

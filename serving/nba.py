@@ -44,8 +44,9 @@ from models.features import features_from_document
 from schemas.decisions import encode_decision
 from schemas.events import MAX_ID_LEN
 from schemas.keys import customer_key, device_key
+from serving.auth import guarded
 from serving.decision_log import DecisionLog
-from serving.deps import NowDep, json_answer, parse_as_of
+from serving.deps import AsOfQ, NowDep, json_answer, parse_as_of
 from serving.errors import ApiError, error_responses
 from serving.metrics import LATENCY_BUCKETS
 from serving.reco import Recommender
@@ -310,7 +311,7 @@ def install_decisions(app: FastAPI, actions: str | None, decision_log: DecisionL
     app.state.decision_log = decision_log
     app.state.decision_metrics = DecisionMetrics(app.state.metrics.registry)
     app.state.decider = None
-    app.include_router(router)
+    app.include_router(router, **guarded("read"))
 
 
 def close_decisions(app: FastAPI) -> None:
@@ -339,9 +340,6 @@ def get_decider(request: Request) -> Decider:
 DeciderDep = Annotated[Decider, Depends(get_decider)]
 ChannelQ = Annotated[str, Query(min_length=1, max_length=64, description="The channel.")]
 NQ = Annotated[int, Query(ge=1, le=MAX_N, description="How many actions to list.")]
-AsOfQ = Annotated[
-    str | None, Query(description="RFC 3339 with a zone, or epoch milliseconds. Default: now.")
-]
 
 router = APIRouter(tags=["decisions"])
 

@@ -11,7 +11,8 @@ from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
 
 from features import products as pr
 from schemas.events import MAX_ID_LEN
-from serving.deps import NowDep, json_answer, parse_as_of
+from serving.auth import guarded
+from serving.deps import AsOfQ, NowDep, json_answer, parse_as_of
 from serving.errors import error_responses
 from serving.reco import MAX_N, RecoMetrics, Recommender
 
@@ -24,7 +25,7 @@ def install_recommendations(app: FastAPI, path: str | None) -> None:
     app.state.reco_config = load_config(path)
     app.state.reco_metrics = RecoMetrics(app.state.metrics.registry)
     app.state.recommender = None
-    app.include_router(router)
+    app.include_router(router, **guarded("read"))
 
 
 def get_recommender(request: Request) -> Recommender:
@@ -38,9 +39,6 @@ def get_recommender(request: Request) -> Recommender:
 
 RecommenderDep = Annotated[Recommender, Depends(get_recommender)]
 NQ = Annotated[int, Query(ge=1, le=MAX_N, description="How many products to list.")]
-AsOfQ = Annotated[
-    str | None, Query(description="RFC 3339 with a zone, or epoch milliseconds. Default: now.")
-]
 ProductQ = Annotated[
     str | None,
     Query(min_length=1, max_length=pr.MAX_PRODUCT_ID, description="The product on the page."),

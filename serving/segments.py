@@ -43,7 +43,8 @@ from features.segments import Segment, SegmentSet, load_segments
 from features.store import exits_key, members_key
 from models.targets import NAMES
 from schemas.events import format_ts
-from serving.deps import NowDep, RedisDep, parse_as_of
+from serving.auth import require
+from serving.deps import AsOfQ, NowDep, RedisDep, parse_as_of
 from serving.errors import ApiError, error_responses
 
 DAY_MS: Final = 86_400_000
@@ -280,7 +281,8 @@ router = APIRouter(tags=["segments"])
 
 @router.get(
     "/v1/segments",
-    responses=error_responses(422, 503),
+    responses=error_responses(401, 403, 422, 503),
+    dependencies=[Depends(require("read"))],
     summary="Segment definitions, sizes and entries in the last 24 hours",
 )
 async def list_segments(
@@ -288,10 +290,7 @@ async def list_segments(
     segments: SegmentsDep,
     redis: RedisDep,
     now_ms: NowDep,
-    as_of: Annotated[
-        str | None,
-        Query(description="End of the 24 h window (RFC 3339 with a zone, or epoch ms); now."),
-    ] = None,
+    as_of: AsOfQ = None,
 ) -> dict[str, Any]:
     """Each configured segment: its definition (rules as text), its current size (``members``),
     ``entries_24h`` (current members who entered within the 24 h before ``as_of``; members who
@@ -307,7 +306,8 @@ async def list_segments(
 
 @router.get(
     "/v1/segments/{name}/members",
-    responses=error_responses(404, 422, 503),
+    responses=error_responses(401, 403, 404, 422, 503),
+    dependencies=[Depends(require("admin"))],
     summary="A segment's current members, paged",
 )
 async def list_members(

@@ -78,11 +78,21 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from nextbest.commands.segments import definitions
     from nextbest.runtime import redis_url
     from serving.app import run_server
+    from serving.auth import AuthConfigError, auth_for
 
     definitions(settings)  # a bad segments file stops here (exit 2), before anything starts
     actions_catalog(settings)  # so does a bad action catalogue
     host = args.host or settings.host
     port = args.port or settings.port
+    try:  # and so do missing or bad API keys (never serve an open API beyond loopback)
+        auth = auth_for(settings.auth, settings.api_keys, host)
+    except AuthConfigError as exc:
+        raise UsageError(f"config error: {exc}") from None
+    if auth is None:
+        off = "no NEXTBEST_API_KEYS" if settings.api_keys is None else "keys ignored"
+        log.warning("serve: API keys off (NEXTBEST_AUTH=%s, %s): loopback only", settings.auth, off)
+    else:
+        log.info("serve: API keys on (%d keys)", len(auth.keys))
     with (
         redis_url(settings) as url,
         collect_brokers(settings) as (brokers, why),
@@ -90,5 +100,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         contextlib.suppress(KeyboardInterrupt),
     ):
         dlog = decision_log(settings, brokers)
-        run_server(settings, url, host, port, brokers, collect_disabled=why, decision_log=dlog)
+        run_server(
+            settings, url, host, port, brokers, collect_disabled=why, decision_log=dlog, auth=auth
+        )
     return 0
