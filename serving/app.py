@@ -318,6 +318,8 @@ def create_app(
     app.state.segments = load_definitions(settings.segments)
     app.state.redis = None
     app.state.auth = auth
+    app.state.openapi_fixes = []  # what only the loaded configuration knows (channel names)
+    _finish_openapi(app)
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(segments_router)
@@ -328,6 +330,20 @@ def create_app(
     if settings.cors_origins:
         app.add_middleware(RouteCORS, origins=settings.cors_origins)
     return app
+
+
+def _finish_openapi(app: FastAPI) -> None:
+    """Make ``app.openapi()`` apply ``app.state.openapi_fixes`` (functions that edit the
+    generated document in place) once, when the document is first built."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            for fix in app.state.openapi_fixes:
+                fix(build())
+        return build()
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def run_server(

@@ -26,6 +26,7 @@ import random
 import time
 import uuid
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Annotated, Any, Final
 
@@ -311,7 +312,19 @@ def install_decisions(app: FastAPI, actions: str | None, decision_log: DecisionL
     app.state.decision_log = decision_log
     app.state.decision_metrics = DecisionMetrics(app.state.metrics.registry)
     app.state.decider = None
+    app.state.openapi_fixes.append(lambda doc: _channel_enum(doc, app.state.catalog.channels))
     app.include_router(router, **guarded("read"))
+
+
+def _channel_enum(doc: dict[str, Any], channels: Iterable[str]) -> None:
+    """The OpenAPI document states the catalogue's channels (the only ones accepted)."""
+    for path, ops in doc["paths"].items():
+        if path.endswith("/next-best-action"):
+            for p in ops["get"]["parameters"]:
+                if p["name"] == "channel":
+                    p["schema"] = {**p["schema"], "enum": list(channels)}
+                    p["schema"].pop("minLength", None)
+                    p["schema"].pop("maxLength", None)
 
 
 def close_decisions(app: FastAPI) -> None:
