@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(BIN)/nextbest demo
 
 test: $(STAMP) lint typecheck
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
