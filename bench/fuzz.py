@@ -90,6 +90,7 @@ from schemas.events import (
     decode_event,
     format_ts,
 )
+from schemas.identifiers import redact
 
 log = logging.getLogger("bench.fuzz")
 
@@ -326,7 +327,8 @@ def _check_rejected(err: DecodeError, data: bytes) -> None:
         raise Violation("record_mismatch", f"decode_record gave {rej!r:.200}", err.reason)
     line = encode_dead_letter(rej)
     try:
-        loss = dead_letter_loss(line, err.reason, data)
+        # (identifiers are redacted from dead letters: schemas.identifiers.redact)
+        loss = dead_letter_loss(line, err.reason, redact(data))
     except Exception as exc:
         why = f"{type(exc).__name__}: {exc}"
         raise Violation("dead_letter_invalid", why, err.reason) from exc

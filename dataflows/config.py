@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from features.traits import LATEST_WINS, TraitPolicy
 from models import labels as lb
+from schemas.identifiers import UNSALTED, IdentifierHasher
 
 if TYPE_CHECKING:
     from dataflows.steps.segments import SegmentContext
@@ -48,6 +50,11 @@ class FlowConfig:
     actions: Catalog | None = None
     #: Product knowledge (popularity, trending, co-occurrence) for recommendations.
     products: bool = True
+    #: How traits are merged (``NEXTBEST_TRAITS``).
+    traits: TraitPolicy = LATEST_WINS
+    #: Hashes identifiers at decode (``NEXTBEST_IDENTITY_SALT``; the commands always give it,
+    #: :func:`nextbest.running.flow_config`; its repr hides the salt).
+    ids: IdentifierHasher = UNSALTED
 
     @property
     def actions_keep_ms(self) -> int:

@@ -131,7 +131,9 @@ def build_flow(
     raw = op.input("read", flow, source)
     if to_record is not None:
         raw = op.map("to_record", raw, to_record)
-    decoded = op.flat_map_batch("decode", raw, make_decoder(source_label, cfg.max_future_ms))
+    decoded = op.flat_map_batch(
+        "decode", raw, make_decoder(source_label, cfg.max_future_ms, cfg.ids)
+    )
     by_kind = op.branch("split_decisions", decoded, is_decision)
     decisions: Stream[DecisionIn] = by_kind.trues  # type: ignore[assignment]
     split = op.branch("split_rejected", by_kind.falses, is_event)

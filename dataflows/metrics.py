@@ -57,8 +57,20 @@ SEGMENT_TRANSITIONS = Counter(
 )
 PROFILES_CREATED = Counter(
     "nextbest_profiles_created_total",
-    "Profiles created, by kind (customer, anonymous).",
+    "Profiles created, by kind (customer, anonymous, identifier).",
     ["kind"],
+)
+IDENTIFIER_CONFLICTS = Counter(
+    "nextbest_identifier_conflicts_total",
+    "Identifiers (email, phone) claimed by one more customer than their owner (each new "
+    "claimant once).",
+    ["kind"],
+)
+TRAITS_APPLIED = Counter(
+    "nextbest_traits_applied_total",
+    "identify events whose traits changed a profile, by their source's priority for it: any "
+    "(at least one trait changed) or none (every trait kept a better value).",
+    ["changed"],
 )
 PROFILES_DROPPED = Counter(
     "nextbest_profiles_dropped_total", "Profiles dropped by retention (no event for too long)."

@@ -10,7 +10,8 @@ import orjson
 
 from schemas import deadletters
 from schemas.decisions import DecisionDecodeError, DecisionRecord, decode_decision
-from schemas.events import DecodeError, Event, decode_event, format_ts
+from schemas.events import DecodeError, Event, decode_event, encode_event, format_ts
+from schemas.identifiers import UNSALTED, IdentifierHasher, redact
 
 
 class RawRecord(msgspec.Struct, frozen=True, array_like=True):
@@ -81,6 +82,17 @@ class Handover(msgspec.Struct, frozen=True, array_like=True):
     #: the linking event's time and its partition's watermark (see :class:`In`)
     ts: int = NO_STREAM_TIME
     stream_wm: int = NO_STREAM_TIME
+
+
+class IdentifierNote(msgspec.Struct, frozen=True, array_like=True):
+    """Identifier ``token`` is contested: ``owner`` keeps it, ``claimants`` all claimed it
+    (see :mod:`features.identifiers`); sent to every claimant's profile, at the source
+    ``position`` of the claim that changed it."""
+
+    token: str
+    owner: str
+    claimants: tuple[str, ...]
+    position: str = ""
 
 
 def position_key(position: str) -> tuple[str, int]:
@@ -244,7 +256,9 @@ def encode_segment_event(e: SegmentEvent, now_ms: int | None = None) -> bytes:
     return orjson.dumps(segment_event_document(e, now_ms), default=str)
 
 
-def decode_record(rec: RawRecord, max_future_ms: int = 0) -> In | DecisionIn | Rejected:
+def decode_record(
+    rec: RawRecord, max_future_ms: int = 0, ids: IdentifierHasher = UNSALTED
+) -> In | DecisionIn | Rejected:
     """Decode a raw record; failures become :class:`Rejected` (never raises).
 
     With ``max_future_ms``, an event whose ``ts`` is more than that ahead of the record's own
@@ -258,12 +272,18 @@ def decode_record(rec: RawRecord, max_future_ms: int = 0) -> In | DecisionIn | R
     'future_timestamp'
     >>> type(decode_record(RawRecord(ev, "file:x:1"), 86_400_000)).__name__  # no record time
     'In'
+
+    Identifiers are hashed with ``ids`` (:mod:`schemas.identifiers`); the record of an event
+    that carried any keeps the event's canonical bytes (with the tokens) instead of the bytes
+    read, and a rejected record's identifiers are redacted: no raw identifier goes further.
     """
-    out = decode_event(rec.data)
+    out = decode_event(rec.data, ids)
     if isinstance(out, DecodeError):
         if out.reason in _NOT_AN_EVENT and _DECISION in rec.data:
             return _decision(rec)
-        return Rejected(rec, out)
+        return Rejected(RawRecord(redact(rec.data), rec.position, rec.timestamp), out)
+    if out.email is not None or out.phone is not None or (out.traits and _IDS & out.traits.keys()):
+        rec = RawRecord(encode_event(out), rec.position, rec.timestamp)
     if max_future_ms and rec.timestamp is not None and out.ts > rec.timestamp + max_future_ms:
         ahead = (out.ts - rec.timestamp) / 3_600_000
         detail = f"ts is {ahead:.1f} h after the record was produced"
@@ -271,6 +291,7 @@ def decode_record(rec: RawRecord, max_future_ms: int = 0) -> In | DecisionIn | R
     return In(out, rec)
 
 
+_IDS = frozenset({"email", "phone"})
 #: What a decision record looks like to the event decoder, and what marks one.
 _NOT_AN_EVENT = frozenset({"missing_field:event_id", "unknown_type"})
 _DECISION = b'"type":"decision"'

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from features import rfm
 from features.clock import EventClock
+from features.identifiers import IdentifierState
 from features.identity import DeviceState
 from features.profile import ProfileState
 from models import labels as lb
@@ -56,7 +57,7 @@ class ClockSnapshot:
 class DeviceSnapshot:
     """One device of the identity step."""
 
-    state: DeviceState | None
+    state: DeviceState | IdentifierState | None
     dirty: bool = False
     v: int = 1
 

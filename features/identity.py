@@ -36,6 +36,7 @@ from bisect import insort
 from typing import Any, NamedTuple
 
 from features.profile import APPLIED, DUPLICATE, ProfileState, ingest, new_state
+from features.traits import LATEST_WINS, TraitPolicy
 from schemas.events import LINK_TYPES, Event
 from schemas.keys import device_key
 
@@ -109,7 +110,9 @@ def resolve(links: list[Link], ts: int, event_id: str) -> str:
     return owner
 
 
-def on_event(state: DeviceState, event: Event, lateness_ms: int) -> list[Action]:
+def on_event(
+    state: DeviceState, event: Event, lateness_ms: int, policy: TraitPolicy = LATEST_WINS
+) -> list[Action]:
     """Apply one event of the device; return the actions for the dataflow.
 
     Actions: ``("customer", customer_id)`` forward the event to that customer's profile;
@@ -137,7 +140,7 @@ def on_event(state: DeviceState, event: Event, lateness_ms: int) -> list[Action]
         return [("customer", resolve(state.links, event.ts, event.event_id))]
     if state.anon is None:
         state.anon = new_state(device_key(state.anonymous_id))
-    status = ingest(state.anon, event, lateness_ms)
+    status = ingest(state.anon, event, lateness_ms, policy)
     if status == APPLIED:
         return [("anon_changed",)]
     return [("duplicate",)] if status == DUPLICATE else [("late",)]

@@ -97,6 +97,7 @@ def flow_config(
         extra["write_interval_ms"] = write_interval_ms
     if segments:
         extra["segments"] = segment_context(settings, redis_url)
+    extra["ids"] = settings.identity_hasher()
     return settings.flow_config(**extra)
 
 

@@ -18,12 +18,16 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from dataflows.config import FlowConfig
+    from schemas.identifiers import IdentifierHasher
+
+#: The generated identity salt, under NEXTBEST_HOME (when NEXTBEST_IDENTITY_SALT is unset).
+SALT_FILE = "identity-salt"
 
 
 class ConfigError(ValueError):
@@ -423,6 +427,22 @@ SPECS: dict[str, Spec] = {
         "change it stops the flow cleanly and starts it again over every partition.",
     ),
     "log_level": Spec("NEXTBEST_LOG_LEVEL", "INFO", _log_level, "Log level."),
+    "traits": Spec(
+        "NEXTBEST_TRAITS",
+        None,
+        _nonempty,
+        "How profile traits are merged per trait: latest event time wins, or a source priority "
+        '(YAML; format in the README, "Traits"). Unset: the shipped `features/traits.yaml`.',
+    ),
+    "identity_salt": Spec(
+        "NEXTBEST_IDENTITY_SALT",
+        None,
+        _nonempty,
+        "Secret salt of the identifier hashes (HMAC-SHA256 of normalised emails and phone "
+        "numbers; at least 16 characters). Unset: a random salt generated once into "
+        "`NEXTBEST_HOME/identity-salt` (mode 0600), with a warning. Changing it makes every "
+        "stored identifier hash unmatchable. Never logged.",
+    ),
 }
 
 
@@ -473,6 +493,8 @@ class Settings:
     kafka_offset_reset: str
     topic_check_interval_ms: int
     log_level: str
+    traits: str | None
+    identity_salt: str | None = field(repr=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -542,15 +564,61 @@ class Settings:
             "reproject_rate": self.reproject_rate,
             "max_future_ms": self.max_future_ms,
             "products": self.products,
+            "traits": _trait_policy(self.traits),
         }
+        if self.identity_salt is not None:
+            values["ids"] = self.identity_hasher()
         values.update(overrides)
         return FlowConfig(**values)
+
+    def identity_hasher(self) -> IdentifierHasher:
+        """The hasher of identifiers: ``NEXTBEST_IDENTITY_SALT``, else the salt file under
+        ``NEXTBEST_HOME`` (created once, mode 0600, with a warning)."""
+        from schemas.identifiers import IdentifierHasher
+
+        if self.identity_salt is not None:
+            if len(self.identity_salt) < 16:
+                raise ConfigError("NEXTBEST_IDENTITY_SALT: must be at least 16 characters")
+            return IdentifierHasher(self.identity_salt.encode())
+        return IdentifierHasher(_salt_file(self.home_path / SALT_FILE))
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with some values changed (for the CLI's flags and for tests)."""
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d.update(changes)
         return Settings(**d)
+
+
+def _trait_policy(path: str | None) -> Any:
+    from features.trait_policy import TraitConfigError, load_policy
+
+    try:
+        return load_policy(path)
+    except TraitConfigError as exc:
+        raise ConfigError(f"NEXTBEST_TRAITS: {exc}") from None
+
+
+def _salt_file(path: Path) -> bytes:
+    """The salt in ``path``, generated (32 random bytes, hex, mode 0600) when missing."""
+    import logging
+    import secrets
+
+    try:
+        return path.read_bytes().strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process made it first
+        return path.read_bytes().strip()
+    with os.fdopen(fd, "wb") as f:
+        f.write(secrets.token_hex(32).encode())
+    logging.getLogger(__name__).warning(
+        "NEXTBEST_IDENTITY_SALT is unset: generated a random identity salt in %s; set "
+        "NEXTBEST_IDENTITY_SALT in production (the same on every process)", path
+    )
+    return path.read_bytes().strip()
 
 
 def settings_table() -> str:

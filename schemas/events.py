@@ -36,7 +36,9 @@ from typing import Any, Final
 
 import msgspec
 
+from schemas.identifiers import UNSALTED, IdentifierHasher
 from schemas.keys import customer_key, device_key
+from schemas.traits import IDENTIFY, Fields, check_source_fields
 
 #: Largest accepted event, in bytes of its JSON encoding.
 MAX_EVENT_BYTES: Final = 16 * 1024
@@ -66,7 +68,9 @@ TRANSACTION_TYPES: Final = frozenset({"purchase", "refund"})
 FEEDBACK_TYPES: Final = frozenset({"decision_outcome"})
 #: What happened after a decision: the action was shown, clicked, or led to a conversion.
 OUTCOME_TYPES: Final = ("impression", "click", "conversion")
-EVENT_TYPES: Final = CLICKSTREAM_TYPES | TRANSACTION_TYPES | FEEDBACK_TYPES
+#: Source systems (CRM, ERP, shop back office): ``identify`` with ``traits`` and a ``source``.
+SOURCE_TYPES: Final = frozenset({IDENTIFY})
+EVENT_TYPES: Final = CLICKSTREAM_TYPES | TRANSACTION_TYPES | FEEDBACK_TYPES | SOURCE_TYPES
 #: Identity-linking types: carrying both ids links the anonymous id to the customer.
 LINK_TYPES: Final = frozenset({"login", "signup"})
 
@@ -107,6 +111,10 @@ class _WireEvent(msgspec.Struct, kw_only=True, omit_defaults=True):
     action_id: str | None = None
     outcome: str | None = None
     value: float | None = None
+    traits: dict[str, Any] | None = None
+    source: str | None = None
+    email: str | None = None
+    phone: str | None = None
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -131,13 +139,18 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     action_id: str | None = None
     outcome: str | None = None
     value: float | None = None
+    traits: dict[str, Any] | None = None
+    source: str | None = None
+    email: str | None = None
+    phone: str | None = None
 
     @property
     def key(self) -> str:
-        """The partition key: ``c:<customer_id>``, else ``a:<anonymous_id>``."""
+        """The partition key: ``c:<customer_id>``, else ``a:<anonymous_id>``, else
+        ``a:<identifier token>`` (email, else phone: see :mod:`features.identifiers`)."""
         if self.customer_id is not None:
             return customer_key(self.customer_id)
-        return device_key(self.anonymous_id or "")
+        return device_key(self.anonymous_id or self.email or self.phone or "")
 
 
 class DecodeError(msgspec.Struct, frozen=True):
@@ -250,8 +263,11 @@ def _validation_reason(exc: msgspec.ValidationError) -> DecodeError:
     return DecodeError(f"bad_type:{field}", msg)
 
 
-def decode_event(data: bytes | bytearray | memoryview | str) -> Event | DecodeError:
-    """Decode and validate one event. Never raises; every failure is a :class:`DecodeError`."""
+def decode_event(
+    data: bytes | bytearray | memoryview | str, ids: IdentifierHasher = UNSALTED
+) -> Event | DecodeError:
+    """Decode and validate one event. Never raises; every failure is a :class:`DecodeError`.
+    Identifiers (``email``, ``phone``, and those of ``traits``) are hashed with ``ids``."""
     try:
         if len(data) > MAX_EVENT_BYTES:
             return DecodeError("too_large", f"{len(data)} bytes > {MAX_EVENT_BYTES}")
@@ -261,7 +277,7 @@ def decode_event(data: bytes | bytearray | memoryview | str) -> Event | DecodeEr
             return _validation_reason(exc)
         except msgspec.DecodeError as exc:
             return DecodeError("invalid_json", str(exc))
-        return _validate(w)
+        return _validate(w, ids)
     except Exception as exc:  # pragma: no cover - defensive: the decoder must never raise
         return DecodeError("invalid_json", f"{type(exc).__name__}: {exc}")
 
@@ -289,7 +305,7 @@ def _too_deep(value: Any, limit: int) -> bool:
     return False
 
 
-def _validate(w: _WireEvent) -> Event | DecodeError:
+def _validate(w: _WireEvent, ids: IdentifierHasher) -> Event | DecodeError:
     for name in ("event_id", "type", "ts"):
         if getattr(w, name) is None:
             return DecodeError(f"missing_field:{name}")
@@ -303,7 +319,11 @@ def _validate(w: _WireEvent) -> Event | DecodeError:
     ts = parse_ts(w.ts)
     if ts is None:
         return DecodeError("bad_timestamp", f"ts {str(w.ts)[:40]!r}")
-    if w.customer_id is None and w.anonymous_id is None:
+    src = check_source_fields(w.type, w.traits, w.source, w.email, w.phone, ids)
+    if not isinstance(src, Fields):
+        return DecodeError(*src)
+    traits, source, email, phone = src
+    if w.customer_id is None and w.anonymous_id is None and email is None and phone is None:
         return DecodeError("no_identity", "neither customer_id nor anonymous_id")
     if w.properties is not None and len(w.properties) > MAX_PROPERTIES:
         return DecodeError("too_large", f"properties has more than {MAX_PROPERTIES} keys")
@@ -354,6 +374,10 @@ def _validate(w: _WireEvent) -> Event | DecodeError:
         action_id=w.action_id,
         outcome=w.outcome,
         value=w.value,
+        traits=traits,
+        source=source,
+        email=email,
+        phone=phone,
     )
 
 

@@ -23,8 +23,16 @@ from schemas.events import (
     MAX_ITEMS,
     MAX_PROPERTIES,
     OUTCOME_TYPES,
+    SOURCE_TYPES,
     TRANSACTION_TYPES,
     _WireEvent,
+)
+from schemas.traits import (
+    MAX_CUSTOM_TRAITS,
+    MAX_TRAIT_CHARS,
+    SOURCE_RE,
+    STANDARD_TRAITS,
+    TRAIT_NAME_RE,
 )
 
 OUT_DIR = Path(__file__).parent / "json"
@@ -49,6 +57,37 @@ def event_schema() -> dict[str, Any]:
     props["outcome"] = {"enum": list(OUTCOME_TYPES)}
     props["quantity"] = {"type": "integer", "minimum": 1, "maximum": 10000}
     props["items"] = {"type": "array", "maxItems": MAX_ITEMS, "items": {"$ref": "#/$defs/Item"}}
+    props["source"] = {"type": "string", "pattern": f"^{SOURCE_RE.pattern}$"}
+    props["email"] = {
+        "type": "string",
+        "description": "An email address (trimmed, lower-cased; local@domain.tld), or its "
+        "token em:<32 hex>; stored only as a salted hash. Resolves the event to its customer.",
+    }
+    props["phone"] = {
+        "type": "string",
+        "description": "A phone number in E.164 after removing spaces, dashes, dots and "
+        "parentheses (a leading 00 becomes +): + and 8 to 15 digits; or its token ph:<32 hex>. "
+        "Stored only as a salted hash. Resolves the event to its customer.",
+    }
+    text = {"type": ["string", "null"], "maxLength": MAX_TRAIT_CHARS}
+    standard: dict[str, Any] = {n: text for n in STANDARD_TRAITS}
+    standard["email"] = {"type": ["string", "null"], "description": "as the event's email"}
+    standard["phone"] = {"type": ["string", "null"], "description": "as the event's phone"}
+    standard["country"] = {"type": ["string", "null"], "pattern": "^[A-Za-z]{2}$"}
+    standard["birthday"] = {"type": ["string", "null"], "format": "date"}
+    props["traits"] = {
+        "type": "object",
+        "description": f"identify: the person's traits; at most {MAX_CUSTOM_TRAITS} custom "
+        "traits besides the standard ones (a string, a number, a boolean or null).",
+        "properties": standard,
+        "propertyNames": {
+            "anyOf": [{"enum": list(STANDARD_TRAITS)}, {"pattern": f"^{TRAIT_NAME_RE.pattern}$"}]
+        },
+        "additionalProperties": {
+            "anyOf": [text, {"type": ["number", "boolean"]}],
+        },
+        "maxProperties": MAX_CUSTOM_TRAITS + len(STANDARD_TRAITS),
+    }
     body.pop("title", None)
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -59,11 +98,13 @@ def event_schema() -> dict[str, Any]:
             f"Clickstream types: {', '.join(sorted(CLICKSTREAM_TYPES))}. Transaction types "
             f"(customer_id and total required): {', '.join(sorted(TRANSACTION_TYPES))}. "
             f"Feedback types (decision_id, action_id and outcome required): "
-            f"{', '.join(sorted(FEEDBACK_TYPES))}. Unknown extra fields are accepted."
+            f"{', '.join(sorted(FEEDBACK_TYPES))}. Source-system types (traits and source "
+            f"required): {', '.join(sorted(SOURCE_TYPES))}. Identity: customer_id, "
+            "anonymous_id, email or phone. Unknown extra fields are accepted."
         ),
         **body,
         "required": ["event_id", "type", "ts"],
-        "anyOf": [{"required": ["customer_id"]}, {"required": ["anonymous_id"]}],
+        "anyOf": [{"required": [n]} for n in ("customer_id", "anonymous_id", "email", "phone")],
         "allOf": [
             {
                 "if": {"properties": {"type": {"enum": sorted(TRANSACTION_TYPES)}}},
@@ -72,6 +113,10 @@ def event_schema() -> dict[str, Any]:
             {
                 "if": {"properties": {"type": {"enum": sorted(FEEDBACK_TYPES)}}},
                 "then": {"required": ["decision_id", "action_id", "outcome"]},
+            },
+            {
+                "if": {"properties": {"type": {"enum": sorted(SOURCE_TYPES)}}},
+                "then": {"required": ["traits", "source"]},
             },
         ],
         "$defs": defs,

@@ -19,6 +19,23 @@ class MembershipBody(BaseModel):
     )
 
 
+class TraitBody(BaseModel):
+    """One trait: the value kept, the source that sent it, that event's time."""
+
+    value: str | bool | int | float | None = Field(description="The value (null: none).")
+    source: str = Field(description="The source system, e.g. crm.", examples=["crm"])
+    ts: str = Field(description="Event time of the value (RFC 3339, UTC).")
+
+
+class ConflictBody(BaseModel):
+    """An identifier claimed by several customers: the owner keeps it."""
+
+    identifier: str = Field(description="The identifier's token (em:/ph: + 32 hex).")
+    kind: Literal["email", "phone"]
+    owner: str = Field(description="The customer whose claim came first in event time.")
+    claimed_by: list[str] = Field(description="Every customer that claimed it.")
+
+
 class ProfileBody(BaseModel):
     """A customer's profile as of a time (``features.profile.render``).
 
@@ -34,13 +51,31 @@ class ProfileBody(BaseModel):
         description="The time the profile is computed as of (RFC 3339, UTC).",
         examples=["2026-01-02T03:04:05Z"],
     )
-    first_seen_ts: str = Field(description="Event time of the earliest event (RFC 3339, UTC).")
-    last_seen_ts: str = Field(description="Event time of the latest event (RFC 3339, UTC).")
+    first_seen_ts: str | None = Field(
+        description="Event time of the earliest event (RFC 3339, UTC); null for a profile "
+        "that has only traits (a CRM record without behaviour)."
+    )
+    last_seen_ts: str | None = Field(
+        description="Event time of the latest event (RFC 3339, UTC); null as first_seen_ts."
+    )
     events_total: int = Field(description="Events applied to the profile.", ge=0)
     purchases_total: int = Field(description="Purchases.", ge=0)
     revenue_total: float = Field(description="Purchase totals minus refund totals.")
     counts: dict[str, int] = Field(
         description="Events by type.", examples=[{"page_view": 3, "purchase": 1}]
+    )
+    traits: dict[str, TraitBody] = Field(
+        default_factory=dict,
+        description="The person's traits from source systems (identify events), each with the "
+        "source and event time of the value kept (see the README, Traits). email and phone are "
+        "tokens (salted hashes), never the raw values.",
+        examples=[
+            {"loyalty_tier": {"value": "gold", "source": "crm", "ts": "2026-01-02T03:04:05Z"}}
+        ],
+    )
+    identifier_conflicts: list[ConflictBody] = Field(
+        default_factory=list,
+        description="Identifiers this customer claimed that another customer claimed too.",
     )
     segments: dict[str, MembershipBody] = Field(
         default_factory=dict,

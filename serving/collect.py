@@ -28,7 +28,9 @@ from schemas.events import (
     DecodeError,
     Event,
     decode_event,
+    encode_event,
 )
+from schemas.identifiers import UNSALTED, IdentifierHasher, redact
 from serving.errors import ApiError, error_responses
 from serving.metrics import HttpMetrics
 from serving.producer import ACK_TIMEOUT, BrokerUnavailable, EventProducer, OutRecord
@@ -56,6 +58,7 @@ class CollectSettings(Protocol):
     def dead_letter_max_bytes(self) -> int: ...
     @property
     def max_future_ms(self) -> int: ...
+    def identity_hasher(self) -> IdentifierHasher: ...
 
 
 @dataclass
@@ -68,6 +71,8 @@ class Collector:
     dead_letter: str
     dead_letter_max_bytes: int
     max_future_ms: int
+    #: hashes identifiers before anything is written (``NEXTBEST_IDENTITY_SALT``)
+    ids: IdentifierHasher = UNSALTED
 
 
 def start_collect(
@@ -94,6 +99,7 @@ def start_collect(
         dead_letter=settings.topic_dead_letter,
         dead_letter_max_bytes=settings.dead_letter_max_bytes,
         max_future_ms=settings.max_future_ms,
+        ids=settings.identity_hasher(),
     )
     log.info("serving: POST %s writes to %s", ROUTE, kafka_brokers)
 
@@ -230,7 +236,9 @@ def split_body(body: bytes) -> list[bytes]:
     return [bytes(r) for r in raws]
 
 
-def check(raw: bytes, now_ms: int, max_future_ms: int) -> Event | DecodeError:
+def check(
+    raw: bytes, now_ms: int, max_future_ms: int, ids: IdentifierHasher = UNSALTED
+) -> Event | DecodeError:
     """Decode one event as the dataflow does, and apply its ``future_timestamp`` rule against
     the time of receipt.
 
@@ -238,11 +246,21 @@ def check(raw: bytes, now_ms: int, max_future_ms: int) -> Event | DecodeError:
     ...       1_767_225_600_000, 86_400_000).reason
     'future_timestamp'
     """
-    out = decode_event(raw)
+    out = decode_event(raw, ids)
     if isinstance(out, Event) and max_future_ms and out.ts > now_ms + max_future_ms:
         ahead = (out.ts - now_ms) / 3_600_000
         return DecodeError("future_timestamp", f"ts is {ahead:.1f} h after it was received")
     return out
+
+
+def carries_identifiers(event: Event) -> bool:
+    """Whether an event carries an email or phone (as tokens, once decoded)."""
+    t = event.traits
+    return (
+        event.email is not None
+        or event.phone is not None
+        or (t is not None and ("email" in t or "phone" in t))
+    )
 
 
 def dead_letter_record(
@@ -299,12 +317,14 @@ async def post_events(request: Request) -> JSONResponse:
     types: list[str] = []
     records: list[OutRecord] = []
     for i, raw in enumerate(raws):
-        out = check(raw, now_ms, collector.max_future_ms)
+        out = check(raw, now_ms, collector.max_future_ms, collector.ids)
         if isinstance(out, Event):
             topic = (
                 collector.transactions if out.type in TRANSACTION_TYPES else collector.clickstream
             )
-            records.append(OutRecord(topic, out.key.encode(), raw))
+            # (identifiers leave as tokens: the topic never holds a raw email or phone)
+            value = encode_event(out) if carries_identifiers(out) else raw
+            records.append(OutRecord(topic, out.key.encode(), value))
             results.append(
                 {"index": i, "event_id": out.event_id, "status": "accepted", "reason": None}
             )
@@ -312,7 +332,9 @@ async def post_events(request: Request) -> JSONResponse:
             continue
         event_id, typ = _peek(raw)
         position = f"http:{ROUTE}:{request_id}:{i}"
-        value = dead_letter_record(raw, out, position, collector.dead_letter_max_bytes, now_ms)
+        value = dead_letter_record(
+            redact(raw), out, position, collector.dead_letter_max_bytes, now_ms
+        )
         records.append(OutRecord(collector.dead_letter, None, value))
         results.append({"index": i, "event_id": event_id, "status": "rejected",
                         "reason": out.reason, "detail": out.detail[:200]})  # fmt: skip

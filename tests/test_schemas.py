@@ -161,6 +161,8 @@ def test_encode_decode_round_trip(type_: str, ts: int, ident: str) -> None:
         action_id="a",
         outcome="conversion",
         value=3.5,
+        traits={"crm_id": "x", "vip": True},
+        source="crm",
     )
     assert decode_event(encode_event(ev)) == ev
 

@@ -16,17 +16,19 @@ from dataflows.records import (
 from dataflows.steps import Keyed
 from features.identity import needs_identity
 from schemas.events import DecodeError
+from schemas.identifiers import UNSALTED, IdentifierHasher
 from schemas.keys import customer_key, device_key, is_device
 
 
 def make_decoder(
-    source_label: str, max_future_ms: int = 0
+    source_label: str, max_future_ms: int = 0, ids: IdentifierHasher = UNSALTED
 ) -> Callable[[list[RawRecord]], list[Any]]:
-    """Batch decoder that counts what it sees (one call per source batch)."""
+    """Batch decoder that counts what it sees (one call per source batch); identifiers are
+    hashed with ``ids``."""
     read_counter = metrics.EVENTS_READ.labels(source_label)
 
     def decode_batch(batch: list[RawRecord]) -> list[In | DecisionIn | Rejected]:
-        out = [decode_record(r, max_future_ms) for r in batch]
+        out = [decode_record(r, max_future_ms, ids) for r in batch]
         read_counter.inc(len(batch))
         for item in out:
             if isinstance(item, Rejected):
@@ -57,15 +59,25 @@ def is_event(item: In | Rejected) -> bool:
 
 def key_events(batch: list[In]) -> list[Keyed]:
     """Key each event: ``a:<anonymous_id>`` for the identity step (anonymous-only events and
-    login/signup links), else ``c:<customer_id>``. The key also travels in the value."""
+    login/signup links), ``a:<token>`` for an event with only an email or phone (its token),
+    else ``c:<customer_id>``; an event with a ``customer_id`` and identifiers also goes to each
+    identifier's key as a claim (:mod:`features.identifiers`). The key also travels in the
+    value."""
     out: list[Keyed] = []
     for item in batch:
         ev = item.event
         if needs_identity(ev):
             key = device_key(ev.anonymous_id or "")
+        elif ev.customer_id is None:  # only an email or phone: the identifier resolves it
+            key = device_key(ev.email or ev.phone or "")
         else:
-            key = customer_key(ev.customer_id or "")
+            key = customer_key(ev.customer_id)
         out.append((key, (key, item)))
+        if ev.customer_id is not None:  # a claim of each identifier it carries
+            for token in (ev.email, ev.phone):
+                if token is not None:
+                    claim = device_key(token)
+                    out.append((claim, (claim, item)))
     return out
 
 

@@ -1,4 +1,6 @@
-"""The identity step: one device, its links, its anonymous profile, routing."""
+"""The identity step: one device, its links, its anonymous profile, routing; or one identifier
+(email or phone token, keyed ``a:<token>``), its claims, its own profile, routing to its owner,
+conflicts (:mod:`features.identifiers`)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from dataflows.effects import Route
 from dataflows.records import (
     DropProfile,
     Handover,
+    IdentifierNote,
     Reproject,
     SinkOp,
     Tick,
@@ -24,15 +27,17 @@ from dataflows.snapshots import DeviceSnapshot, dump
 from dataflows.steps import DISCARD, RETAIN, Out
 from dataflows.steps.debounce import Debounced
 from dataflows.steps.profile import arrival_order
+from features import identifiers as ids
 from features.identity import DeviceState, on_event
-from schemas.keys import customer_key, device_key
+from schemas.identifiers import is_token, kind_of
+from schemas.keys import customer_key, device_key, entity_id
 
 
 class DeviceLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
     """Identity step for one device: links, the anonymous profile, routing to customers."""
 
     def __init__(self, resume: DeviceSnapshot | None, cfg: FlowConfig) -> None:
-        self.state: DeviceState | None
+        self.state: DeviceState | ids.IdentifierState | None
         snap = resume or DeviceSnapshot(None)
         self.state, self.dirty = snap.state, snap.dirty
         self.cfg = cfg
@@ -46,7 +51,7 @@ class DeviceLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
         values.sort(key=lambda kv: arrival_order(kv[1]))
         out: list[Out] = []
         anon_changed = False
-        for _, item in values:
+        for key, item in values:
             if isinstance(item, Reproject):
                 out.extend(self._projection())
                 continue
@@ -54,13 +59,18 @@ class DeviceLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
                 st = self.state
                 if st is not None and st.last_ts + self.cfg.retention_ms <= item.watermark:
                     metrics.PROFILES_DROPPED.inc()
-                    return [*out, DropProfile(device_key(st.anonymous_id))], DISCARD
+                    return [*out, DropProfile(device_key(self._id))], DISCARD
                 continue
             ev = item.event
             if self.state is None:
-                self.state = DeviceState(ev.anonymous_id or "")
-                metrics.PROFILES_CREATED.labels("anonymous").inc()
-            for action in on_event(self.state, ev, self.cfg.lateness_ms):
+                self.state = self._new(key)
+            st = self.state
+            cfg = self.cfg
+            if isinstance(st, DeviceState):
+                actions = on_event(st, ev, cfg.lateness_ms, cfg.traits)
+            else:
+                actions = ids.on_event(st, ev, cfg.lateness_ms, cfg.traits)
+            for action in actions:
                 kind = action[0]
                 if kind == "customer":
                     out.append(Route(customer_key(action[1]), item))
@@ -68,7 +78,13 @@ class DeviceLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
                     handover = Handover(action[2], item.record.position, ev.ts, item.stream_wm)
                     out.append(Route(customer_key(action[1]), handover))
                 elif kind == "link":
-                    out.append(WriteLink(self.state.anonymous_id, action[1]))
+                    out.append(WriteLink(self._id, action[1]))
+                elif kind == "conflict":
+                    _, owner, claimants, new = action
+                    if new:
+                        metrics.IDENTIFIER_CONFLICTS.labels(kind_of(self._id)).inc()
+                    note = IdentifierNote(self._id, owner, claimants, item.record.position)
+                    out.extend(Route(customer_key(c), note) for c in claimants)
                 elif kind == "anon_changed":
                     anon_changed = True
                 elif kind == "late":
@@ -81,12 +97,32 @@ class DeviceLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
         # (only ticks or a re-projection for a device with no state: nothing to keep)
         return out, RETAIN if self.state is not None else DISCARD
 
+    @property
+    def _id(self) -> str:
+        """The anonymous id or identifier token."""
+        st = self.state
+        assert st is not None
+        return st.anonymous_id if isinstance(st, DeviceState) else st.token
+
+    @staticmethod
+    def _new(key: str) -> DeviceState | ids.IdentifierState:
+        name = entity_id(key)
+        if is_token(name):
+            metrics.PROFILES_CREATED.labels("identifier").inc()
+            return ids.IdentifierState(name)
+        metrics.PROFILES_CREATED.labels("anonymous").inc()
+        return DeviceState(name)
+
     def _projection(self) -> list[Out]:
-        """What Redis holds for the device: its link, else its anonymous profile."""
+        """What Redis holds for the device (identifier): its link (owner), else its own
+        profile."""
         st = self.state
         if st is None:
             return []
-        if st.links:
+        if isinstance(st, ids.IdentifierState):
+            if st.owner is not None:
+                return [WriteLink(st.token, st.owner)]
+        elif st.links:
             return [WriteLink(st.anonymous_id, st.links[-1].customer_id)]
         self.dirty = True
         return self.flush(force=True)

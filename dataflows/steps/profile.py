@@ -15,6 +15,7 @@ from dataflows.records import (
     DropProfile,
     ExitSegment,
     Handover,
+    IdentifierNote,
     In,
     IndexSegment,
     Reproject,
@@ -35,6 +36,7 @@ from features import rfm
 from features.segments import Transition
 from models import labels as lb
 from models.features import state_features
+from schemas.traits import IDENTIFY
 
 
 def rfm_point(state: pf.ProfileState) -> rfm.RfmPoint | None:
@@ -56,6 +58,8 @@ def arrival_order(item: Any) -> tuple[int, str, int, int]:
         return (1, *position_key(item.record.position), 1)
     if isinstance(item, Handover):
         return (1, *position_key(item.position), 0)
+    if isinstance(item, IdentifierNote):
+        return (1, *position_key(item.position), 2)
     if isinstance(item, Reproject):
         return (2, "", 0, 0)
     return (0, "", item.watermark, 0)
@@ -152,8 +156,19 @@ class ProfileLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
                 metrics.PROFILES_CREATED.labels("customer").inc()
             if isinstance(item, Handover):
                 self._catch_up(max(item.stream_wm, item.ts - 1), transitions)
-                pf.merge_into(self.state, item.state)
+                pf.merge_into(self.state, item.state, policy=self.cfg.traits)
                 changed = True
+                continue
+            if isinstance(item, IdentifierNote):
+                changed |= pf.note_conflict(self.state, item.token, item.owner, item.claimants)
+                continue
+            if item.event.type == IDENTIFY:  # traits only: no lateness, labels or models
+                self._catch_up(max(item.stream_wm, item.event.ts - 1), transitions)
+                applied = pf.apply_identify(self.state, item.event, self.cfg.traits)
+                metrics.TRAITS_APPLIED.labels("any" if applied else "none").inc()
+                if applied:
+                    changed = True
+                    self._evaluate(item.event.ts, transitions)
                 continue
             # flips the stream has passed, or that came before this event
             self._catch_up(max(item.stream_wm, item.event.ts - 1), transitions)

@@ -49,6 +49,7 @@ from features.profile.codec import fields_of, from_fields, to_fields, view
 from features.profile.fold import ingest, last_event_ts, new_state, record_link
 from features.profile.merge import merge_into
 from features.profile.render import StateSource, render, render_state, window_values
+from features.profile.sources import apply_identify, merge_sources, note_conflict
 from features.profile.state import (
     APPLIED,
     COUNT_FEATURES,
@@ -92,12 +93,15 @@ __all__ = [
     "ProfileState",
     "ProfileView",
     "StateSource",
+    "apply_identify",
     "fields_of",
     "from_fields",
     "ingest",
     "last_event_ts",
     "merge_into",
+    "merge_sources",
     "new_state",
+    "note_conflict",
     "record_link",
     "render",
     "render_state",

@@ -119,6 +119,8 @@ def view(state: ProfileState, series: frozenset[str] | None = None) -> ProfileVi
         recent=[(ts, k, p, c) for ts, _e, k, p, c in a.recent],
         cart=dict(sorted(a.cart.items())),
         bought=dict(sorted(a.bought.items())),
+        traits={n: (t.value, t.source, t.ts) for n, t in sorted(state.traits.items())},
+        conflicts=dict(sorted(state.conflicts.items())),
     )
 
 
@@ -152,6 +154,8 @@ _link_encoder: Final = msgspec.json.Encoder()
 _link_decoder: Final = msgspec.json.Decoder(tuple[str, str, int, str])
 _recent_decoder: Final = msgspec.json.Decoder(list[tuple[int, str, str, str]])
 _counts_decoder: Final = msgspec.json.Decoder(dict[str, int])
+_traits_decoder: Final = msgspec.json.Decoder(dict[str, tuple[Any, str, int]])
+_conflicts_decoder: Final = msgspec.json.Decoder(dict[str, tuple[str, tuple[str, ...]]])
 
 
 def fields_of(v: ProfileView) -> dict[str, str]:
@@ -187,6 +191,10 @@ def fields_of(v: ProfileView) -> dict[str, str]:
         _put(f, "ck", _link_encoder.encode(v.cart).decode())
     if v.bought:
         _put(f, "bo", _link_encoder.encode(v.bought).decode())
+    if v.traits:
+        _put(f, "tr", _link_encoder.encode(v.traits).decode())
+    if v.conflicts:
+        _put(f, "cf", _link_encoder.encode(v.conflicts).decode())
     own = v.id if v.kind == "customer" else None
     for j, link in enumerate(v.identities):
         cust = "" if link.customer_id == own else link.customer_id
@@ -293,6 +301,10 @@ def from_fields(raw: Mapping[str, str] | Mapping[bytes, bytes] | Mapping[Any, An
         v.cart = _counts_decoder.decode(f["ck"])
     if "bo" in f:
         v.bought = _counts_decoder.decode(f["bo"])
+    if "tr" in f:
+        v.traits = _traits_decoder.decode(f["tr"])
+    if "cf" in f:
+        v.conflicts = _conflicts_decoder.decode(f["cf"])
     own = v.id if v.kind == "customer" else ""
     links: list[tuple[int, Link]] = []
     for name, val in f.items():

@@ -10,6 +10,7 @@ from itertools import chain
 from typing import Final
 
 from features import interest as _interest
+from features.profile.sources import apply_identify
 from features.profile.state import (
     _BUFFER_CAP,
     _PRUNE_EVERY_MS,
@@ -32,8 +33,10 @@ from features.profile.state import (
     remember,
 )
 from features.registry import SERIES, SERIES_ADDED_BY
+from features.traits import LATEST_WINS, TraitPolicy
 from features.windows import KEY_MASK, KEY_SHIFT
 from schemas.events import CLICKSTREAM_TYPES, Event
+from schemas.traits import IDENTIFY
 
 
 def _cents(amount: float | None) -> int:
@@ -266,7 +269,9 @@ def new_state(key: str) -> ProfileState:
     return ProfileState(key=key)
 
 
-def ingest(state: ProfileState, event: Event, lateness_ms: int) -> str:
+def ingest(
+    state: ProfileState, event: Event, lateness_ms: int, policy: TraitPolicy = LATEST_WINS
+) -> str:
     """Apply one event to a state, in place, as if all events had come in ``(ts, event_id)`` order.
 
     Parameters
@@ -296,7 +301,12 @@ def ingest(state: ProfileState, event: Event, lateness_ms: int) -> str:
     ['applied', 'applied', 'applied', 'late']
     >>> s.current.events, s.current.first, last_event_ts(s)
     (3, 9000, 20000)
+
+    An ``identify`` event only offers its traits (:func:`~features.profile.apply_identify`
+    with ``policy``): :data:`APPLIED` when they changed, else :data:`DUPLICATE`.
     """
+    if event.type == IDENTIFY:
+        return APPLIED if apply_identify(state, event, policy) else DUPLICATE
     ts = event.ts
     eid = event.event_id
     cur = state.current
@@ -357,7 +367,10 @@ def last_event_ts(state: ProfileState) -> int:
         Epoch milliseconds; 0 when nothing was applied yet.
     """
     last = state.current.last
-    return 0 if last is None else last
+    newest = 0 if last is None else last
+    if state.traits:  # (traits keep a profile alive too: a CRM record without behaviour)
+        newest = max(newest, max(t.ts for t in state.traits.values()))
+    return newest
 
 
 def record_link(

@@ -14,6 +14,7 @@ from features.profile.fold import (
     _set_runs,
     record_link,
 )
+from features.profile.sources import merge_sources
 from features.profile.state import (
     BOUGHT_PRODUCTS,
     CART_PRODUCTS,
@@ -23,6 +24,7 @@ from features.profile.state import (
     ProfileState,
     keep_newest,
 )
+from features.traits import LATEST_WINS, TraitPolicy
 from schemas.events import Event
 
 
@@ -96,7 +98,12 @@ def _combine(a: Aggregate, b: Aggregate) -> Aggregate:
     return out
 
 
-def merge_into(target: ProfileState, other: ProfileState, lateness_ms: int | None = None) -> None:
+def merge_into(
+    target: ProfileState,
+    other: ProfileState,
+    lateness_ms: int | None = None,
+    policy: TraitPolicy = LATEST_WINS,
+) -> None:
     """Identity stitching: make ``other``'s history (an anonymous visitor) part of ``target``.
 
     Windowed counts and sums, lifetime values, sessions (a ``session_id`` in both counts once, at
@@ -113,6 +120,9 @@ def merge_into(target: ProfileState, other: ProfileState, lateness_ms: int | Non
         The customer's state, updated in place.
     other
         The anonymous state; not modified.
+    policy
+        How traits are merged (:mod:`features.traits`): trait by trait, the order of the
+        merges does not matter.
     lateness_ms
         Defaults to the larger lateness the two states last ingested with.
 
@@ -157,6 +167,7 @@ def merge_into(target: ProfileState, other: ProfileState, lateness_ms: int | Non
         target.seen.setdefault(eid, ts)
     for link in other.identities:
         record_link(target, *link)
+    merge_sources(target, other, policy)
 
 
 def _split(settled: Aggregate, buf: list[Event], threshold: int) -> tuple[Aggregate, list[Event]]:

@@ -12,6 +12,7 @@ from features.profile.state import ProfileState, ProfileView
 from features.registry import FEATURES, SERIES, SESSION_SERIES, Feature
 from features.windows import KEY_MASK, KEY_SHIFT
 from schemas.events import format_ts
+from schemas.identifiers import kind_of
 
 _RENDER: Final = tuple((f.name, f.value) for f in FEATURES)
 
@@ -30,7 +31,8 @@ def render(v: ProfileView, as_of: int) -> dict[str, Any]:
     -------
     dict[str, Any]
         ``customer_id`` (or ``anonymous_id``), ``kind``, ``as_of`` and every feature of
-        :data:`features.registry.FEATURES`, in its order (see the README).
+        :data:`features.registry.FEATURES`, in its order (see the README), then ``traits``
+        (name -> ``{value, source, ts}``) and ``identifier_conflicts``.
         Windowed values follow the window contract for ``as_of >= last_seen_ts``; for earlier
         ``as_of`` they are approximate. Lifetime values include every applied event.
 
@@ -51,6 +53,14 @@ def render(v: ProfileView, as_of: int) -> dict[str, Any]:
     }
     for name, value in _RENDER:
         doc[name] = value(v, as_of)
+    doc["traits"] = {
+        name: {"value": value, "source": source, "ts": format_ts(ts)}
+        for name, (value, source, ts) in v.traits.items()
+    }
+    doc["identifier_conflicts"] = [
+        {"identifier": tok, "kind": kind_of(tok), "owner": owner, "claimed_by": list(claimants)}
+        for tok, (owner, claimants) in v.conflicts.items()
+    ]
     return doc
 
 

@@ -8,6 +8,7 @@ from itertools import chain
 from typing import Any, Final, NamedTuple
 
 from features.registry import FEATURES
+from features.traits import Trait
 from features.windows import DAY, HOUR, MINUTE
 from schemas.events import Event
 from schemas.keys import is_device
@@ -220,6 +221,17 @@ class ProfileState(_Keyed):
     seen_prune_at: int = 0
     lateness_ms: int = DEFAULT_LATENESS_MS
     identities: list[Link] = field(default_factory=list)
+    #: trait name -> the value kept (:mod:`features.traits`)
+    traits: dict[str, Trait] = field(default_factory=dict)
+    #: identifier token -> (its owner, every customer that claimed it), when it is contested
+    conflicts: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
+
+    def __setstate__(self, state: Any) -> None:
+        # Snapshots written before traits and conflicts existed lack them: defaults first.
+        self.traits, self.conflicts = {}, {}
+        d, slots = state if isinstance(state, tuple) else (state, None)
+        for k, v in chain((d or {}).items(), (slots or {}).items()):
+            setattr(self, k, v)
 
     @property
     def purchases_total(self) -> int:
@@ -264,6 +276,10 @@ class ProfileView(_Keyed):
     #: product -> quantity in the cart; product -> newest purchase ts
     cart: dict[str, int] = field(default_factory=dict)
     bought: dict[str, int] = field(default_factory=dict)
+    #: trait name -> (value, source, ts)
+    traits: dict[str, tuple[Any, str, int]] = field(default_factory=dict)
+    #: identifier token -> (owner, claimants)
+    conflicts: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
 
     @property
     def revenue_total(self) -> float:

@@ -10,7 +10,11 @@ from a profile document and how it changes with time when no event arrives:
   ``rfm_segment``);
 - a model score per target, ``score.<target>`` (a probability in [0, 1]), read from
   ``doc["scores"][target]["probability"]`` as serving writes it (:data:`DEFAULT_TARGETS` are
-  ``models.targets.NAMES``; this layer cannot import models, a test keeps them equal).
+  ``models.targets.NAMES``; this layer cannot import models, a test keeps them equal);
+- a trait, ``traits.<name>`` (any trait name, standard or custom: :mod:`schemas.traits`), read
+  from ``doc["traits"][name]["value"]`` (null when the profile has no such trait). A trait is a
+  string, a number or a boolean (kind ``trait``): a comparison with a constant of another type is
+  false. Traits change only with events.
 
 Time kinds (:attr:`FeatureType.time`): ``window`` (a windowed count or amount: changes when a
 bucket enters or leaves its window), ``monotone`` (non-decreasing in time for a fixed profile:
@@ -30,6 +34,8 @@ Examples
 0.8
 >>> read({"identities": []}, "has_identities")
 False
+>>> read({"traits": {"loyalty_tier": {"value": "gold"}}}, "traits.loyalty_tier")
+'gold'
 """
 
 from __future__ import annotations
@@ -41,14 +47,17 @@ from typing import Any, Final, Literal
 
 from features.registry import FEATURES
 from features.rfm import SEGMENTS as RFM_SEGMENTS
+from schemas.traits import TRAIT_NAME_RE
 
-Kind = Literal["number", "boolean", "string", "timestamp", "list"]
+Kind = Literal["number", "boolean", "string", "timestamp", "list", "trait"]
 Time = Literal["window", "monotone", "score"] | None
 
 #: The model targets a rule may read as ``score.<target>`` (equal to ``models.targets.NAMES``).
 DEFAULT_TARGETS: Final = ("churn", "propensity")
 #: Prefix of score features.
 SCORE_PREFIX: Final = "score."
+#: Prefix of trait features.
+TRAIT_PREFIX: Final = "traits."
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +138,21 @@ def catalog(targets: tuple[str, ...] = DEFAULT_TARGETS) -> Mapping[str, FeatureT
     return {**_REGISTRY_TYPES, **_EXTRA, **scores}
 
 
+TRAIT: Final = FeatureType("trait", nullable=True)
+
+
+def feature_type(name: str, targets: tuple[str, ...] = DEFAULT_TARGETS) -> FeatureType | None:
+    """A feature's type: from the catalogue, or a trait's (``traits.<name>``); ``None`` if it is
+    neither.
+
+    >>> feature_type("traits.loyalty_tier").kind, feature_type("traits.Bad"), feature_type("x")
+    ('trait', None, None)
+    """
+    if name.startswith(TRAIT_PREFIX):
+        return TRAIT if TRAIT_NAME_RE.fullmatch(name[len(TRAIT_PREFIX) :]) else None
+    return catalog(targets).get(name)
+
+
 class MissingFeatureError(KeyError):
     """A document lacks a field a rule reads (the caller built the document without it)."""
 
@@ -145,6 +169,9 @@ def read(doc: Mapping[str, Any], name: str) -> Any:
             return score["probability"] if isinstance(score, Mapping) else score
         if name == "has_identities" and "identities" in doc:
             return bool(doc["identities"])
+        if name.startswith(TRAIT_PREFIX):
+            got = doc["traits"].get(name[len(TRAIT_PREFIX) :])
+            return got.get("value") if isinstance(got, Mapping) else got
         return doc[name]
     except KeyError as e:
         raise MissingFeatureError(f"the profile document has no {name!r} (missing {e})") from None

@@ -62,7 +62,7 @@ from typing import Any, Final
 from features.profile import ProfileView
 from features.registry import BY_NAME
 from features.rfm import RfmBoundaries, rfm_fields, rfm_point
-from features.segments.catalog import SCORE_PREFIX, catalog
+from features.segments.catalog import SCORE_PREFIX, TRAIT_PREFIX, feature_type
 from features.segments.config import SegmentSet
 from features.segments.machine import NOT_MEMBER, Membership, advance
 from features.segments.rules import Cmp
@@ -96,6 +96,8 @@ def document_at(
         doc.update(rfm_fields(point, bounds))
     if "has_identities" in need:
         doc["has_identities"] = bool(view.identities)
+    if any(n.startswith(TRAIT_PREFIX) for n in need):
+        doc["traits"] = {name: {"value": t[0]} for name, t in view.traits.items()}
     targets = [n[len(SCORE_PREFIX) :] for n in need if n.startswith(SCORE_PREFIX)]
     if targets:
         if score_at is None:
@@ -203,11 +205,11 @@ def candidates(
 ) -> list[int]:
     """Every time in ``(as_of, until]`` at which a rule's truth or a pending entry can change
     (see the module docstring), sorted."""
-    cat = catalog(segments.targets)
     out: set[int] = set()
     scores = False
     for name in segments.features:
-        time = cat[name].time
+        t = feature_type(name, segments.targets)
+        time = None if t is None else t.time
         if time == "window":
             _window_times(view, name, as_of, until, out)
         elif time == "monotone":

@@ -17,6 +17,8 @@ timestamp      the same, with RFC 3339 strings or epoch milliseconds
 boolean        ``eq ne`` (``true``/``false``)
 string         ``eq ne`` (a string), ``in not_in`` (a list of strings)
 list           ``contains`` (a string: one of the list's elements)
+trait          ``eq ne lt le gt ge in not_in`` (a string, number or boolean: ``traits.<name>``;
+               a value of another type than the constant compares false, even for ``ne``)
 any            ``exists`` (``value`` optional, default ``true``: the feature is not null)
 =============  =====================================================================
 
@@ -47,7 +49,14 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal, get_args
 
-from features.segments.catalog import DEFAULT_TARGETS, FeatureType, Kind, catalog
+from features.segments.catalog import (
+    DEFAULT_TARGETS,
+    TRAIT_PREFIX,
+    FeatureType,
+    Kind,
+    catalog,
+    feature_type,
+)
 from schemas.events import format_ts, parse_ts
 
 Op = Literal["eq", "ne", "lt", "le", "gt", "ge", "in", "not_in", "contains", "exists"]
@@ -60,6 +69,7 @@ OPS_BY_KIND: Final[dict[Kind, tuple[str, ...]]] = {
     "boolean": ("eq", "ne", "exists"),
     "string": ("eq", "ne", "in", "not_in", "exists"),
     "list": ("contains", "exists"),
+    "trait": (*_ORDER, "exists"),
 }
 _SYMBOL: Final = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}
 #: The keys of a comparison.
@@ -171,6 +181,8 @@ def compare(c: Cmp, v: Any) -> bool:
         return (v is not None) == bool(x)
     if v is None:
         return False
+    if c.kind == "trait" and not _comparable(v, x):
+        return False
     if c.kind == "timestamp" and isinstance(v, str):
         v = parse_ts(v)
         if v is None:
@@ -192,6 +204,21 @@ def compare(c: Cmp, v: Any) -> bool:
     if op == "not_in":
         return v not in x
     return bool(x in v)  # contains
+
+
+def _kind(v: Any) -> str:
+    return "bool" if isinstance(v, bool) else "number" if isinstance(v, int | float) else "str"
+
+
+def _comparable(v: Any, x: Any) -> bool:
+    """Whether a trait value and a constant (or every constant of a list) have one type.
+
+    >>> _comparable("gold", ("gold", "silver")), _comparable(1, True), _comparable(2, 1.5)
+    (True, False, True)
+    """
+    if isinstance(x, tuple):
+        return all(_kind(v) == _kind(e) for e in x)
+    return _kind(v) == _kind(x)
 
 
 def holds(rule: Rule, value: Callable[[str], Any], member: Callable[[str], bool]) -> bool:
@@ -252,6 +279,8 @@ def _scalar(t: FeatureType, name: str, x: object, field: str, where: object) -> 
         raise RuleError(field, f"{x!r} is not a timestamp (RFC 3339 with a zone)", where, "value")
     if kind == "boolean" and isinstance(x, bool):
         return x
+    if kind == "trait" and (isinstance(x, str | bool) or _is_number(x)):
+        return x
     if kind in ("string", "list") and isinstance(x, str):
         if t.choices is not None and x not in t.choices:
             raise RuleError(
@@ -285,13 +314,14 @@ def _comparison(data: Mapping[Any, Any], field: str, targets: tuple[str, ...]) -
             extra[0],
         )
     name = data["feature"]
-    cat = catalog(targets)
-    if not isinstance(name, str) or name not in cat:
-        hint = _near(str(name), sorted(cat))
+    t = feature_type(name, targets) if isinstance(name, str) else None
+    if t is None:
+        hint = _near(str(name), sorted(catalog(targets)))
         if isinstance(name, str) and name.startswith("score."):
             hint = f" (score targets: {', '.join(targets)})"
+        if isinstance(name, str) and name.startswith(TRAIT_PREFIX):
+            hint = " (a trait name matches [a-z][a-z0-9_]{0,39})"
         raise RuleError(f"{field}.feature", f"unknown feature {name!r}{hint}", data, "feature")
-    t = cat[name]
     op = data.get("op")
     if op not in OPS:
         raise RuleError(f"{field}.op", f"unknown op {op!r}: one of {', '.join(OPS)}", data, "op")

@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import Any, Final
 
 import schemas
-from features.segments.catalog import DEFAULT_TARGETS, FeatureType, catalog
+from features.segments.catalog import DEFAULT_TARGETS, TRAIT, FeatureType, catalog
 from features.segments.config import DURATION_RE, NAME_RE, SEGMENT_KEYS
 from features.segments.rules import OPS_BY_KIND
 
+#: What a trait feature's name matches (``traits.<name>``).
+TRAIT_FEATURE_PATTERN: Final = r"^traits\.[a-z][a-z0-9_]{0,39}$"
 #: Where the file goes (the event schema's folder).
 OUT: Final = Path(schemas.__file__).parent / "json" / "segments.schema.json"
 
@@ -36,6 +38,7 @@ _SCALAR: Final[dict[str, dict[str, Any]]] = {
     "boolean": {"type": "boolean"},
     "string": {"type": "string"},
     "list": {"type": "string", "description": "an element of the list"},
+    "trait": {"type": ["string", "number", "boolean"]},
 }
 
 
@@ -79,6 +82,11 @@ def segments_schema(targets: tuple[str, ...] = DEFAULT_TARGETS) -> dict[str, Any
             name
         )
     defs: dict[str, Any] = {g: _comparison(names, t) for g, (t, names) in groups.items()}
+    trait = _comparison([], TRAIT)
+    for shape in trait["oneOf"]:
+        shape["properties"]["feature"] = {"type": "string", "pattern": TRAIT_FEATURE_PATTERN}
+    defs["trait_comparison"] = trait
+    groups["trait_comparison"] = (TRAIT, [])
     defs["comparison"] = {"anyOf": [{"$ref": f"#/$defs/{g}"} for g in sorted(groups)]}
     rule_list = {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/rule"}}
     for key, body in (
