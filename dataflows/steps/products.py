@@ -95,7 +95,8 @@ def key_product_event(item: In) -> list[tuple[str, Any]]:
             return []
     elif t != "purchase" or not (ev.items or ev.product_id):
         return []
-    skey = pr.session_key(ev.customer_id, ev.anonymous_id, ev.session_id)
+    visitor = ev.anonymous_id or ev.email or ev.phone  # (an identifier-only event: its token)
+    skey = pr.session_key(ev.customer_id, visitor, ev.session_id)
     return [(_BASKETS[_shard(skey)], ("event", ev))]
 
 
@@ -166,7 +167,8 @@ class BasketLogic(StatefulBatchLogic[Any, Any, Any]):
         relation = "view" if t == "product_view" else "cart"
         key = (metrics.PRODUCT_TOUCHES, relation)
         counts[key] = counts.get(key, 0) + 1
-        skey = pr.session_key(ev.customer_id, ev.anonymous_id, ev.session_id)
+        visitor = ev.anonymous_id or ev.email or ev.phone  # (an identifier-only event: its token)
+        skey = pr.session_key(ev.customer_id, visitor, ev.session_id)
         basket = self.sessions.get(skey)
         if basket is None or (skey[0] == "v" and ts - basket.last > pr.SESSION_GAP_MS):
             if basket is None:
