@@ -604,19 +604,29 @@ def _salt_file(path: Path) -> bytes:
     import secrets
 
     try:
-        return path.read_bytes().strip()
+        salt = path.read_bytes().strip()
     except FileNotFoundError:
         pass
+    else:
+        if len(salt) < 16:
+            raise ConfigError(f"the identity salt file {path} is too short: restore it, or set "
+                              "NEXTBEST_IDENTITY_SALT")  # fmt: skip
+        return salt
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process made it first
-        return path.read_bytes().strip()
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(secrets.token_hex(32).encode())
+    try:
+        os.link(tmp, path)  # atomic, and never over a salt another process made first
+    except FileExistsError:
+        return path.read_bytes().strip()
+    finally:
+        tmp.unlink()
     logging.getLogger(__name__).warning(
         "NEXTBEST_IDENTITY_SALT is unset: generated a random identity salt in %s; set "
-        "NEXTBEST_IDENTITY_SALT in production (the same on every process)", path
+        "NEXTBEST_IDENTITY_SALT in production (the same on every process)",
+        path,
     )
     return path.read_bytes().strip()
 

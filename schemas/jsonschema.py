@@ -104,7 +104,21 @@ def event_schema() -> dict[str, Any]:
         ),
         **body,
         "required": ["event_id", "type", "ts"],
-        "anyOf": [{"required": [n]} for n in ("customer_id", "anonymous_id", "email", "phone")],
+        "anyOf": [
+            *({"required": [n]} for n in ("customer_id", "anonymous_id", "email", "phone")),
+            {  # an identify's traits.email / traits.phone stand for its email / phone
+                "required": ["type", "traits"],
+                "properties": {
+                    "type": {"const": "identify"},
+                    "traits": {
+                        "anyOf": [
+                            {"required": [n], "properties": {n: {"type": "string"}}}
+                            for n in ("email", "phone")
+                        ]
+                    },
+                },
+            },
+        ],
         "allOf": [
             {
                 "if": {"properties": {"type": {"enum": sorted(TRANSACTION_TYPES)}}},

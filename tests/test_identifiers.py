@@ -4,18 +4,23 @@ counted, nothing raw reaches Redis or the dead letters, batching does not change
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import orjson
 import redis
 from bytewax.testing import TestingSink, TestingSource, run_main
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
 from dataflows.flow import build_flow
 from dataflows.records import RawRecord, Rejected
 from dataflows.sinks import RedisSink
 from features.document import profile_document
+from features.identifiers import IdentifierState, on_event
 from features.store import read_profile
+from schemas import Event
 from schemas.identifiers import UNSALTED
 from schemas.keys import customer_key, device_key
 from tests.conftest import flow_config
@@ -94,3 +99,35 @@ def test_resolution_conflicts_and_no_raw_identifier(
     redis_client.flushall()
     run(redis_url, batch_size=1)
     assert dump(redis_client) == first
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    claims=st.lists(
+        st.tuples(st.integers(0, 20), st.sampled_from(["c1", "c2", "c3"])), min_size=1, max_size=8
+    ),
+    seed=st.integers(0, 2**16),
+)
+def test_the_owner_is_the_first_claim_in_event_time_whatever_the_order(
+    claims: list[tuple[int, str]], seed: int
+) -> None:
+    events = [
+        Event(event_id=f"k{i}", type="login", ts=T0 + ts, customer_id=c, email=EMAIL)
+        for i, (ts, c) in enumerate(claims)
+    ]
+    shuffled = list(events)
+    random.Random(seed).shuffle(shuffled)
+    st_ = IdentifierState(EMAIL)
+    notes: dict[str, tuple[str, tuple[str, ...]]] = {}
+    for e in shuffled:
+        for action in on_event(st_, e, 600_000):
+            if action[0] == "conflict":
+                for c in action[2]:
+                    notes[c] = (action[1], action[2])
+    first = min(events, key=lambda e: (e.ts, e.event_id))
+    claimants = tuple(sorted({c for _, c in claims}))
+    assert st_.owner == first.customer_id and st_.claimants == claimants
+    if len(claimants) > 1:  # every claimant's last note is the final record
+        assert notes == {c: (first.customer_id, claimants) for c in claimants}
+    else:
+        assert notes == {}
