@@ -82,6 +82,7 @@ from schemas.events import (
     MIN_TS_MS,
     OUTCOME_TYPES,
     REASONS,
+    SOURCE_TYPES,
     TRANSACTION_TYPES,
     WIRE_FIELDS,
     DecodeError,
@@ -90,7 +91,7 @@ from schemas.events import (
     decode_event,
     format_ts,
 )
-from schemas.identifiers import redact
+from schemas.identifiers import is_token, redact
 
 log = logging.getLogger("bench.fuzz")
 
@@ -267,7 +268,18 @@ def contract_breach(ev: Event, size: int) -> str | None:
         (size <= MAX_EVENT_BYTES, f"larger than {MAX_EVENT_BYTES} bytes"),
         (ev.type in EVENT_TYPES, "unknown type"),
         (type(ev.ts) is int and MIN_TS_MS <= ev.ts < MAX_TS_MS, "ts out of bounds"),
-        (ev.customer_id is not None or ev.anonymous_id is not None, "no identity"),
+        (
+            any(v is not None for v in (ev.customer_id, ev.anonymous_id, ev.email, ev.phone)),
+            "no identity",
+        ),
+        (
+            all(v is None or is_token(v) for v in (ev.email, ev.phone)),
+            "a raw (unhashed) identifier",
+        ),
+        (
+            ev.type not in SOURCE_TYPES or (ev.traits is not None and ev.source is not None),
+            "identify without traits or source",
+        ),
         (all(_id_ok(getattr(ev, n)) for n in ID_FIELDS), "an empty or too long id"),
         (ev.properties is None or len(ev.properties) <= MAX_PROPERTIES, "too many properties"),
         (
@@ -368,6 +380,10 @@ TEMPLATES: Final = (
     b'"quantity":1}]}',
     b'{"event_id":"t-3","type":"login","ts":"2026-01-02T04:04:05+01:00","customer_id":"c-1",'
     b'"anonymous_id":"a-1","session_id":"s-1"}',
+    b'{"event_id":"t-4","type":"identify","ts":1767323045000,"customer_id":"c-1","source":"crm",'
+    b'"traits":{"email":"Jane@Example.com","phone":"+44 20 7946 0958","country":"fr",'
+    b'"birthday":"1990-02-28","loyalty_tier":"gold","vip":true,"points":12}}',
+    b'{"event_id":"t-5","type":"page_view","ts":1767323045000,"email":"jane@example.com"}',
 )
 
 
