@@ -4,6 +4,7 @@ counted, nothing raw reaches Redis or the dead letters, batching does not change
 
 from __future__ import annotations
 
+import pickle
 import random
 from typing import Any
 
@@ -124,6 +125,7 @@ def test_the_owner_is_the_first_claim_in_event_time_whatever_the_order(
             if action[0] == "conflict":
                 for c in action[2]:
                     notes[c] = (action[1], action[2])
+    assert pickle.loads(pickle.dumps(st_)) == st_  # (it lives in recovery snapshots)
     first = min(events, key=lambda e: (e.ts, e.event_id))
     claimants = tuple(sorted({c for _, c in claims}))
     assert st_.owner == first.customer_id and st_.claimants == claimants

@@ -4,6 +4,7 @@ batching, identity merges), the policy file, the flow to Redis, segment rules an
 
 from __future__ import annotations
 
+import pickle
 import random
 import time
 from pathlib import Path
@@ -102,6 +103,7 @@ def test_traits_do_not_depend_on_order_batching_or_merges(
         pf.apply_identify(right, e, POLICY)
     pf.merge_into(right, left, policy=POLICY)
     assert right.traits == ref.traits
+    assert pickle.loads(pickle.dumps(right)) == right  # (recovery snapshots)
     # the Redis projection round-trips
     assert pf.from_fields(pf.to_fields(right)).traits == pf.view(ref).traits
 
