@@ -47,7 +47,8 @@ def _rows(lines: list[str], kind: str) -> Iterator[tuple[int, dict[str, Any] | R
         for row in reader:
             line = reader.line_num
             if None in row or any(v is None for v in row.values()):
-                yield line, RowError(line, "bad_row", "the row's cells do not match the header")
+                why = "the row's cells do not match the header"
+                yield line, RowError(line, "bad_value:traits", why)
                 continue
             yield line, {k: v for k, v in row.items() if v != ""}
         return
