@@ -179,7 +179,7 @@ class OnlineModel(ModelQuality):
         self.drift_events: deque[tuple[int, int]] = deque(maxlen=HISTORY_LEN)
         # the open label day of the drift detector and its (order key, error) pairs
         self._error_day: int | None = None
-        self._day_errors: list[tuple[str, int, float]] = []
+        self._day_errors: list[tuple[int, int, float]] = []
         # metric snapshots as tuples of values in _HISTORY_KEYS order (no per-entry string keys:
         # equal models pickle to equal bytes whether or not they were restored in between)
         self.history: deque[tuple[Any, ...]] = deque(maxlen=HISTORY_LEN)

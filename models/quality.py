@@ -20,6 +20,7 @@ model); the model's learning, scoring and checkpoints are in :mod:`models.online
 from __future__ import annotations
 
 import logging
+import zlib
 from collections import deque
 from typing import Any, Final
 
@@ -70,7 +71,7 @@ class ModelQuality:
     _recent: deque[tuple[int, float]]
     _detector: Any
     _error_day: int | None
-    _day_errors: list[tuple[str, int, float]]
+    _day_errors: list[tuple[int, int, float]]
 
     def _track_error(self, error: float, example: Example) -> None:
         """Keep an error with its label day; a later day feeds the open one to the detector."""
@@ -79,14 +80,19 @@ class ModelQuality:
             self._close_error_day(example.label_ts)
         if self._error_day is None or day > self._error_day:
             self._error_day = day
-        # (a label of an earlier day than the open one joins the open day)
-        self._day_errors.append((example.key, example.snapshot_ts, error))
+        # (a label of an earlier day than the open one joins the open day; the customer is kept
+        # as a hash of its key, only to order the day: the model holds no id, which an erasure
+        # could not reach in a published checkpoint)
+        self._day_errors.append((zlib.crc32(example.key.encode()), example.snapshot_ts, error))
 
     def _close_error_day(self, label_ts: int) -> None:
         detector = self._detector
         drifted = False
         # in customer order, not arrival order: positives and negatives mixed as they are
-        for _key, _ts, error in sorted(self._day_errors):
+        # (a snapshot from before the hash held the key itself)
+        day = [(zlib.crc32(k.encode()) if isinstance(k, str) else k, t, e)
+               for k, t, e in self._day_errors]  # fmt: skip
+        for _key, _ts, error in sorted(day):
             before = detector.estimation
             detector.update(error)
             # ADWIN flags any change of the mean error; a drop (the model got better, as it does
