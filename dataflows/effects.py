@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Final, NamedTuple
 
+from dataflows.erasure import Ack, WriteStatus
 from dataflows.records import (
     DropProfile,
     ExitSegment,
@@ -43,6 +44,7 @@ SINK_OPS: Final = (
     WriteConversion,
     WriteProduct,
     WritePopular,
+    WriteStatus,
 )
 
 
@@ -67,7 +69,7 @@ class Examples(NamedTuple):
     examples: list[Example]
 
 
-Effect = SinkOp | Rejected | Route | RfmChange | Examples | SegmentEvent | Note
+Effect = SinkOp | Rejected | Route | RfmChange | Examples | SegmentEvent | Note | Ack
 
 
 def sink_op(effect: Effect) -> SinkOp | None:

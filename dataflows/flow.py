@@ -33,6 +33,7 @@ from bytewax.outputs import Sink
 
 from dataflows.config import FlowConfig
 from dataflows.effects import Examples, RfmChange, Route, rejected, segment_event, sink_op
+from dataflows.erasure import Ack, EraseIn, fan_out
 from dataflows.records import (
     DecisionIn,
     In,
@@ -58,13 +59,22 @@ from dataflows.steps.decode import (
     decisions_off,
     is_decision,
     is_device_item,
+    is_erasure,
     is_event,
     key_events,
     make_decoder,
 )
-from dataflows.steps.feedback import FeedbackLogic, broadcast_time, is_outcome, key_feedback
+from dataflows.steps.erasure import ErasureLogic
+from dataflows.steps.feedback import (
+    FEEDBACK_SHARDS,
+    FeedbackLogic,
+    broadcast_time,
+    is_outcome,
+    key_feedback,
+)
 from dataflows.steps.identity import DeviceLogic
 from dataflows.steps.models import ModelLogic
+from dataflows.steps.products import SHARDS as BASKET_SHARDS
 from dataflows.steps.products import (
     BasketLogic,
     BoardLogic,
@@ -92,6 +102,20 @@ def model_targets(cfg: FlowConfig) -> tuple[str, ...]:
     """Every model owner's target: churn, propensity, and one per catalogue action."""
     actions = cfg.actions.ids if cfg.actions is not None else ()
     return (*lb.TARGETS, *(ACTION_TARGET + a for a in actions))
+
+
+def erasure_owners(cfg: FlowConfig) -> tuple[str, ...]:
+    """The owner steps' keys an erasure request must reach (see :mod:`dataflows.erasure`)."""
+    owners = [f"model:{t}" for t in model_targets(cfg)]
+    if cfg.actions is not None:
+        owners += [f"feedback:{i}" for i in range(FEEDBACK_SHARDS)]
+    if cfg.products:
+        owners += [f"basket:{i}" for i in range(BASKET_SHARDS)]
+    return tuple(owners)
+
+
+def _owned_by(prefix: str) -> Callable[[tuple[str, Any]], tuple[str, Any] | None]:
+    return lambda kv: kv if kv[0].startswith(prefix) else None
 
 
 def to_model_owners(
@@ -134,7 +158,10 @@ def build_flow(
     decoded = op.flat_map_batch(
         "decode", raw, make_decoder(source_label, cfg.max_future_ms, cfg.ids)
     )
-    by_kind = op.branch("split_decisions", decoded, is_decision)
+    by_erasure = op.branch("split_erasures", decoded, is_erasure)
+    erasures: Stream[EraseIn] = by_erasure.trues  # type: ignore[assignment]
+    erase = op.flat_map("erasure_fan_out", erasures, fan_out(erasure_owners(cfg)))
+    by_kind = op.branch("split_decisions", by_erasure.falses, is_decision)
     decisions: Stream[DecisionIn] = by_kind.trues  # type: ignore[assignment]
     split = op.branch("split_rejected", by_kind.falses, is_event)
     decoded_events: Stream[In] = split.trues  # type: ignore[assignment]
@@ -149,7 +176,9 @@ def build_flow(
     observed = op.flat_map_batch("observe_time", events, newest_ts)
     keyed = op.flat_map_batch("key_events", events, key_events)
     by_device = op.branch("split_identity", keyed, is_device_item)
-    device_in: Stream[Keyed] = by_device.trues
+    device_in: Stream[Keyed] = op.merge(
+        "device_erasures", by_device.trues, op.filter_map("erase_devices", erase, _owned_by("a:"))
+    )
     device_ticks = add_clock("device_clock", device_in, observed, cfg, None, reprojection)
 
     def build_device(resume: Any) -> DeviceLogic:
@@ -162,7 +191,8 @@ def build_flow(
     routed = op.filter_map(
         "routed_to_customer", device_flat, lambda o: (o.key, o) if isinstance(o, Route) else None
     )
-    customer_in = op.merge("customer_items", by_device.falses, routed)
+    customer_in = op.merge("customer_items", by_device.falses, routed,
+                           op.filter_map("erase_customers", erase, _owned_by("c:")))  # fmt: skip
     # (label and idle timers only when the models learn)
     horizons = cfg.horizons if cfg.models else None
     clock_out = add_clock(
@@ -200,7 +230,7 @@ def build_flow(
     examples = op.filter_map(
         "examples", profile_flat, lambda o: o if isinstance(o, Examples) else None
     )
-    feedback_flat, rejected_decisions = _feedback(flow, cfg, decisions, events, observed)
+    feedback_flat, rejected_decisions = _feedback(flow, cfg, decisions, events, observed, erase)
     if feedback_flat is not None:
         action_examples = op.filter_map(
             "action_examples", feedback_flat, lambda o: o if isinstance(o, Examples) else None
@@ -215,8 +245,9 @@ def build_flow(
     model_examples = op.map(
         "model_owner", examples, lambda ex: ("model:" + ex.target, ("ex", ex.examples))
     )
+    model_erase = op.filter_map("erase_models", erase, _owned_by("model:"))
     models_out = op.stateful_batch(
-        "models", op.merge("model_inputs", model_examples, model_time), build_model
+        "models", op.merge("model_inputs", model_examples, model_time, model_erase), build_model
     )
     models_flat = op.map("models_unwrap", models_out, lambda kv: kv[1])
 
@@ -224,7 +255,8 @@ def build_flow(
     if feedback_flat is not None:
         flats.append(feedback_flat)
     if cfg.products:
-        flats.append(_products(cfg, events, to_models.trues))
+        flats.append(_products(cfg, events, to_models.trues, erase))
+    flats.append(_erasure_status(erase, flats))
     outputs = op.merge("outputs", *flats)
     sink_ops: Stream[SinkOp] = op.filter_map("sink_ops", outputs, sink_op)
     late_events = op.filter_map("late_events", outputs, rejected)
@@ -247,11 +279,14 @@ def build_flow(
     return flow
 
 
-def _products(cfg: FlowConfig, events: Stream[In], clock: Stream[Keyed]) -> Stream[Any]:
+def _products(
+    cfg: FlowConfig, events: Stream[In], clock: Stream[Keyed], erase: Stream[Any]
+) -> Stream[Any]:
     """Product knowledge (:mod:`dataflows.steps.products`): baskets -> products -> the board."""
     requests = op.filter("product_reproject_requests", clock, is_reproject)
     reproject = op.flat_map("product_reproject", requests, broadcast_reproject)
-    to_baskets = op.flat_map("product_events", events, key_product_event)
+    to_baskets = op.merge("basket_items", op.flat_map("product_events", events, key_product_event),
+                          op.filter_map("erase_baskets", erase, _owned_by("basket:")))  # fmt: skip
 
     def build_baskets(resume: Any) -> BasketLogic:
         return BasketLogic(load_any(resume), cfg)
@@ -262,16 +297,17 @@ def _products(cfg: FlowConfig, events: Stream[In], clock: Stream[Keyed]) -> Stre
     def build_board(resume: Any) -> BoardLogic:
         return BoardLogic(load_any(resume), cfg)
 
-    baskets = op.stateful_batch("baskets", to_baskets, build_baskets)
-    items = op.merge("product_items", op.map("basket_unwrap", baskets, lambda kv: kv[1]),
-                     reproject)  # fmt: skip
+    baskets = op.map("basket_unwrap", op.stateful_batch("baskets", to_baskets, build_baskets),
+                     lambda kv: kv[1])  # fmt: skip
+    basket_acks = op.branch("basket_acks", baskets, lambda kv: isinstance(kv, Ack))
+    items = op.merge("product_items", basket_acks.falses, reproject)
     products = op.map("products_unwrap", op.stateful_batch("products", items, build_products),
                       lambda kv: kv[1])  # fmt: skip
     notes = op.merge("board_items", op.filter_map("board_notes", products, to_board),
                      op.map("board_reproject", requests, board_reproject))  # fmt: skip
     board = op.map("popularity_unwrap", op.stateful_batch("popularity", notes, build_board),
                    lambda kv: kv[1])  # fmt: skip
-    return op.merge("product_outputs", products, board)
+    return op.merge("product_outputs", products, board, basket_acks.trues)
 
 
 def _feedback(
@@ -280,6 +316,7 @@ def _feedback(
     decisions: Stream[DecisionIn],
     events: Stream[In],
     observed: Stream[Any],
+    erase: Stream[Any],
 ) -> tuple[Stream[Any] | None, Stream[Rejected] | None]:
     """The feedback join (with an action catalogue): decision records and outcome events, keyed
     by their decision's shard, every shard told the stream's newest event time. Without a
@@ -292,6 +329,7 @@ def _feedback(
         op.map("key_decisions", decisions, key_feedback),
         op.map("key_outcomes", outcomes, key_feedback),
         op.flat_map("feedback_time", observed, broadcast_time),
+        op.filter_map("erase_feedback", erase, _owned_by("feedback:")),
     )
 
     def build(resume: Any) -> FeedbackLogic:
@@ -299,3 +337,18 @@ def _feedback(
 
     out = op.stateful_batch("feedback", items, build)
     return op.map("feedback_unwrap", out, lambda kv: kv[1]), None
+
+
+def _keyed_ack(o: Any) -> tuple[str, Ack] | None:
+    return ("erasure:" + o.request_id, o) if isinstance(o, Ack) else None
+
+
+def _erasure_status(erase: Stream[Any], flats: list[Stream[Any]]) -> Stream[Any]:
+    """Each request's own step (:mod:`dataflows.steps.erasure`): what it expects, the steps'
+    acknowledgements, then its ``done`` status."""
+    expects = op.filter_map("erasure_expects", erase, _owned_by("erasure:"))
+    acks = op.filter_map("erasure_acks", op.merge("erasure_outputs", *flats), _keyed_ack)
+    items = op.map("erasure_items", op.merge("erasure_inputs", expects, acks),
+                   lambda kv: (kv[0], kv[1][1] if isinstance(kv[1], tuple) else kv[1]))  # fmt: skip
+    done = op.stateful_batch("erasure", items, lambda resume: ErasureLogic(resume))
+    return op.map("erasure_unwrap", done, lambda kv: kv[1])

@@ -211,3 +211,9 @@ PRODUCT_COUNTERS = Gauge(
 PRODUCT_SESSIONS = Gauge(
     "nextbest_product_sessions", "Open sessions remembered for co-occurrence (this process)."
 )
+ERASURES = Counter(
+    "nextbest_erasures_total",
+    "Erasure requests by stage: read (from the input), applied (a step forgot its part), done "
+    "(every part applied; the status is written).",
+    ["stage"],
+)

@@ -8,8 +8,11 @@ from typing import Any
 import msgspec
 import orjson
 
+from dataflows.erasure import EraseIn, WriteStatus
 from schemas import deadletters
 from schemas.decisions import DecisionDecodeError, DecisionRecord, decode_decision
+from schemas.erasure import MARKER as ERASURE_MARKER
+from schemas.erasure import ErasureDecodeError, decode_request
 from schemas.events import DecodeError, Event, decode_event, encode_event, format_ts
 from schemas.identifiers import UNSALTED, IdentifierHasher, redact
 
@@ -204,6 +207,7 @@ SinkOp = (
     | WriteConversion
     | WriteProduct
     | WritePopular
+    | WriteStatus
 )
 
 
@@ -258,7 +262,7 @@ def encode_segment_event(e: SegmentEvent, now_ms: int | None = None) -> bytes:
 
 def decode_record(
     rec: RawRecord, max_future_ms: int = 0, ids: IdentifierHasher = UNSALTED
-) -> In | DecisionIn | Rejected:
+) -> In | DecisionIn | EraseIn | Rejected:
     """Decode a raw record; failures become :class:`Rejected` (never raises).
 
     With ``max_future_ms``, an event whose ``ts`` is more than that ahead of the record's own
@@ -281,6 +285,8 @@ def decode_record(
     if isinstance(out, DecodeError):
         if out.reason in _NOT_AN_EVENT and _DECISION in rec.data:
             return _decision(rec)
+        if out.reason in _NOT_AN_EVENT and ERASURE_MARKER in rec.data:
+            return _erasure(rec)
         return Rejected(RawRecord(redact(rec.data), rec.position, rec.timestamp), out)
     if out.email is not None or out.phone is not None or (out.traits and _IDS & out.traits.keys()):
         rec = RawRecord(encode_event(out), rec.position, rec.timestamp)
@@ -295,6 +301,18 @@ _IDS = frozenset({"email", "phone"})
 #: What a decision record looks like to the event decoder, and what marks one.
 _NOT_AN_EVENT = frozenset({"missing_field:event_id", "unknown_type"})
 _DECISION = b'"type":"decision"'
+
+
+def _erasure(rec: RawRecord) -> EraseIn | Rejected:
+    """An erasure request of the input (see :mod:`schemas.erasure`), or ``bad_erasure``.
+
+    >>> _erasure(RawRecord(b'{"type":"erasure"}', "file:d:1")).error.reason
+    'bad_erasure'
+    """
+    try:
+        return EraseIn(decode_request(rec.data), rec.position)
+    except ErasureDecodeError as exc:
+        return Rejected(rec, DecodeError("bad_erasure", str(exc)[:200]))
 
 
 def _decision(rec: RawRecord) -> DecisionIn | Rejected:

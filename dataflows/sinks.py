@@ -17,6 +17,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from dataflows import metrics
 from dataflows.deadletters import DeadLetterFileSink, DeadLetterKafkaSink, kafka_error_kind
+from dataflows.erasure import WriteStatus
 from dataflows.records import (
     DropProfile,
     ExitSegment,
@@ -36,6 +37,7 @@ from dataflows.retry import Fallback, Retrier, SinkGaveUp, SinkOptions
 from decisions.store import ConversionWriter
 from features.profile import to_fields
 from features.store import Command, ProfileWriter
+from schemas.erasure import STATUS_TTL_S, status_key
 from schemas.keys import device_key
 
 __all__ = [
@@ -118,6 +120,8 @@ def _target(op: SinkOp) -> str:
         return "popular"
     if isinstance(op, WriteConversion):  # a max, not a replacement: every one is kept
         return f"conversion:{op.key}:{op.action}:{op.ts}"
+    if isinstance(op, WriteStatus):
+        return "erasure:" + op.request_id
     return op.key
 
 
@@ -205,6 +209,8 @@ class _RedisPartition(StatelessSinkPartition[SinkOp]):
                 w.popular(batch, op.lists)
             elif isinstance(op, WriteConversion):
                 batch.append(self._conversions.command(op.key, op.action, op.ts, op.ttl_ms))
+            elif isinstance(op, WriteStatus):
+                w.status(batch, status_key(op.request_id), op.data, STATUS_TTL_S)
             else:
                 w.boundaries(batch, op.data)
         self._send(batch)

@@ -22,7 +22,8 @@ import redis.asyncio as aioredis
 
 from decisions.catalog import Catalog
 from decisions.contact import DAY_MS, Contacts, day_of
-from features.store import BOUNDARIES_KEY, NAMESPACE, StoredProfile, _stored, link_key
+from features.store import BOUNDARIES_KEY, StoredProfile, _stored, link_key
+from features.store import contacts_key as contacts_key
 from features.store import profile_key as _profile_key
 from features.store import segments_key as _segments_key
 
@@ -72,11 +73,6 @@ class ConversionWriter:
     def command(self, key: str, action: str, ts: int, ttl_ms: int) -> tuple[Any, ...]:
         """The command recording a conversion of ``action`` at ``ts`` for profile ``key``."""
         return ("EVALSHA", self.sha, 1, contacts_key(key), f"cv|{action}", ts, ttl_ms)
-
-
-def contacts_key(key: str) -> str:
-    """Redis key of a profile's contact counters (``c:…`` or ``a:…``)."""
-    return f"{NAMESPACE}:{{{key}}}:contacts"
 
 
 def keep_ms(cat: Catalog) -> int:

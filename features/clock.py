@@ -87,6 +87,18 @@ class EventClock:
         """Forget a timer (its heap entry is dropped lazily)."""
         self._deadlines.pop((key, kind), None)
 
+    def forget(self, key: str) -> None:
+        """Drop every timer of ``key`` (an erasure: nothing of the key stays, heap included).
+
+        >>> c = EventClock(0); c.set_timer("k", "x", 5); c.set_timer("j", "x", 6); c.forget("k")
+        >>> c.keys(), c._heap
+        ({'j'}, [(6, 'j', 'x')])
+        """
+        for key_kind in [kk for kk in self._deadlines if kk[0] == key]:
+            del self._deadlines[key_kind]
+        self._heap = [e for e in self._heap if e[1] != key]
+        heapq.heapify(self._heap)
+
     def deadline(self, key: str, kind: str) -> int | None:
         """The pending deadline of ``(key, kind)``, ``None`` if there is none.
 

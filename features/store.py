@@ -102,6 +102,15 @@ def link_key(anonymous_id: str) -> str:
     return f"{NAMESPACE}:{{a:{anonymous_id}}}:link"
 
 
+def contacts_key(key: str) -> str:
+    """Redis key of a profile's contact counters (written by serving, :mod:`decisions.store`).
+
+    >>> contacts_key("c:42")
+    'nb:{c:42}:contacts'
+    """
+    return f"{NAMESPACE}:{{{key}}}:contacts"
+
+
 def segments_key(key: str) -> str:
     """Redis key of a customer's memberships (a hash: segment -> since, epoch ms), under the
     customer's hash tag: read with the profile in one round trip.
@@ -174,11 +183,16 @@ class ProfileWriter:
         )
 
     def drop(self, batch: list[Command], key: str) -> None:
-        """Delete the profile of ``key`` (and the link, for a device)."""
+        """Delete the profile of ``key``, its contact counters, and its link (a device) or its
+        memberships (a customer): every key under its hash tag."""
         if is_device(key):
-            batch.append(("DEL", profile_key(key), link_key(key[2:])))
+            batch.append(("DEL", profile_key(key), link_key(key[2:]), contacts_key(key)))
         else:
-            batch.append(("DEL", profile_key(key), segments_key(key)))
+            batch.append(("DEL", profile_key(key), segments_key(key), contacts_key(key)))
+
+    def status(self, batch: list[Command], key: str, data: bytes, ttl_s: int) -> None:
+        """Store a status document (an erasure request's) for ``ttl_s`` seconds."""
+        batch.append(("SET", key, data, "EX", ttl_s))
 
     def link(self, batch: list[Command], anonymous_id: str, customer_id: str) -> None:
         """Point the device at its customer; its anonymous profile goes."""

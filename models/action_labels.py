@@ -138,6 +138,24 @@ class DecisionJoin:
             return [("conversion", rec.key, action, ts)]
         return []
 
+    def erase(self, keys: set[str]) -> int:
+        """Forget the pending decisions of these profile keys (an erasure); how many.
+
+        >>> from schemas.decisions import DecisionRecord
+        >>> j = DecisionJoin({"conversion": 10})
+        >>> r = DecisionRecord(decision_id="d", ts=0, key="c:1", channel="web",
+        ...                    policy="epsilon_greedy", epsilon=0.1, served="a",
+        ...                    served_probability=1.0, selection="explore", candidates=[],
+        ...                    features={"x": 1.0})
+        >>> _ = j.decision(r)
+        >>> j.erase({"c:1"}), j.pending, j.advance(100)
+        (1, {}, ([], []))
+        """
+        gone = [did for did, p in self.pending.items() if p.record.key in keys]
+        for did in gone:
+            del self.pending[did]
+        return len(gone)
+
     def advance(self, watermark: int) -> tuple[list[Example], list[Note]]:
         """Move the watermark: close the decisions whose conversion window it passed (their
         examples, in close order) and give up on outcomes whose decision never came."""
@@ -147,7 +165,9 @@ class DecisionJoin:
         examples: list[Example] = []
         while self.closing and self.closing[0][0] <= watermark:
             close_ts, did = heapq.heappop(self.closing)
-            p = self.pending.pop(did)
+            p = self.pending.pop(did, None)
+            if p is None:  # erased
+                continue
             self.closed[did] = close_ts + REMEMBER_MS
             heapq.heappush(self.forget, (close_ts + REMEMBER_MS, did))
             ex = example_of(p.record, p.converted, self.close_after)

@@ -252,6 +252,10 @@ def run_flow(flow: Any, settings: Settings | None = None) -> None:
     if not any(db_dir.glob("part-*.sqlite3")):
         db_dir.mkdir(parents=True, exist_ok=True)
         init_db_dir(db_dir, 1)  # type: ignore[no-untyped-call]
+    else:  # what erased (or expired) state left in free pages goes before Bytewax opens them
+        from dataflows.recovery_store import compact
+
+        compact(db_dir)
     run_main(  # type: ignore[no-untyped-call]
         flow,
         epoch_interval=timedelta(seconds=settings.snapshot_interval_s),

@@ -402,6 +402,8 @@ REASONS: Final = frozenset(
     | {"future_timestamp", "late"}
     # (decision records in the input, and the feedback join's unmatched outcomes)
     | {"bad_decision", "decisions_off", "outcome_unknown_decision", "outcome_not_served"}
+    # (an erasure request of the input that is not a valid one, see schemas.erasure)
+    | {"bad_erasure"}
     | {"outcome_outside_window", "outcome_late"}
     | {f"missing_field:{n}" for n in WIRE_FIELDS}
     | {f"bad_type:{n}" for n in WIRE_FIELDS}

@@ -40,6 +40,7 @@ from serving.decision_log import DecisionLog
 from serving.deps import AsOfQ, NowDep, RedisDep, parse_as_of
 from serving.deps import get_now_ms as get_now_ms  # re-exported: tests override it
 from serving.deps import get_redis as get_redis  # re-exported: tests override it
+from serving.erasure import install_erasure
 from serving.errors import ApiError, error_responses, install_error_handlers
 from serving.metrics import CONTENT_TYPE, HttpMetrics, MetricsMiddleware
 from serving.nba import close_decisions, install_decisions
@@ -326,6 +327,7 @@ def create_app(
     app.include_router(collect_router, **guarded("collect"))
     install_decisions(app, settings.actions, decision_log)
     install_recommendations(app, settings.recommendations)
+    install_erasure(app)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     if settings.cors_origins:
         app.add_middleware(RouteCORS, origins=settings.cors_origins)

@@ -38,6 +38,8 @@ SCOPE_OF: dict[tuple[str, str], str | None] = {
     ("GET", "/v1/customers/{customer_id}/recommendations"): "read",
     ("GET", "/v1/visitors/{anonymous_id}/recommendations"): "read",
     ("GET", "/v1/products/{product_id}/similar"): "read",
+    ("DELETE", "/v1/customers/{customer_id}"): "admin",
+    ("GET", "/v1/erasures/{request_id}"): "admin",
     ("GET", "/healthz"): None,
     ("GET", "/readyz"): None,
     ("GET", "/metrics"): None,
@@ -58,11 +60,11 @@ def api(redis_url: str) -> Iterator[TestClient]:
 def _call(
     api: TestClient, method: str, path: str, headers: dict[str, str] | None = None
 ) -> httpx.Response:
-    url = re.sub(r"\{[a-z_]+\}", "x1", path)
+    url = re.sub(r"\{[a-z_]+\}", "x1", path).replace("erasures/x1", "erasures/" + "0" * 32)
     if method == "POST":
         resp: httpx.Response = api.post(url, content=b'{"events": []}', headers=headers)
     else:
-        resp = api.get(url, headers=headers)
+        resp = api.request(method, url, headers=headers)
     return resp
 
 

@@ -32,6 +32,7 @@ from bytewax.operators import StatefulBatchLogic
 
 from dataflows import metrics
 from dataflows.config import FlowConfig
+from dataflows.erasure import Erase
 from dataflows.records import (
     ClockTime,
     Handover,
@@ -60,6 +61,10 @@ ClockOut = tuple[str, Tick | ClockTime | Reproject]
 
 
 IDLE = "idle"
+#: A request's pseudo-timer kind: forget every timer of the key (an erasure).
+FORGET = "*forget"
+#: The newest time of a request that carries no event (only erasures).
+NO_TS = -(2**62)
 #: The key of the customer clock's event-time reports to the model owners.
 MODEL_TIME = ""
 
@@ -125,7 +130,11 @@ def clock_requests(
         newest_by_key: dict[str, int] = {}
         purchase_by_key: dict[str, int] = {}
         newest = None
+        erased: set[str] = set()
         for key, (_, item) in batch:
+            if isinstance(item, Erase):
+                erased.add(key)
+                continue
             if isinstance(item, In):
                 ts = item.event.ts
                 is_purchase = after_purchase and item.event.type == "purchase"
@@ -139,6 +148,16 @@ def clock_requests(
                 newest_by_key[key] = ts
             if newest is None or ts > newest:
                 newest = ts
+        if erased:  # (the key's timers go; a profile started after it in this batch waits for
+            # its next event to get new ones)
+            for k in erased:
+                newest_by_key.pop(k, None)
+                purchase_by_key.pop(k, None)
+            forget: dict[int, list[tuple[str, str, int]]] = {}
+            for k in sorted(erased):
+                forget.setdefault(shard_of(k), []).append((k, FORGET, 0))
+            if newest is None:
+                return [(_SHARD_KEYS[i], (ts_list, NO_TS, i)) for i, ts_list in forget.items()]
         if newest is None:
             return []
         timers = [(k, RETENTION, ts + retention_ms) for k, ts in newest_by_key.items()]
@@ -151,7 +170,7 @@ def clock_requests(
                 day = lb.next_snapshot_day(k, ts // lb.DAY_MS, idle_days)
                 timers.append((k, IDLE, day * lb.DAY_MS))
         shard = {k: shard_of(k) for k in newest_by_key}
-        by_shard: dict[int, list[tuple[str, str, int]]] = {}
+        by_shard: dict[int, list[tuple[str, str, int]]] = dict(forget) if erased else {}
         for timer in timers:
             by_shard.setdefault(shard[timer[0]], []).append(timer)
         return broadcast(newest, by_shard)
@@ -289,10 +308,13 @@ class ClockLogic(StatefulBatchLogic[Any, ClockOut, Any]):
         for timers, ts, shard in values:
             self.shard = shard
             for key, kind, deadline in timers:
+                if kind == FORGET:
+                    clock.forget(key)
+                    continue
                 if kind == IDLE:
                     self._idle_days_taken_at_an_event(key, deadline)
                 clock.set_timer(key, kind, deadline)
-            if newest is None or ts > newest:
+            if ts != NO_TS and (newest is None or ts > newest):
                 newest = ts
         told = clock.watermark  # where the previous call left it: what the model owners hear
         out: list[tuple[str, Any]] = [*self._advance(self.pending)]

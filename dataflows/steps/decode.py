@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dataflows import metrics
+from dataflows.erasure import EraseIn
 from dataflows.records import (
     DecisionIn,
     In,
@@ -27,7 +28,7 @@ def make_decoder(
     hashed with ``ids``."""
     read_counter = metrics.EVENTS_READ.labels(source_label)
 
-    def decode_batch(batch: list[RawRecord]) -> list[In | DecisionIn | Rejected]:
+    def decode_batch(batch: list[RawRecord]) -> list[In | DecisionIn | EraseIn | Rejected]:
         out = [decode_record(r, max_future_ms, ids) for r in batch]
         read_counter.inc(len(batch))
         for item in out:
@@ -35,11 +36,18 @@ def make_decoder(
                 metrics.EVENTS_DEAD_LETTERED.labels(item.error.reason).inc()
             elif isinstance(item, DecisionIn):
                 metrics.DECISIONS_READ.inc()
+            elif isinstance(item, EraseIn):
+                metrics.ERASURES.labels("read").inc()
             else:
                 metrics.EVENTS_ACCEPTED.labels(item.event.type).inc()
         return out
 
     return decode_batch
+
+
+def is_erasure(item: Any) -> bool:
+    """Branch predicate: an erasure request (see :mod:`dataflows.erasure`)."""
+    return isinstance(item, EraseIn)
 
 
 def is_decision(item: In | DecisionIn | Rejected) -> bool:

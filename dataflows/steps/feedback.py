@@ -23,6 +23,7 @@ from bytewax.operators import StatefulBatchLogic
 from dataflows import metrics
 from dataflows.config import FlowConfig
 from dataflows.effects import Examples
+from dataflows.erasure import Ack
 from dataflows.records import DecisionIn, In, Rejected, WriteConversion
 from dataflows.snapshots import dump
 from dataflows.steps import RETAIN, Out
@@ -81,6 +82,12 @@ class FeedbackLogic(StatefulBatchLogic[Any, Out, Any]):
         for kind, v in values:
             if kind == "time":
                 self.newest = max(self.newest, v)
+            elif kind == "erase":  # decisions and outcomes of an erased person
+                self.join.erase(set(v.forget))
+                for event_id, rec in list(self.records.items()):
+                    if rec.event.key in v.forget:
+                        del self.records[event_id]
+                out.append(Ack(v.request_id, v.part))
             elif kind == "decision":
                 notes.extend(self.join.decision(v.decision))
             else:

@@ -12,6 +12,7 @@ from bytewax.operators import StatefulBatchLogic
 from dataflows import metrics
 from dataflows.config import FlowConfig
 from dataflows.effects import Route
+from dataflows.erasure import Ack, Erase
 from dataflows.records import (
     DropProfile,
     Handover,
@@ -60,6 +61,12 @@ class DeviceLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
                 if st is not None and st.last_ts + self.cfg.retention_ms <= item.watermark:
                     metrics.PROFILES_DROPPED.inc()
                     return [*out, DropProfile(device_key(self._id))], DISCARD
+                continue
+            if isinstance(item, Erase):  # forget the device (identifier); later events start anew
+                out.append(DropProfile(key))
+                out.append(Ack(item.request_id, item.part))
+                metrics.ERASURES.labels("applied").inc()
+                self.state, self.dirty, anon_changed = None, False, False
                 continue
             ev = item.event
             if self.state is None:

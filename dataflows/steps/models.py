@@ -12,6 +12,7 @@ from bytewax.operators import StatefulBatchLogic
 
 from dataflows import metrics
 from dataflows.config import FlowConfig
+from dataflows.erasure import Ack
 from dataflows.records import (
     WriteCheckpoint,
 )
@@ -57,6 +58,7 @@ class ModelLogic(StatefulBatchLogic[Any, Out, Any]):
 
     def on_batch(self, values: list[Any]) -> tuple[Iterable[Out], bool]:
         republish = False
+        erased: list[Out] = []
         told = self.told
         for kind, v in values:
             if kind == "time":  # a clock shard's watermark
@@ -65,6 +67,11 @@ class ModelLogic(StatefulBatchLogic[Any, Out, Any]):
                     told[shard] = wm
             elif kind == "reproject":  # Redis lost the checkpoint
                 republish = True
+            elif kind == "erase":  # examples of an erased person still waiting for their turn
+                keys = set(v.forget)
+                self.held = [h for h in self.held if h[1] not in keys]
+                heapq.heapify(self.held)
+                erased.append(Ack(v.request_id, v.part))
             else:
                 late = sum(1 for e in v if e.label_ts < self.released_to)
                 if late:
@@ -78,7 +85,7 @@ class ModelLogic(StatefulBatchLogic[Any, Out, Any]):
         out = self._learn(self.released_to)
         if republish and not out:
             out = self._checkpoint()
-        return out, RETAIN
+        return [*out, *erased], RETAIN
 
     def _learn(self, bound: int | None) -> list[Out]:
         """Learn the held examples with label time before ``bound`` (all with ``None``)."""

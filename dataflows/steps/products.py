@@ -39,6 +39,7 @@ from bytewax.operators import StatefulBatchLogic
 
 from dataflows import metrics
 from dataflows.config import FlowConfig
+from dataflows.erasure import Ack
 from dataflows.records import In, WritePopular, WriteProduct
 from dataflows.snapshots import dump
 from dataflows.steps import RETAIN, Out
@@ -130,14 +131,22 @@ class BasketLogic(StatefulBatchLogic[Any, Any, Any]):
     def on_batch(self, values: list[Any]) -> tuple[Iterable[Any], bool]:
         out: dict[str, list[Any]] = {}
         counts: Counts = {}
-        for _kind, v in values:
+        acks: list[Any] = []
+        for kind, v in values:
+            if kind == "erase":  # the sessions of an erased person's visitor ids
+                ids = {k[2:] for k in v.forget}
+                for skey in [k for k in self.sessions if k[:2] == "v:" and k[2:] in ids]:
+                    del self.sessions[skey]
+                    metrics.PRODUCT_SESSIONS.dec()
+                acks.append(Ack(v.request_id, v.part))
+                continue
             self._event(v, out, counts)
         if self.newest - self.pruned_at >= _PRUNE_EVERY_MS:
             self._prune()
         for (metric, label), n in counts.items():
             metric.labels(label).inc(n)
         # one item per product shard and batch: what each shard has to count
-        return [(k, ("items", items)) for k, items in out.items()], RETAIN
+        return [*acks, *((k, ("items", items)) for k, items in out.items())], RETAIN
 
     def _event(
         self, ev: Any, out: dict[str, list[Any]], counts: dict[tuple[Any, str], int]

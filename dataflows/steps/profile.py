@@ -10,6 +10,7 @@ from bytewax.operators import StatefulBatchLogic
 from dataflows import metrics
 from dataflows.config import FlowConfig
 from dataflows.effects import Examples, RfmChange
+from dataflows.erasure import Ack, Erase
 from dataflows.records import (
     NO_STREAM_TIME,
     DropProfile,
@@ -62,6 +63,8 @@ def arrival_order(item: Any) -> tuple[int, str, int, int]:
         return (1, *position_key(item.position), 2)
     if isinstance(item, Reproject):
         return (2, "", 0, 0)
+    if isinstance(item, Erase):
+        return (1, *position_key(item.position), 1)
     return (0, "", item.watermark, 0)
 
 
@@ -149,6 +152,18 @@ class ProfileLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
                     self._segments_gone(out, transitions)
                     return self._drop(out, old_point if money else None), DISCARD
                 self._catch_up(item.watermark, transitions)
+                continue
+            if isinstance(item, Erase):  # forget the person; later events start a new profile
+                if self.state is not None:
+                    examples.clear()  # (matured in this batch: the person's)
+                    self._segments_gone(out, transitions, "erasure")
+                    transitions.clear()
+                    self._drop(out, old_point if money else None, erased=True)
+                out.append(Ack(item.request_id, item.part))
+                metrics.ERASURES.labels("applied").inc()
+                self.state = self.labels = self.seg = None
+                self.dirty = changed = reproject = False
+                old_point = None
                 continue
             if self.state is None:
                 self.state = pf.new_state(key)
@@ -255,14 +270,20 @@ class ProfileLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
             self.seg = sg.SegmentState()
         transitions.extend(sg.on_event(ctx, state, self.seg, ts))
 
-    def _segments_gone(self, out: list[Out], transitions: list[Transition]) -> None:
-        """Retention drops the profile: it leaves every segment, at its retention deadline."""
+    def _segments_gone(
+        self, out: list[Out], transitions: list[Transition], rule: str = "retention"
+    ) -> None:
+        """Retention drops the profile: it leaves every segment, at its retention deadline (an
+        erasure: at its newest event or flip)."""
         seg, state = self.seg, self.state
         if seg is None or state is None:
+            if transitions:
+                self._publish(out, transitions)
             return
-        at = max(pf.last_event_ts(state) + self.cfg.retention_ms, seg.at or 0)
+        last = pf.last_event_ts(state)
+        at = max(last + self.cfg.retention_ms if rule == "retention" else last, seg.at or 0)
         for name in sorted(seg.members()):
-            transitions.append(Transition(name, "exited", at, {"rule": "retention"}))
+            transitions.append(Transition(name, "exited", at, {"rule": rule}))
         seg.records = {}
         if transitions:
             self._publish(out, transitions)
@@ -285,9 +306,12 @@ class ProfileLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
                 out.append(ExitSegment(name, cid, self.seg.exits[name]))
         out.append(WriteSegments(key, members))
 
-    def _drop(self, out: list[Out], known_point: rfm.RfmPoint | None) -> list[Out]:
+    def _drop(
+        self, out: list[Out], known_point: rfm.RfmPoint | None, erased: bool = False
+    ) -> list[Out]:
         assert self.state is not None
-        metrics.PROFILES_DROPPED.inc()
+        if not erased:
+            metrics.PROFILES_DROPPED.inc()
         point = known_point if known_point is not None else rfm_point(self.state)
         out.append(DropProfile(self.state.key))
         if self.cfg.segments is not None:  # (its exits go too: the exits index stays bounded)
