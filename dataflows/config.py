@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from features.traits import LATEST_WINS, TraitPolicy
 from models import labels as lb
+from schemas.consent import ALL_GRANTED, ConsentDefaults
 from schemas.identifiers import UNSALTED, IdentifierHasher
 
 if TYPE_CHECKING:
@@ -52,6 +53,8 @@ class FlowConfig:
     products: bool = True
     #: How traits are merged (``NEXTBEST_TRAITS``).
     traits: TraitPolicy = LATEST_WINS
+    #: Each consent purpose's default (``NEXTBEST_CONSENT``).
+    consent: ConsentDefaults = ALL_GRANTED
     #: Hashes identifiers at decode (``NEXTBEST_IDENTITY_SALT``; the commands always give it,
     #: :func:`nextbest.running.flow_config`; its repr hides the salt).
     ids: IdentifierHasher = UNSALTED

@@ -47,6 +47,12 @@ def serve_metrics(port: int) -> bool:
     return True
 
 
+EVENTS_DROPPED = Counter(
+    "nextbest_events_dropped_total",
+    "Valid events not recorded in a profile, by reason (no_consent: its analytics consent is "
+    "withdrawn). Not dead letters: nothing of them is kept.",
+    ["reason"],
+)
 DUPLICATES = Counter(
     "nextbest_events_duplicate_total", "Events ignored because their event_id was already seen."
 )

@@ -125,6 +125,8 @@ class Inputs:
     as_of: int = 0
     #: personal sources (item-to-item from the history, category interest) allowed
     personal: bool = True
+    #: the profile was left out: its personalization consent is withdrawn
+    withheld: bool = False
 
 
 @dataclass(slots=True)

@@ -44,7 +44,8 @@ from __future__ import annotations
 from bisect import insort
 from typing import Any, Final, NamedTuple
 
-from features.profile import APPLIED, DUPLICATE, ProfileState, ingest, new_state
+from features.consent import ALL_GRANTED, ConsentDefaults
+from features.profile import APPLIED, DUPLICATE, NO_CONSENT, ProfileState, ingest, new_state
 from features.traits import LATEST_WINS, TraitPolicy
 from schemas.events import Event
 from schemas.keys import device_key
@@ -125,7 +126,11 @@ def claim(state: IdentifierState, customer_id: str, ts: int, event_id: str) -> l
 
 
 def on_event(
-    state: IdentifierState, event: Event, lateness_ms: int, policy: TraitPolicy = LATEST_WINS
+    state: IdentifierState,
+    event: Event,
+    lateness_ms: int,
+    policy: TraitPolicy = LATEST_WINS,
+    consent: ConsentDefaults = ALL_GRANTED,
 ) -> list[Action]:
     """Apply one event of the identifier; return the actions for the dataflow.
 
@@ -133,7 +138,8 @@ def on_event(
     ``("merge", customer_id, state)`` hand the identifier's own profile over to its first
     claimant; ``("link", customer_id)`` the owner changed; ``("conflict", owner, claimants,
     new)`` the identifier is contested (tell every claimant; ``new``: a new claimant, count it);
-    ``("anon_changed",)``, ``("late",)``, ``("duplicate",)`` for the identifier's own profile.
+    ``("anon_changed",)``, ``("late",)``, ``("duplicate",)``, ``("no_consent",)`` for the
+    identifier's own profile.
     """
     state.last_ts = max(state.last_ts, event.ts)
     if event.customer_id is not None:
@@ -143,7 +149,9 @@ def on_event(
         return [("customer", owner)]
     if state.anon is None:
         state.anon = new_state(device_key(state.token))
-    status = ingest(state.anon, event, lateness_ms, policy)
+    status = ingest(state.anon, event, lateness_ms, policy, consent)
     if status == APPLIED:
         return [("anon_changed",)]
+    if status == NO_CONSENT:
+        return [("no_consent",)]
     return [("duplicate",)] if status == DUPLICATE else [("late",)]

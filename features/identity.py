@@ -35,7 +35,8 @@ from __future__ import annotations
 from bisect import insort
 from typing import Any, NamedTuple
 
-from features.profile import APPLIED, DUPLICATE, ProfileState, ingest, new_state
+from features.consent import ALL_GRANTED, ConsentDefaults
+from features.profile import APPLIED, DUPLICATE, NO_CONSENT, ProfileState, ingest, new_state
 from features.traits import LATEST_WINS, TraitPolicy
 from schemas.events import LINK_TYPES, Event
 from schemas.keys import device_key
@@ -111,14 +112,19 @@ def resolve(links: list[Link], ts: int, event_id: str) -> str:
 
 
 def on_event(
-    state: DeviceState, event: Event, lateness_ms: int, policy: TraitPolicy = LATEST_WINS
+    state: DeviceState,
+    event: Event,
+    lateness_ms: int,
+    policy: TraitPolicy = LATEST_WINS,
+    consent: ConsentDefaults = ALL_GRANTED,
 ) -> list[Action]:
     """Apply one event of the device; return the actions for the dataflow.
 
     Actions: ``("customer", customer_id)`` forward the event to that customer's profile;
     ``("merge", customer_id, anon_state)`` hand the anonymous history over; ``("link",
     customer_id)`` the device's current link changed; ``("anon_changed",)`` the anonymous profile
-    changed; ``("late",)`` / ``("duplicate",)`` for the anonymous profile's own lateness and dedup.
+    changed; ``("late",)`` / ``("duplicate",)`` for the anonymous profile's own lateness and dedup;
+    ``("no_consent",)``: not recorded (its analytics consent is withdrawn).
     """
     state.last_ts = max(state.last_ts, event.ts)
     if is_link_event(event):
@@ -140,7 +146,9 @@ def on_event(
         return [("customer", resolve(state.links, event.ts, event.event_id))]
     if state.anon is None:
         state.anon = new_state(device_key(state.anonymous_id))
-    status = ingest(state.anon, event, lateness_ms, policy)
+    status = ingest(state.anon, event, lateness_ms, policy, consent)
     if status == APPLIED:
         return [("anon_changed",)]
+    if status == NO_CONSENT:
+        return [("no_consent",)]
     return [("duplicate",)] if status == DUPLICATE else [("late",)]

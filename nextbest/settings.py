@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from dataflows.config import FlowConfig
+    from schemas.consent import ConsentDefaults
     from schemas.identifiers import IdentifierHasher
 
 #: The generated identity salt, under NEXTBEST_HOME (when NEXTBEST_IDENTITY_SALT is unset).
@@ -101,6 +102,12 @@ def _on_off(raw: str) -> bool:
     if v in {"off", "0", "false", "no"}:
         return False
     raise ValueError(f"expected on or off, got {raw!r}")
+
+
+def _consent_defaults(raw: str) -> ConsentDefaults:
+    from schemas.consent import parse_defaults
+
+    return parse_defaults(raw)
 
 
 def _auth_mode(raw: str) -> str:
@@ -427,6 +434,15 @@ SPECS: dict[str, Spec] = {
         "change it stops the flow cleanly and starts it again over every partition.",
     ),
     "log_level": Spec("NEXTBEST_LOG_LEVEL", "INFO", _log_level, "Log level."),
+    "consent": Spec(
+        "NEXTBEST_CONSENT",
+        "",
+        _consent_defaults,
+        "Each consent purpose's default before a person decides: comma-separated "
+        "`purpose=granted|withdrawn` (purposes `analytics`, `personalization`, `marketing`); "
+        'unset ones are granted. See the README, "Privacy" (e.g. `marketing=withdrawn` for '
+        "opt-in marketing).",
+    ),
     "traits": Spec(
         "NEXTBEST_TRAITS",
         None,
@@ -493,6 +509,7 @@ class Settings:
     kafka_offset_reset: str
     topic_check_interval_ms: int
     log_level: str
+    consent: ConsentDefaults
     traits: str | None
     identity_salt: str | None = field(repr=False)
 
@@ -565,6 +582,7 @@ class Settings:
             "max_future_ms": self.max_future_ms,
             "products": self.products,
             "traits": _trait_policy(self.traits),
+            "consent": self.consent,
         }
         if self.identity_salt is not None:
             values["ids"] = self.identity_hasher()

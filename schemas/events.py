@@ -31,13 +31,18 @@ Examples
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import msgspec
 
+from schemas.consent import CONSENT, check_purposes
 from schemas.identifiers import UNSALTED, IdentifierHasher
 from schemas.keys import customer_key, device_key
+from schemas.timestamps import MAX_TS_MS as MAX_TS_MS
+from schemas.timestamps import MIN_TS_MS as MIN_TS_MS
+from schemas.timestamps import format_ts as format_ts
+from schemas.timestamps import parse_as_of as parse_as_of
+from schemas.timestamps import parse_ts as parse_ts
 from schemas.traits import IDENTIFY, Fields, check_source_fields
 
 #: Largest accepted event, in bytes of its JSON encoding.
@@ -68,16 +73,12 @@ TRANSACTION_TYPES: Final = frozenset({"purchase", "refund"})
 FEEDBACK_TYPES: Final = frozenset({"decision_outcome"})
 #: What happened after a decision: the action was shown, clicked, or led to a conversion.
 OUTCOME_TYPES: Final = ("impression", "click", "conversion")
-#: Source systems (CRM, ERP, shop back office): ``identify`` with ``traits`` and a ``source``.
-SOURCE_TYPES: Final = frozenset({IDENTIFY})
+#: Source systems (CRM, ERP, shop back office, consent banners): ``identify`` with ``traits``, and
+#: ``consent`` with ``purposes``, each with a ``source``.
+SOURCE_TYPES: Final = frozenset({IDENTIFY, CONSENT})
 EVENT_TYPES: Final = CLICKSTREAM_TYPES | TRANSACTION_TYPES | FEEDBACK_TYPES | SOURCE_TYPES
 #: Identity-linking types: carrying both ids links the anonymous id to the customer.
 LINK_TYPES: Final = frozenset({"login", "signup"})
-
-# Epoch-millisecond bounds accepted for ``ts``: 1970-01-01 .. 2100-01-01 (UTC); legacy systems'
-# history reaches back before 2000.
-MIN_TS_MS: Final = 0
-MAX_TS_MS: Final = 4_102_444_800_000
 
 
 class Item(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -115,6 +116,7 @@ class _WireEvent(msgspec.Struct, kw_only=True, omit_defaults=True):
     source: str | None = None
     email: str | None = None
     phone: str | None = None
+    purposes: dict[str, str] | None = None
 
 
 class Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -143,6 +145,8 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     source: str | None = None
     email: str | None = None
     phone: str | None = None
+    #: consent: purpose -> granted | withdrawn (:mod:`schemas.consent`)
+    purposes: dict[str, str] | None = None
 
     @property
     def key(self) -> str:
@@ -172,74 +176,8 @@ ID_FIELDS: Final = (
     "action_id",
 )
 _decoder: Final = msgspec.json.Decoder(_WireEvent)
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-_MS: Final = timedelta(milliseconds=1)
 _MISSING_RE: Final = re.compile(r"missing required field `([A-Za-z_]+)`")
 _AT_RE: Final = re.compile(r"at `\$\.([A-Za-z_]+)")
-
-
-def parse_ts(value: int | str) -> int | None:
-    """Epoch milliseconds from RFC 3339 (with a zone) or epoch milliseconds; ``None`` if bad.
-
-    >>> parse_ts("2026-01-02T03:04:05.250+01:00")
-    1767319445250
-    >>> parse_ts(1767319445250)
-    1767319445250
-    >>> parse_ts("2026-01-02T03:04:05") is None   # no zone
-    True
-    """
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        ms = value
-    else:
-        if len(value) > 40:
-            return None
-        try:
-            dt = datetime.fromisoformat(value)
-        except ValueError:
-            return None
-        if dt.tzinfo is None or dt.utcoffset() is None:
-            return None
-        ms = (dt - _EPOCH) // _MS
-    if not MIN_TS_MS <= ms < MAX_TS_MS:
-        return None
-    return ms
-
-
-def format_ts(ms: int) -> str:
-    """RFC 3339 UTC string for epoch milliseconds.
-
-    >>> format_ts(1767323045250)
-    '2026-01-02T03:04:05.250Z'
-    >>> format_ts(1767323045000)
-    '2026-01-02T03:04:05Z'
-    """
-    dt = datetime.fromtimestamp(ms / 1000, tz=UTC)
-    if ms % 1000:
-        return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
-    return dt.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-_EPOCH_MS_RE: Final = re.compile(r"-?\d{1,16}")
-# A "+hh:mm" zone whose "+" a query string decoded to a space.
-_SPACE_ZONE_RE: Final = re.compile(r"(\d) (\d\d:?\d\d)$")
-
-
-def parse_as_of(raw: str) -> int | None:
-    """An ``as_of`` (HTTP query, CLI ``--as-of``): RFC 3339 with a zone, or epoch milliseconds,
-    as epoch ms; ``None`` when it is neither. A ``+hh:mm`` zone whose ``+`` arrived as a space
-    (an unencoded query string) is accepted. The one parser of every read's time.
-
-    >>> parse_as_of("2026-01-02T03:04:05Z"), parse_as_of("1767323045000")
-    (1767323045000, 1767323045000)
-    >>> parse_as_of("2026-01-02T04:04:05 01:00"), parse_as_of("yesterday")
-    (1767323045000, None)
-    """
-    value: int | str = (
-        int(raw) if _EPOCH_MS_RE.fullmatch(raw) else _SPACE_ZONE_RE.sub(r"\1+\2", raw)
-    )
-    return parse_ts(value)
 
 
 def _field_from_message(msg: str) -> str | None:
@@ -323,6 +261,9 @@ def _validate(w: _WireEvent, ids: IdentifierHasher) -> Event | DecodeError:
     if not isinstance(src, Fields):
         return DecodeError(*src)
     traits, source, email, phone = src
+    purposes = check_purposes(w.type, w.purposes)
+    if isinstance(purposes, tuple):
+        return DecodeError(*purposes)
     if w.customer_id is None and w.anonymous_id is None and email is None and phone is None:
         return DecodeError("no_identity", "neither customer_id nor anonymous_id")
     if w.properties is not None and len(w.properties) > MAX_PROPERTIES:
@@ -378,6 +319,7 @@ def _validate(w: _WireEvent, ids: IdentifierHasher) -> Event | DecodeError:
         source=source,
         email=email,
         phone=phone,
+        purposes=purposes or None,
     )
 
 

@@ -28,6 +28,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
+from features.consent import ConsentDefaults
 from features.store import aread_link, aread_stored_profile
 from schemas.events import MAX_ID_LEN
 from schemas.keys import customer_key, device_key
@@ -259,6 +260,8 @@ class ServingSettings(CollectSettings, Protocol):
     def recommendations(self) -> str | None: ...
     @property
     def cors_origins(self) -> tuple[str, ...]: ...
+    @property
+    def consent(self) -> ConsentDefaults: ...
 
 
 def create_app(

@@ -40,6 +40,7 @@ from decisions.catalog import Catalog
 from decisions.contact import Contacts
 from decisions.policy import Decision, decide
 from decisions.store import DecisionStore
+from features.consent import ALL_GRANTED, ConsentDefaults, allows
 from features.profile import new_state, view
 from models.features import features_from_document
 from schemas.decisions import encode_decision
@@ -118,6 +119,8 @@ class Decider:
     record: bool = True
     #: Fills the payload values ``"{recommendations}"`` (none: they stay null).
     recommender: Recommender | None = None
+    #: consent defaults (``NEXTBEST_CONSENT``): without personalization, an empty profile
+    consent: ConsentDefaults = ALL_GRANTED
 
     def __post_init__(self) -> None:
         self.store = DecisionStore(self.client, self.catalog) if self.client is not None else None
@@ -221,6 +224,11 @@ class Decider:
         channel: str,
         as_of_ms: int,
     ) -> dict[str, Any]:
+        withheld = stored.view is not None and not allows(
+            stored.view.consent, "personalization", self.consent
+        )
+        if withheld:  # non-personal logic only: what an unknown visitor gets
+            stored = stored._replace(view=None, segments={})
         v = stored.view if stored.view is not None else view(new_state(key))
         doc = self.models.document(v, as_of_ms, stored.bounds, segments=stored.segments)
         features = features_from_document(doc)
@@ -247,6 +255,9 @@ class Decider:
                     self.metrics.counter_failures.inc()
         newest = doc.get("last_seen_ts") if stored.view is not None else None
         body = self._body(decision_id, as_of_ms, d, doc, newest, None)
+        body["personal"] = stored.view is not None
+        if withheld:
+            body["consent"] = {"personalization": False}
         self._log(decision_id, key, as_of_ms, d, features, None)
         return body
 
@@ -345,6 +356,7 @@ def get_decider(request: Request) -> Decider:
             state.decision_log,
             state.decision_metrics,
             recommender=get_recommender(request) if hasattr(state, "reco_config") else None,
+            consent=state.settings.consent,
         )
     assert isinstance(state.decider, Decider)
     return state.decider

@@ -10,10 +10,10 @@ knowledge of the seed products and the lists of the customer's top categories; t
 and read again, in the background, when its version changes (the version is read in the first
 round trip).
 
-A customer or visitor without a profile gets the non-personal list (trending and popular, and
-item-to-item from a ``context_product``), never a 404; ``"personal": false`` says so. When
-Redis does not answer within :data:`REDIS_BUDGET_S`, the answer is empty with
-``"degraded": true`` and the reason, HTTP 200.
+A customer or visitor without a profile, or without personalization consent (then
+``"consent": {"personalization": false}``), gets the non-personal list (trending, popular, and
+item-to-item from a ``context_product``), never a 404; ``"personal": false`` says so. Redis
+silent for :data:`REDIS_BUDGET_S`: an empty answer, ``"degraded": true``, the reason, HTTP 200.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from redis.exceptions import RedisError
 from decisions.recommend import SOURCES, Inputs, Item, RecoConfig, rank, seeds
 from features import products as pr
 from features.catalog import CatalogItem, decode_item
+from features.consent import ALL_GRANTED, ConsentDefaults, allows
 from features.profile import ProfileView
 from features.store import (
     CATALOG_KEY,
@@ -104,8 +105,7 @@ class CatalogCache:
     loaded in the background (:meth:`notice`), outside any answer's Redis budget, and answers
     use the one held meanwhile."""
 
-    #: the catalogue held: replaced whole by a load, so an answer that took it once uses one
-    #: version throughout (its availability, its names and the version it reports)
+    #: the catalogue held, replaced whole: an answer that took it uses one version throughout
     held: Catalogue = field(default_factory=lambda: Catalogue(None, {}, frozenset()))
     _loading: asyncio.Task[None] | None = None
 
@@ -192,6 +192,7 @@ class Recommender:
     client: aioredis.Redis | None
     metrics: RecoMetrics | None = None
     catalog: CatalogCache = field(default_factory=CatalogCache)
+    consent: ConsentDefaults = ALL_GRANTED
 
     async def recommend(
         self,
@@ -299,6 +300,8 @@ class Recommender:
             pipe.get(product_key(context_product))
         got = await pipe.execute()
         v = decode_profile(got[0])
+        withheld = v is not None and not allows(v.consent, "personalization", self.consent)
+        v = None if withheld else v
         lists = got[1]
         catalogue = self.catalog.held
         self.catalog.notice(client, got[2])
@@ -313,6 +316,7 @@ class Recommender:
             unavailable=catalogue.unavailable,
             as_of=as_of,
             personal=v is not None or bool(recent),
+            withheld=withheld,
         )
         if category:
             inp.by_category = {category: _board(lists[2])}
@@ -379,6 +383,7 @@ class Recommender:
         return {
             "as_of": format_ts(as_of),
             "personal": inp.personal,
+            **({"consent": {"personalization": False}} if inp.withheld else {}),
             "items": out,
             "seeds": seeds(inp, self.cfg),
             "freshness": {

@@ -32,7 +32,8 @@ def get_recommender(request: Request) -> Recommender:
     """Dependency: the app's recommender, made on first use from the lifespan's Redis client."""
     state = request.app.state
     if state.recommender is None:
-        state.recommender = Recommender(state.reco_config, state.redis, state.reco_metrics)
+        state.recommender = Recommender(state.reco_config, state.redis, state.reco_metrics,
+                                        consent=state.settings.consent)  # fmt: skip
     assert isinstance(state.recommender, Recommender)
     return state.recommender
 

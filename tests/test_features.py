@@ -84,7 +84,7 @@ def test_render_document_shape() -> None:
         "avg_order_value", "first_seen_ts", "last_seen_ts", "last_purchase_ts",
         "days_since_last_purchase", "days_since_last_seen", "tenure_days", "cart_items",
         "cart_value", "cart_abandoned", "top_categories", "category_scores", "counts",
-        "events_total", "identities", "traits", "identifier_conflicts",
+        "events_total", "identities", "traits", "identifier_conflicts", "consent",
     }  # fmt: skip
     assert set(d) == {"anonymous_id", "kind", "as_of"} | expected
     assert d["avg_order_value"] is None and d["last_purchase_ts"] is None
@@ -403,8 +403,8 @@ def test_document_order_and_model_inputs_come_from_the_registry() -> None:
     s = pf.new_state("c:c1")
     pf.ingest(s, ev("purchase", T, total=12.0, category="toys"), L)
     doc = pf.render(pf.view(s), T)
-    assert list(doc)[3:-2] == [f.name for f in registry.FEATURES]
-    assert list(doc)[-2:] == ["traits", "identifier_conflicts"]
+    assert list(doc)[3:-3] == [f.name for f in registry.FEATURES]
+    assert list(doc)[-3:] == ["traits", "identifier_conflicts", "consent"]
     assert list(doc)[:3] == ["customer_id", "kind", "as_of"]
     windowed = [f"log_{f.name}" for f in registry.FEATURES if f.model]
     assert list(FEATURE_NAMES[: len(windowed)]) == windowed

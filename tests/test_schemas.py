@@ -163,6 +163,7 @@ def test_encode_decode_round_trip(type_: str, ts: int, ident: str) -> None:
         value=3.5,
         traits={"crm_id": "x", "vip": True},
         source="crm",
+        purposes={"marketing": "withdrawn"} if type_ == "consent" else None,
     )
     assert decode_event(encode_event(ev)) == ev
 

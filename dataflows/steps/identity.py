@@ -74,9 +74,9 @@ class DeviceLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
             st = self.state
             cfg = self.cfg
             if isinstance(st, DeviceState):
-                actions = on_event(st, ev, cfg.lateness_ms, cfg.traits)
+                actions = on_event(st, ev, cfg.lateness_ms, cfg.traits, cfg.consent)
             else:
-                actions = ids.on_event(st, ev, cfg.lateness_ms, cfg.traits)
+                actions = ids.on_event(st, ev, cfg.lateness_ms, cfg.traits, cfg.consent)
             for action in actions:
                 kind = action[0]
                 if kind == "customer":
@@ -98,6 +98,8 @@ class DeviceLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
                     out.append(late(item))
                 elif kind == "duplicate":
                     metrics.DUPLICATES.inc()
+                elif kind == "no_consent":
+                    metrics.EVENTS_DROPPED.labels("no_consent").inc()
         if anon_changed:
             self.dirty = True
         out.extend(self.flush(force=False))

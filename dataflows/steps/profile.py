@@ -34,9 +34,11 @@ from dataflows.steps import segments as sg
 from dataflows.steps.debounce import Debounced
 from features import profile as pf
 from features import rfm
+from features.consent import allows
 from features.segments import Transition
 from models import labels as lb
 from models.features import state_features
+from schemas.consent import CONSENT
 from schemas.traits import IDENTIFY
 
 
@@ -177,6 +179,13 @@ class ProfileLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
             if isinstance(item, IdentifierNote):
                 changed |= pf.note_conflict(self.state, item.token, item.owner, item.claimants)
                 continue
+            if item.event.type == CONSENT:  # decisions only: no lateness, labels or models
+                self._catch_up(max(item.stream_wm, item.event.ts - 1), transitions)
+                marketing = self._marketing()
+                if pf.apply_consent(self.state, item.event):
+                    changed = True
+                    self._marketing_changed(marketing, item.event.ts, transitions)
+                continue
             if item.event.type == IDENTIFY:  # traits only: no lateness, labels or models
                 self._catch_up(max(item.stream_wm, item.event.ts - 1), transitions)
                 applied = pf.apply_identify(self.state, item.event, self.cfg.traits)
@@ -234,7 +243,7 @@ class ProfileLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
             state = self.state
             for d in lb.idle_days(labels, upto, cfg.idle_snapshot_days):
                 idle[d * lb.DAY_MS] = state_features(state, d * lb.DAY_MS)
-        status = pf.ingest(self.state, ev, cfg.lateness_ms)
+        status = pf.ingest(self.state, ev, cfg.lateness_ms, consent=cfg.consent)
         if status == pf.APPLIED:
             if learn:
                 if idle:
@@ -248,14 +257,38 @@ class ProfileLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
             return True
         if status == pf.DUPLICATE:
             metrics.DUPLICATES.inc()
+        elif status == pf.NO_CONSENT:
+            metrics.EVENTS_DROPPED.labels("no_consent").inc()
         else:
             out.append(late(item))
         return False
 
+    def _marketing(self) -> bool:
+        """Whether the customer allows marketing: without it, in no segment (see
+        :mod:`features.consent`)."""
+        st = self.state
+        return st is None or allows(st.consent, "marketing", self.cfg.consent)
+
+    def _marketing_changed(self, before: bool, ts: int, transitions: list[Transition]) -> None:
+        """Marketing withdrawn: every membership exits (rule ``consent``); granted again: the
+        segments are evaluated from now."""
+        after, seg = self._marketing(), self.seg
+        if before == after or self.cfg.segments is None:
+            return
+        if after:
+            if seg is not None:
+                seg.at = ts if seg.at is None else max(seg.at, ts)
+            self._evaluate(ts, transitions)
+        elif seg is not None:
+            at = ts if seg.at is None else max(seg.at, ts)
+            for name in sorted(seg.members()):
+                transitions.append(Transition(name, "exited", at, {"rule": "consent"}))
+            seg.records, seg.at = {}, at
+
     def _catch_up(self, until: int, transitions: list[Transition]) -> None:
         """Realise the memberships' flips by time alone up to ``until``."""
         ctx, seg, state = self.cfg.segments, self.seg, self.state
-        if ctx is not None and seg is not None and state is not None:
+        if ctx is not None and seg is not None and state is not None and self._marketing():
             # (never past the retention deadline: the profile is dropped there; this also bounds
             # the work when the watermark jumps, e.g. after an event from the far future)
             until = min(until, pf.last_event_ts(state) + self.cfg.retention_ms)
@@ -264,7 +297,7 @@ class ProfileLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
     def _evaluate(self, ts: int, transitions: list[Transition]) -> None:
         """Step the memberships after an applied event."""
         ctx, state = self.cfg.segments, self.state
-        if ctx is None or state is None:
+        if ctx is None or state is None or not self._marketing():
             return
         if self.seg is None:
             self.seg = sg.SegmentState()

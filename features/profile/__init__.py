@@ -46,10 +46,16 @@ True
 from __future__ import annotations
 
 from features.profile.codec import fields_of, from_fields, to_fields, view
-from features.profile.fold import ingest, last_event_ts, new_state, record_link
+from features.profile.fold import ingest, last_event_ts, new_state
 from features.profile.merge import merge_into
 from features.profile.render import StateSource, render, render_state, window_values
-from features.profile.sources import apply_identify, merge_sources, note_conflict
+from features.profile.sources import (
+    apply_consent,
+    apply_identify,
+    merge_sources,
+    note_conflict,
+    record_link,
+)
 from features.profile.state import (
     APPLIED,
     COUNT_FEATURES,
@@ -60,6 +66,7 @@ from features.profile.state import (
     LAYOUT_VERSION,
     MAX_FIELD_BYTES,
     MAX_IDENTITIES,
+    NO_CONSENT,
     REVENUE_FEATURES,
     SESSION_GAP_MS,
     SESSION_KEEP_MS,
@@ -83,6 +90,7 @@ __all__ = [
     "LAYOUT_VERSION",
     "MAX_FIELD_BYTES",
     "MAX_IDENTITIES",
+    "NO_CONSENT",
     "REVENUE_FEATURES",
     "SESSION_GAP_MS",
     "SESSION_KEEP_MS",
@@ -93,6 +101,7 @@ __all__ = [
     "ProfileState",
     "ProfileView",
     "StateSource",
+    "apply_consent",
     "apply_identify",
     "fields_of",
     "from_fields",

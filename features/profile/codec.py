@@ -121,6 +121,8 @@ def view(state: ProfileState, series: frozenset[str] | None = None) -> ProfileVi
         bought=dict(sorted(a.bought.items())),
         traits={n: (t.value, t.source, t.ts) for n, t in sorted(state.traits.items())},
         conflicts=dict(sorted(state.conflicts.items())),
+        consent={p: (g.granted, g.source, g.ts) for p, g in sorted(state.consent.items())},
+        consent_log=[(p, g.granted, g.source, g.ts) for p, g in state.consent_log],
     )
 
 
@@ -156,6 +158,8 @@ _recent_decoder: Final = msgspec.json.Decoder(list[tuple[int, str, str, str]])
 _counts_decoder: Final = msgspec.json.Decoder(dict[str, int])
 _traits_decoder: Final = msgspec.json.Decoder(dict[str, tuple[Any, str, int]])
 _conflicts_decoder: Final = msgspec.json.Decoder(dict[str, tuple[str, tuple[str, ...]]])
+_consent_decoder: Final = msgspec.json.Decoder(dict[str, tuple[bool, str, int]])
+_consent_log_decoder: Final = msgspec.json.Decoder(list[tuple[str, bool, str, int]])
 
 
 def fields_of(v: ProfileView) -> dict[str, str]:
@@ -195,6 +199,9 @@ def fields_of(v: ProfileView) -> dict[str, str]:
         _put(f, "tr", _link_encoder.encode(v.traits).decode())
     if v.conflicts:
         _put(f, "cf", _link_encoder.encode(v.conflicts).decode())
+    if v.consent:
+        _put(f, "cs", _link_encoder.encode(v.consent).decode())
+        _put(f, "ch", _link_encoder.encode(v.consent_log).decode())
     own = v.id if v.kind == "customer" else None
     for j, link in enumerate(v.identities):
         cust = "" if link.customer_id == own else link.customer_id
@@ -305,6 +312,9 @@ def from_fields(raw: Mapping[str, str] | Mapping[bytes, bytes] | Mapping[Any, An
         v.traits = _traits_decoder.decode(f["tr"])
     if "cf" in f:
         v.conflicts = _conflicts_decoder.decode(f["cf"])
+    if "cs" in f:
+        v.consent = _consent_decoder.decode(f["cs"])
+        v.consent_log = _consent_log_decoder.decode(f.get("ch", "[]"))
     own = v.id if v.kind == "customer" else ""
     links: list[tuple[int, Link]] = []
     for name, val in f.items():

@@ -10,7 +10,8 @@ from itertools import chain
 from typing import Final
 
 from features import interest as _interest
-from features.profile.sources import apply_identify
+from features.consent import ALL_GRANTED, ConsentDefaults, allows
+from features.profile.sources import apply_consent, apply_identify
 from features.profile.state import (
     _BUFFER_CAP,
     _PRUNE_EVERY_MS,
@@ -22,11 +23,10 @@ from features.profile.state import (
     DEDUP_MS,
     DUPLICATE,
     LATE,
-    MAX_IDENTITIES,
+    NO_CONSENT,
     SESSION_GAP_MS,
     SESSION_KEEP_MS,
     Aggregate,
-    Link,
     ProfileState,
     keep_newest,
     purchased,
@@ -35,6 +35,7 @@ from features.profile.state import (
 from features.registry import SERIES, SERIES_ADDED_BY
 from features.traits import LATEST_WINS, TraitPolicy
 from features.windows import KEY_MASK, KEY_SHIFT
+from schemas.consent import CONSENT
 from schemas.events import CLICKSTREAM_TYPES, Event
 from schemas.traits import IDENTIFY
 
@@ -270,7 +271,11 @@ def new_state(key: str) -> ProfileState:
 
 
 def ingest(
-    state: ProfileState, event: Event, lateness_ms: int, policy: TraitPolicy = LATEST_WINS
+    state: ProfileState,
+    event: Event,
+    lateness_ms: int,
+    policy: TraitPolicy = LATEST_WINS,
+    consent: ConsentDefaults = ALL_GRANTED,
 ) -> str:
     """Apply one event to a state, in place, as if all events had come in ``(ts, event_id)`` order.
 
@@ -302,11 +307,21 @@ def ingest(
     >>> s.current.events, s.current.first, last_event_ts(s)
     (3, 9000, 20000)
 
+    A ``consent`` event only records its decisions (:func:`~features.profile.apply_consent`):
+    :data:`APPLIED` when they changed something, else :data:`DUPLICATE`. Without the
+    ``analytics`` purpose (its newest decision, else the default of ``consent``) any other event
+    but an ``identify`` is :data:`NO_CONSENT`: not applied (count and drop it).
+
     An ``identify`` event only offers its traits (:func:`~features.profile.apply_identify`
     with ``policy``): :data:`APPLIED` when they changed, else :data:`DUPLICATE`.
     """
     if event.type == IDENTIFY:
         return APPLIED if apply_identify(state, event, policy) else DUPLICATE
+    if event.type == CONSENT:
+        return APPLIED if apply_consent(state, event) else DUPLICATE
+    # (the common case, nothing decided and granted by default, costs one test)
+    if (state.consent or not consent.analytics) and not allows(state.consent, "analytics", consent):
+        return NO_CONSENT
     ts = event.ts
     eid = event.event_id
     cur = state.current
@@ -371,37 +386,3 @@ def last_event_ts(state: ProfileState) -> int:
     if state.traits:  # (traits keep a profile alive too: a CRM record without behaviour)
         newest = max(newest, max(t.ts for t in state.traits.values()))
     return newest
-
-
-def record_link(
-    state: ProfileState, anonymous_id: str, customer_id: str, ts: int, event_id: str
-) -> None:
-    """Record an identity link; it is listed in the profile's ``identities``.
-
-    Idempotent by ``event_id``; the newest :data:`MAX_IDENTITIES` links by ``(ts, event_id)``
-    are kept.
-
-    Parameters
-    ----------
-    state
-        The (customer) state to record the link in.
-    anonymous_id, customer_id
-        The linked ids.
-    ts, event_id
-        Time (epoch ms) and id of the linking event (``login`` or ``signup``).
-
-    Examples
-    --------
-    >>> from features.profile import *
-    >>> s = new_state("c:42")
-    >>> record_link(s, "dev-1", "42", 1767323045000, "e1")
-    >>> record_link(s, "dev-1", "42", 1767323045000, "e1")
-    >>> render(view(s), 1767323045000)["identities"]
-    [{'anonymous_id': 'dev-1', 'customer_id': '42', 'ts': '2026-01-02T03:04:05Z', 'event_id': 'e1'}]
-    """
-    links = state.identities
-    if any(link.event_id == event_id for link in links):
-        return
-    links.append(Link(anonymous_id, customer_id, ts, event_id))
-    links.sort(key=lambda link: (link.ts, link.event_id))
-    del links[:-MAX_IDENTITIES]

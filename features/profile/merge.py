@@ -12,9 +12,8 @@ from features.profile.fold import (
     _prune,
     _rebuild,
     _set_runs,
-    record_link,
 )
-from features.profile.sources import merge_sources
+from features.profile.sources import merge_sources, record_link
 from features.profile.state import (
     BOUGHT_PRODUCTS,
     CART_PRODUCTS,

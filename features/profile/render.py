@@ -6,6 +6,8 @@ from __future__ import annotations
 from itertools import chain
 from typing import Any, Final
 
+from features.consent import ALL_GRANTED, ConsentDefaults
+from features.consent import document as consent_document
 from features.profile.codec import view
 from features.profile.fold import _LIVE_SPECS
 from features.profile.state import ProfileState, ProfileView
@@ -17,7 +19,7 @@ from schemas.identifiers import kind_of
 _RENDER: Final = tuple((f.name, f.value) for f in FEATURES)
 
 
-def render(v: ProfileView, as_of: int) -> dict[str, Any]:
+def render(v: ProfileView, as_of: int, consent: ConsentDefaults = ALL_GRANTED) -> dict[str, Any]:
     """The public JSON profile document as of a time: a pure function of its inputs.
 
     Parameters
@@ -32,7 +34,8 @@ def render(v: ProfileView, as_of: int) -> dict[str, Any]:
     dict[str, Any]
         ``customer_id`` (or ``anonymous_id``), ``kind``, ``as_of`` and every feature of
         :data:`features.registry.FEATURES`, in its order (see the README), then ``traits``
-        (name -> ``{value, source, ts}``) and ``identifier_conflicts``.
+        (name -> ``{value, source, ts}``), ``identifier_conflicts`` and ``consent`` (each
+        purpose's value, ``consent`` giving the undecided ones, and the history).
         Windowed values follow the window contract for ``as_of >= last_seen_ts``; for earlier
         ``as_of`` they are approximate. Lifetime values include every applied event.
 
@@ -61,6 +64,7 @@ def render(v: ProfileView, as_of: int) -> dict[str, Any]:
         {"identifier": tok, "kind": kind_of(tok), "owner": owner, "claimed_by": list(claimants)}
         for tok, (owner, claimants) in v.conflicts.items()
     ]
+    doc["consent"] = consent_document(v.consent, v.consent_log, consent, format_ts)
     return doc
 
 

@@ -1,5 +1,6 @@
-"""What source systems tell a profile: traits (from ``identify`` events) and identifier
-conflicts (from the identifier step, see :mod:`features.identifiers`).
+"""What source systems tell a profile: traits (from ``identify`` events), consent (from
+``consent`` events) and identifier conflicts (from the identifier step, see
+:mod:`features.identifiers`).
 
 >>> from features.profile import new_state, render, view
 >>> from features.traits import LATEST_WINS
@@ -16,8 +17,9 @@ from __future__ import annotations
 
 from typing import Final
 
+from features import consent as cs
 from features import traits as tr
-from features.profile.state import ProfileState
+from features.profile.state import MAX_IDENTITIES, Link, ProfileState
 from schemas.events import Event
 
 #: Most contested identifiers one profile lists (the first by token).
@@ -54,9 +56,53 @@ def note_conflict(state: ProfileState, token: str, owner: str, claimants: tuple[
     return True
 
 
+def apply_consent(state: ProfileState, event: Event) -> bool:
+    """Take a ``consent`` event's decisions (:mod:`features.consent`); True when they changed
+    the consent or its history. Order-independent, like traits."""
+    if not event.purposes:
+        return False
+    return cs.offer(state.consent, state.consent_log, event.purposes, event.source or "",
+                    event.ts, event.event_id)  # fmt: skip
+
+
 def merge_sources(target: ProfileState, other: ProfileState, policy: tr.TraitPolicy) -> None:
-    """Identity stitching: ``other``'s traits and conflicts into ``target``."""
+    """Identity stitching: ``other``'s traits, conflicts and consent into ``target``."""
     tr.merge(target.traits, other.traits, policy)
+    cs.merge(target.consent, target.consent_log, other.consent, other.consent_log)
     for tok, (owner, claimants) in other.conflicts.items():
         if tok not in target.conflicts:
             note_conflict(target, tok, owner, claimants)
+
+
+def record_link(
+    state: ProfileState, anonymous_id: str, customer_id: str, ts: int, event_id: str
+) -> None:
+    """Record an identity link; it is listed in the profile's ``identities``.
+
+    Idempotent by ``event_id``; the newest :data:`MAX_IDENTITIES` links by ``(ts, event_id)``
+    are kept.
+
+    Parameters
+    ----------
+    state
+        The (customer) state to record the link in.
+    anonymous_id, customer_id
+        The linked ids.
+    ts, event_id
+        Time (epoch ms) and id of the linking event (``login`` or ``signup``).
+
+    Examples
+    --------
+    >>> from features.profile import *
+    >>> s = new_state("c:42")
+    >>> record_link(s, "dev-1", "42", 1767323045000, "e1")
+    >>> record_link(s, "dev-1", "42", 1767323045000, "e1")
+    >>> render(view(s), 1767323045000)["identities"]
+    [{'anonymous_id': 'dev-1', 'customer_id': '42', 'ts': '2026-01-02T03:04:05Z', 'event_id': 'e1'}]
+    """
+    links = state.identities
+    if any(link.event_id == event_id for link in links):
+        return
+    links.append(Link(anonymous_id, customer_id, ts, event_id))
+    links.sort(key=lambda link: (link.ts, link.event_id))
+    del links[:-MAX_IDENTITIES]

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any, Final, NamedTuple
 
+from features.consent import Grant
 from features.registry import FEATURES
 from features.traits import Trait
 from features.windows import DAY, HOUR, MINUTE
@@ -16,6 +17,8 @@ from schemas.keys import is_device
 LATE: Final = "late"
 DUPLICATE: Final = "duplicate"
 APPLIED: Final = "applied"
+#: Not applied: the profile's ``analytics`` consent is withdrawn (:mod:`features.consent`).
+NO_CONSENT: Final = "no_consent"
 
 #: Version of the Redis projection layout; bumped when the field layout changes.
 LAYOUT_VERSION: Final = "2"
@@ -225,10 +228,14 @@ class ProfileState(_Keyed):
     traits: dict[str, Trait] = field(default_factory=dict)
     #: identifier token -> (its owner, every customer that claimed it), when it is contested
     conflicts: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
+    #: purpose -> the newest decision, and the newest decisions in time order
+    #: (:mod:`features.consent`)
+    consent: dict[str, Grant] = field(default_factory=dict)
+    consent_log: list[tuple[str, Grant]] = field(default_factory=list)
 
     def __setstate__(self, state: Any) -> None:
-        # Snapshots written before traits and conflicts existed lack them: defaults first.
-        self.traits, self.conflicts = {}, {}
+        # Snapshots written before traits, conflicts and consent existed lack them: defaults.
+        self.traits, self.conflicts, self.consent, self.consent_log = {}, {}, {}, []
         d, slots = state if isinstance(state, tuple) else (state, None)
         for k, v in chain((d or {}).items(), (slots or {}).items()):
             setattr(self, k, v)
@@ -280,6 +287,9 @@ class ProfileView(_Keyed):
     traits: dict[str, tuple[Any, str, int]] = field(default_factory=dict)
     #: identifier token -> (owner, claimants)
     conflicts: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
+    #: purpose -> (granted, source, ts); the history: (purpose, granted, source, ts), oldest first
+    consent: dict[str, tuple[bool, str, int]] = field(default_factory=dict)
+    consent_log: list[tuple[str, bool, str, int]] = field(default_factory=list)
 
     @property
     def revenue_total(self) -> float:
