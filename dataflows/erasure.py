@@ -80,10 +80,10 @@ def fan_out(owners: tuple[str, ...]) -> Callable[[EraseIn], list[tuple[str, Any]
         ck = customer_key(req.customer_id)
         out: list[tuple[str, Any]] = [(ck, (ck, Erase(rid, "profile", pos, ts)))]
         named = sorted({*req.anonymous_ids, *req.identifiers})
+        keys = person_keys(req)
         for a in named:
             dk = device_key(a)
-            out.append((dk, (dk, Erase(rid, "device:" + a, pos, ts))))
-        keys = person_keys(req)
+            out.append((dk, (dk, Erase(rid, "device:" + a, pos, ts, keys))))
         out.extend((o, ("erase", Erase(rid, o, pos, ts, keys))) for o in owners)
         expected = tuple(sorted({"profile", *("device:" + a for a in named), *owners}))
         out.append(("erasure:" + rid, Expect(rid, expected, ts)))

@@ -89,7 +89,7 @@ router = APIRouter(tags=["privacy"])
     "/v1/customers/{customer_id}",
     status_code=202,
     response_model=ErasureBody,
-    responses=error_responses(503),
+    responses=error_responses(422, 503),
     summary="Forget a customer everywhere the engine keeps data",
 )
 async def erase_customer(
@@ -110,7 +110,7 @@ async def erase_customer(
 @router.get(
     "/v1/erasures/{request_id}",
     response_model=ErasureBody,
-    responses=error_responses(404, 503),
+    responses=error_responses(404, 422, 503),
     summary="An erasure request's status",
 )
 async def erasure_status(

@@ -144,6 +144,17 @@ def _pid_of(workdir: Path) -> int:
         client.close()
 
 
+def _wait_caught_up(port: int, log: Path, timeout: float = 120) -> None:
+    """Wait until the run's read count holds still for half a second (it read what is there)."""
+    seen: list[float] = []
+
+    def still() -> bool:
+        seen.append(metric_sum(port, "nextbest_events_read_total"))
+        return len(seen) >= 3 and seen[-1] == seen[-2] == seen[-3]
+
+    wait_for(still, "the run to read what is there", log, timeout)
+
+
 def test_several_sigkills_give_the_uninterrupted_result(
     reference: Reference, kafka_brokers: str, redis_url: str, tmp_path: Path
 ) -> None:
@@ -171,7 +182,8 @@ def test_several_sigkills_give_the_uninterrupted_result(
         proc = start_run({**env, "NEXTBEST_METRICS_PORT": str(port)}, log)
         # (after a resume there may be nothing left to read until the next chunk comes)
         wait_up(port, log)
-        time.sleep(1.2 + rng.random() / 2)  # at least one snapshot
+        _wait_caught_up(port, log)  # (on a loaded machine the reading can take seconds)
+        time.sleep(1.2 + rng.random() / 2)  # at least one snapshot after it
         produce(kafka_brokers, topic, chunk)
         time.sleep(rng.random() / 3)  # then somewhere in the middle of the new records
         proc.send_signal(signal.SIGKILL)

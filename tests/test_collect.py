@@ -328,9 +328,9 @@ def test_serve_embedded_reaches_run(tmp_path: Path) -> None:
         assert resp.json()["accepted"] == 2
         runner = _spawn(["run", "--quiet"], env, run_log)
         deadline = time.monotonic() + 45
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline:  # (both topics applied: the purchase too)
             got = httpx.get(f"{base}/v1/customers/e2e/profile", timeout=5)
-            if got.status_code == 200:
+            if got.status_code == 200 and got.json()["events_total"] == 2:
                 break
             assert runner.poll() is None, run_log.read_text()
             time.sleep(0.3)

@@ -185,3 +185,46 @@ def test_erasure_forgets_the_person_everywhere(
             if proc.poll() is None:
                 proc.terminate()
                 proc.wait(30)
+
+
+def test_events_after_an_erasure_start_a_new_profile() -> None:
+    """In one batch: events, the erasure, one more event: the drops of the old profile go out
+    (and its exits), and a new profile holds only the last event."""
+    from dataflows.erasure import Ack, Erase
+    from dataflows.records import DropProfile, In, RawRecord, WriteProfile
+    from dataflows.steps.profile import ProfileLogic
+    from schemas import Event
+    from tests.conftest import flow_config
+
+    def item(n: int, **kw: Any) -> tuple[str, Any]:
+        ev = Event(event_id=f"e{n}", ts=T0 + n * MIN, customer_id="x", **kw)
+        return "c:x", In(ev, RawRecord(b"", f"t:0:{n}"))
+
+    logic = ProfileLogic(None, flow_config(write_interval_ms=0))
+    erase = ("c:x", Erase("0" * 32, "profile", "t:0:2", T0))
+    values = [item(0, type="page_view"), item(1, type="purchase", total=5.0), erase,
+              item(3, type="page_view")]  # fmt: skip
+    out, discard = logic.on_batch(values)
+    assert not discard and logic.state is not None
+    assert logic.state.current.events == 1 and logic.state.purchases_total == 0
+    kinds = [type(o).__name__ for o in out]
+    assert kinds.index("DropProfile") < kinds.index("Ack") < len(kinds) - 1
+    assert isinstance(out[-1], WriteProfile) and any(isinstance(o, DropProfile) for o in out)
+    assert [o for o in out if isinstance(o, Ack)] == [Ack("0" * 32, "profile")]
+
+
+def test_erase_cli_sends_a_request_and_reports_its_status(
+    kafka_brokers: str, redis_url: str, tmp_path: Path
+) -> None:
+    from tests.conftest import nextbest_cli
+
+    env = {"NEXTBEST_KAFKA_BROKERS": kafka_brokers, "NEXTBEST_REDIS_URL": f"{redis_url}?db=13",
+           "NEXTBEST_TOPIC_TRANSACTIONS": "er-cli-tx", "NEXTBEST_HOME": str(tmp_path)}  # fmt: skip
+    rid = nextbest_cli("erase", "someone", env=env).stdout.strip()
+    assert len(rid) == 32
+    status = orjson.loads(nextbest_cli("erase", "--status", rid, env=env).stdout)
+    assert status["status"] == "pending" and "someone" not in str(status)
+    record = orjson.loads(consume_all(kafka_brokers, "er-cli-tx", quiet=1)[-1])
+    assert record["type"] == "erasure" and record["request_id"] == rid
+    assert nextbest_cli("erase", "--status", "f" * 32, env=env, check=False).returncode == 1
+    assert nextbest_cli("erase", env=env, check=False).returncode == 2

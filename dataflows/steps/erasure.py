@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 from bytewax.operators import StatefulBatchLogic
 
+from dataflows import metrics
 from dataflows.erasure import Expect, WriteStatus
 from schemas.erasure import status_document
 
@@ -63,6 +64,7 @@ class ErasureLogic(StatefulBatchLogic[Any, Any, Any]):
         # flow's output that depends on timing)
         done_at = time.time_ns() // 1_000_000
         doc = status_document(rid, "done", self.ts, done_at=done_at, steps=len(self.expected))
+        metrics.ERASURES.labels("done").inc()
         return [WriteStatus(rid, orjson.dumps(doc))], StatefulBatchLogic.DISCARD
 
     def snapshot(self) -> Any:

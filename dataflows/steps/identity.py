@@ -63,6 +63,7 @@ class DeviceLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
                     return [*out, DropProfile(device_key(self._id))], DISCARD
                 continue
             if isinstance(item, Erase):  # forget the device (identifier); later events start anew
+                out.extend(self._scrub(item))
                 out.append(DropProfile(key))
                 out.append(Ack(item.request_id, item.part))
                 metrics.ERASURES.labels("applied").inc()
@@ -105,6 +106,17 @@ class DeviceLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
         out.extend(self.flush(force=False))
         # (only ticks or a re-projection for a device with no state: nothing to keep)
         return out, RETAIN if self.state is not None else DISCARD
+
+    def _scrub(self, item: Erase) -> list[Out]:
+        """An erased identifier that other customers claimed too: their profiles forget the
+        conflict (it names the erased customer), and the identifier goes with the person."""
+        st = self.state
+        if not isinstance(st, ids.IdentifierState):
+            return []
+        erased = {k[2:] for k in item.forget if k.startswith("c:")}
+        others = sorted({c.customer_id for c in st.claims} - erased)
+        note = IdentifierNote(st.token, "", (), item.position)
+        return [Route(customer_key(c), note) for c in others]
 
     @property
     def _id(self) -> str:

@@ -45,7 +45,11 @@ def note_conflict(state: ProfileState, token: str, owner: str, claimants: tuple[
     >>> s = new_state("c:2")
     >>> note_conflict(s, "em:x", "1", ("1", "2")), s.conflicts
     (True, {'em:x': ('1', ('1', '2'))})
+    >>> note_conflict(s, "em:x", "", ()), s.conflicts     # no claimant: forget it (an erasure)
+    (True, {})
     """
+    if not claimants:
+        return state.conflicts.pop(token, None) is not None
     rec = (owner, tuple(sorted(claimants)))
     if state.conflicts.get(token) == rec:
         return False
