@@ -43,6 +43,7 @@ from serving.deps import get_now_ms as get_now_ms  # re-exported: tests override
 from serving.deps import get_redis as get_redis  # re-exported: tests override it
 from serving.erasure import install_erasure
 from serving.errors import ApiError, error_responses, install_error_handlers
+from serving.imports import install_imports
 from serving.metrics import CONTENT_TYPE, HttpMetrics, MetricsMiddleware
 from serving.nba import close_decisions, install_decisions
 from serving.reco_api import install_recommendations
@@ -331,6 +332,7 @@ def create_app(
     install_decisions(app, settings.actions, decision_log)
     install_recommendations(app, settings.recommendations)
     install_erasure(app)
+    install_imports(app)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     if settings.cors_origins:
         app.add_middleware(RouteCORS, origins=settings.cors_origins)

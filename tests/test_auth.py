@@ -40,6 +40,8 @@ SCOPE_OF: dict[tuple[str, str], str | None] = {
     ("GET", "/v1/products/{product_id}/similar"): "read",
     ("DELETE", "/v1/customers/{customer_id}"): "admin",
     ("GET", "/v1/erasures/{request_id}"): "admin",
+    ("POST", "/v1/catalog"): "admin",
+    ("POST", "/v1/traits"): "admin",
     ("GET", "/healthz"): None,
     ("GET", "/readyz"): None,
     ("GET", "/metrics"): None,
@@ -61,6 +63,7 @@ def _call(
     api: TestClient, method: str, path: str, headers: dict[str, str] | None = None
 ) -> httpx.Response:
     url = re.sub(r"\{[a-z_]+\}", "x1", path).replace("erasures/x1", "erasures/" + "0" * 32)
+    url += "?source=crm" if path == "/v1/traits" else ""
     if method == "POST":
         resp: httpx.Response = api.post(url, content=b'{"events": []}', headers=headers)
     else:
