@@ -37,7 +37,7 @@ import redis.asyncio as aioredis
 
 from features.profile import LayoutError, ProfileView, from_fields, to_fields
 from features.rfm import RfmBoundaries
-from schemas.keys import device_key, is_device
+from schemas.keys import customer_key, device_key, is_device
 
 NAMESPACE: Final = "nb"
 BOUNDARIES_KEY: Final = f"{NAMESPACE}:rfm:boundaries"
@@ -100,6 +100,16 @@ def profile_key(key: str) -> str:
 def link_key(anonymous_id: str) -> str:
     """Redis key of a device's current link."""
     return f"{NAMESPACE}:{{a:{anonymous_id}}}:link"
+
+
+def devices_key(key: str) -> str:
+    """Redis key of the devices and identifiers ever linked to a customer (a set): what an
+    erasure reaches beyond the profile's newest links.
+
+    >>> devices_key("c:42")
+    'nb:{c:42}:devices'
+    """
+    return f"{NAMESPACE}:{{{key}}}:devices"
 
 
 def contacts_key(key: str) -> str:
@@ -188,18 +198,22 @@ class ProfileWriter:
         if is_device(key):
             batch.append(("DEL", profile_key(key), link_key(key[2:]), contacts_key(key)))
         else:
-            batch.append(("DEL", profile_key(key), segments_key(key), contacts_key(key)))
+            batch.append(
+                ("DEL", profile_key(key), segments_key(key), contacts_key(key), devices_key(key))
+            )
 
     def status(self, batch: list[Command], key: str, data: bytes, ttl_s: int) -> None:
         """Store a status document (an erasure request's) for ``ttl_s`` seconds."""
         batch.append(("SET", key, data, "EX", ttl_s))
 
     def link(self, batch: list[Command], anonymous_id: str, customer_id: str) -> None:
-        """Point the device at its customer; its anonymous profile goes."""
+        """Point the device (or identifier) at its customer; its anonymous profile goes; the
+        customer's set of every device ever linked to it (what an erasure must reach) gets it."""
         batch.append(
             ("EVALSHA", self._link_sha, 2, profile_key(device_key(anonymous_id)),
              link_key(anonymous_id), customer_id)
         )  # fmt: skip
+        batch.append(("SADD", devices_key(customer_key(customer_id)), anonymous_id))
 
     def checkpoint(self, batch: list[Command], target: str, version: int, data: bytes) -> None:
         """Publish a model checkpoint; the current one becomes the previous (the fallback)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterable
 from typing import Annotated, Any, cast
 
 import orjson
@@ -18,7 +19,7 @@ from fastapi import APIRouter, FastAPI, Path, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from features.store import aread_stored_profile
+from features.store import aread_stored_profile, devices_key
 from schemas.erasure import (
     STATUS_TTL_S,
     ErasureRequest,
@@ -27,6 +28,7 @@ from schemas.erasure import (
     status_key,
 )
 from schemas.events import MAX_ID_LEN
+from schemas.identifiers import is_token
 from schemas.keys import customer_key
 from serving.auth import guarded
 from serving.deps import RedisDep
@@ -44,18 +46,22 @@ class ErasureBody(BaseModel):
     steps: int = Field(description="Steps that applied it (when done).")
 
 
-def linked_of(view: Any) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The devices and identifier tokens a stored profile names (the dataflow adds the ones its
-    own state knows)."""
+def linked_of(
+    view: Any, linked: Iterable[bytes | str] = ()
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The devices and identifier tokens of a customer: its stored profile's links and traits,
+    and ``linked``, every device or identifier ever linked to it (``nb:{c:<id>}:devices``)."""
+    names = {x.decode() if isinstance(x, bytes) else x for x in linked}
+    tokens = {n for n in names if is_token(n)}
+    devices = names - tokens
     if view is None:
-        return (), ()
-    devices = tuple(sorted({link.anonymous_id for link in view.identities}))
-    tokens = set()
+        return tuple(sorted(devices)), tuple(sorted(tokens))
+    devices |= {link.anonymous_id for link in view.identities}
     for name, trait in getattr(view, "traits", {}).items():
         value = trait[0] if isinstance(trait, tuple | list) else trait
         if name in ("email", "phone") and isinstance(value, str):
             tokens.add(value)
-    return devices, tuple(sorted(tokens))
+    return tuple(sorted(devices)), tuple(sorted(tokens))
 
 
 async def submit(app: FastAPI, client: aioredis.Redis, customer_id: str, now_ms: int) -> str:
@@ -64,8 +70,9 @@ async def submit(app: FastAPI, client: aioredis.Redis, customer_id: str, now_ms:
     if collector is None:
         raise ApiError(503, "erasure_unavailable",
                        "this server has no Kafka broker to send the erasure through")  # fmt: skip
-    stored = await aread_stored_profile(client, customer_key(customer_id))
-    devices, tokens = linked_of(stored.view)
+    key = customer_key(customer_id)
+    stored = await aread_stored_profile(client, key)
+    devices, tokens = linked_of(stored.view, await client.smembers(devices_key(key)))
     rid = uuid.uuid4().hex
     req = ErasureRequest(rid, customer_id, devices, tokens, now_ms)
     doc = status_document(rid, "pending", now_ms)

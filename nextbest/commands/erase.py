@@ -77,7 +77,7 @@ def _print_status(client: object, rid: str) -> int:
 def _submit(client: object, settings: Settings, customer_id: str) -> str:
     from confluent_kafka import Producer
 
-    from features.store import read_stored_profile
+    from features.store import devices_key, read_stored_profile
     from nextbest.runtime import ensure_topics, kafka_brokers
     from schemas.erasure import (
         STATUS_TTL_S,
@@ -93,7 +93,9 @@ def _submit(client: object, settings: Settings, customer_id: str) -> str:
     if not customer_id or len(customer_id) > MAX_ID_LEN:
         raise UsageError(f"erase: the customer id must be 1 to {MAX_ID_LEN} characters")
     now_ms = time.time_ns() // 1_000_000
-    devices, tokens = linked_of(read_stored_profile(client, customer_key(customer_id)).view)  # type: ignore[arg-type]
+    key = customer_key(customer_id)
+    linked = client.smembers(devices_key(key))  # type: ignore[attr-defined]
+    devices, tokens = linked_of(read_stored_profile(client, key).view, linked)  # type: ignore[arg-type]
     rid = uuid.uuid4().hex
     req = ErasureRequest(rid, customer_id, devices, tokens, now_ms)
     doc = status_document(rid, "pending", now_ms)
