@@ -5,6 +5,7 @@ recommendations)."""
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import orjson
 import redis
@@ -25,7 +26,7 @@ from nextbest.settings import Settings
 from schemas import Event
 from schemas.consent import ALL_GRANTED, parse_defaults
 from serving.app import create_app
-from tests.conftest import flow_config
+from tests.conftest import flow_config, nextbest_cli
 
 T0 = 1_767_225_600_000
 MIN = 60_000
@@ -115,7 +116,7 @@ def _rec(n: int, **ev: object) -> RawRecord:
     return RawRecord(orjson.dumps({"event_id": f"e{n}", **ev}), f"t:{n}")
 
 
-def test_marketing_withdrawn_leaves_every_segment_and_list(redis_url: str) -> None:
+def test_marketing_withdrawn_leaves_every_segment_and_list(redis_url: str, tmp_path: Path) -> None:
     """An abandoned cart enters the segment; withdrawing marketing exits it (rule consent) and
     empties the targeted list; another abandoned cart meanwhile enters nothing; granting again
     enters it from then."""
@@ -138,6 +139,16 @@ def test_marketing_withdrawn_leaves_every_segment_and_list(redis_url: str) -> No
     got = [(t.direction, t.at, t.reason.get("rule")) for t in out if t.customer_id == "m"]
     assert got == [("entered", T0 + 30 * MIN, "entry"), ("exited", T0 + 50 * MIN, "consent")]
     assert client.zscore(members_key("cart_abandoned"), "m") is None  # the targeted list
+    client.zadd(members_key("cart_abandoned"), {"other": T0})  # (a member the export lists)
+    listed = nextbest_cli(
+        "export",
+        "--segment",
+        "cart_abandoned",
+        "--format",
+        "jsonl",
+        env={"NEXTBEST_REDIS_URL": url, "NEXTBEST_HOME": str(tmp_path)},
+    )
+    assert '"other"' in listed.stdout and '"m"' not in listed.stdout
     more = [
         _rec(5, type="consent", ts=T0 + 130 * MIN, customer_id="m", source="web",
              purposes={"marketing": "granted"}),
