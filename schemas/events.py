@@ -90,12 +90,21 @@ class Item(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     quantity: int = 1
 
 
+class _WireItem(msgspec.Struct, kw_only=True):
+    """A line as it arrives (``quantity``: a JSON number, see :func:`_whole`)."""
+
+    product_id: str
+    category: str | None = None
+    price: float = 0.0
+    quantity: int | float = 1
+
+
 class _WireEvent(msgspec.Struct, kw_only=True, omit_defaults=True):
     """The event as it arrives: every field optional, so missing fields get our own reason."""
 
     event_id: str | None = None
     type: str | None = None
-    ts: int | str | None = None
+    ts: int | float | str | None = None
     customer_id: str | None = None
     anonymous_id: str | None = None
     session_id: str | None = None
@@ -103,11 +112,11 @@ class _WireEvent(msgspec.Struct, kw_only=True, omit_defaults=True):
     product_id: str | None = None
     category: str | None = None
     price: float | None = None
-    quantity: int | None = None
+    quantity: int | float | None = None
     order_id: str | None = None
     total: float | None = None
     currency: str | None = None
-    items: list[Item] | None = None
+    items: list[_WireItem] | None = None
     decision_id: str | None = None
     action_id: str | None = None
     outcome: str | None = None
@@ -243,6 +252,16 @@ def _too_deep(value: Any, limit: int) -> bool:
     return False
 
 
+def _whole(v: float) -> int | None:
+    """A JSON number without a fraction as an int, else ``None``: JSON (and JSON Schema's
+    ``integer``) does not tell ``2`` from ``2.0``, so neither do ``ts`` and the quantities.
+
+    >>> _whole(2.0), _whole(2.5)
+    (2, None)
+    """
+    return int(v) if v.is_integer() else None
+
+
 def _validate(w: _WireEvent, ids: IdentifierHasher) -> Event | DecodeError:
     for name in ("event_id", "type", "ts"):
         if getattr(w, name) is None:
@@ -254,7 +273,10 @@ def _validate(w: _WireEvent, ids: IdentifierHasher) -> Event | DecodeError:
     assert w.type is not None and w.ts is not None and w.event_id is not None
     if w.type not in EVENT_TYPES:
         return DecodeError("unknown_type", f"type {w.type[:40]!r}")
-    ts = parse_ts(w.ts)
+    raw_ts = _whole(w.ts) if isinstance(w.ts, float) else w.ts
+    if raw_ts is None:
+        return DecodeError("bad_type:ts", f"ts {w.ts!r}: epoch milliseconds are an integer")
+    ts = parse_ts(raw_ts)
     if ts is None:
         return DecodeError("bad_timestamp", f"ts {str(w.ts)[:40]!r}")
     src = check_source_fields(w.type, w.traits, w.source, w.email, w.phone, ids)
@@ -276,19 +298,29 @@ def _validate(w: _WireEvent, ids: IdentifierHasher) -> Event | DecodeError:
         v = getattr(w, name)
         if v is not None and not (0.0 <= v < 1e9):
             return DecodeError(f"bad_value:{name}", f"{name} must be in [0, 1e9)")
-    if w.quantity is not None and not (0 < w.quantity <= 10_000):
+    quantity = _whole(w.quantity) if isinstance(w.quantity, float) else w.quantity
+    if w.quantity is not None and quantity is None:
+        return DecodeError("bad_type:quantity", f"quantity {w.quantity!r} is not an integer")
+    if quantity is not None and not (0 < quantity <= 10_000):
         return DecodeError("bad_value:quantity", "quantity must be in [1, 10000]")
     if w.type in TRANSACTION_TYPES:
         if w.customer_id is None:
             return DecodeError("missing_field:customer_id", f"{w.type} needs a customer_id")
         if w.total is None:
             return DecodeError("missing_field:total", f"{w.type} needs a total")
+    items: list[Item] | None = None
     if w.items is not None:
         if len(w.items) > MAX_ITEMS:
             return DecodeError("too_large", f"more than {MAX_ITEMS} items")
+        items = []
         for it in w.items:
-            if not (0.0 <= it.price < 1e9) or not (0 < it.quantity <= 10_000):
+            q = _whole(it.quantity) if isinstance(it.quantity, float) else it.quantity
+            if q is None:
+                return DecodeError("bad_type:items", "an item's quantity is not an integer")
+            if not (0.0 <= it.price < 1e9) or not (0 < q <= 10_000):
                 return DecodeError("bad_value:items", "item price or quantity out of range")
+            items.append(Item(product_id=it.product_id, category=it.category, price=it.price,
+                              quantity=q))  # fmt: skip
     if w.type in FEEDBACK_TYPES:
         for name in ("decision_id", "action_id", "outcome"):
             if getattr(w, name) is None:
@@ -306,11 +338,11 @@ def _validate(w: _WireEvent, ids: IdentifierHasher) -> Event | DecodeError:
         product_id=w.product_id,
         category=w.category,
         price=w.price,
-        quantity=w.quantity,
+        quantity=quantity,
         order_id=w.order_id,
         total=w.total,
         currency=w.currency,
-        items=w.items,
+        items=items,
         decision_id=w.decision_id,
         action_id=w.action_id,
         outcome=w.outcome,

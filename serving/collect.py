@@ -23,6 +23,7 @@ from schemas.events import (
     EVENT_TYPES,
     MAX_EVENT_BYTES,
     MAX_ID_LEN,
+    MAX_PROPERTIES_DEPTH,
     REASONS,
     TRANSACTION_TYPES,
     DecodeError,
@@ -31,6 +32,7 @@ from schemas.events import (
     encode_event,
 )
 from schemas.identifiers import UNSALTED, IdentifierHasher, redact
+from schemas.jsonschema import event_body
 from serving.errors import ApiError, error_responses
 from serving.metrics import HttpMetrics
 from serving.producer import ACK_TIMEOUT, BrokerUnavailable, EventProducer, OutRecord
@@ -137,25 +139,51 @@ class CollectBody(BaseModel):
     results: list[EventResult]
 
 
-class RejectedBody(CollectBody):
-    """Every event was rejected (422 ``all_rejected``): the error and the per-event answer."""
+class RejectedBody(BaseModel):
+    """A 422: ``empty_batch`` (an empty array), or ``all_rejected`` (every event was rejected),
+    which also carries the per-event answer."""
 
     error: str = Field(examples=["all_rejected"])
     detail: str
+    accepted: int | None = Field(None, description="0 (`all_rejected` only).")
+    rejected: int | None = Field(None, description="Events rejected (`all_rejected` only).")
+    results: list[EventResult] | None = Field(None, description="`all_rejected` only.")
+
+
+def request_body_schema() -> dict[str, Any]:
+    """The body's JSON Schema: exactly what the route accepts (answers 2xx). One event (the
+    event contract, :func:`schemas.jsonschema.event_body`), or a batch of 1 to
+    :data:`MAX_BATCH_EVENTS` JSON values of which at least one is a valid event: each element
+    that is not is rejected in the per-event results of a 200, and a batch with no valid event
+    is refused (422 ``all_rejected``), as is a single invalid event.
+
+    >>> s = request_body_schema()
+    >>> [b.get("type") for b in s["oneOf"]], s["oneOf"][1]["maxItems"]
+    (['object', 'array'], 500)
+    """
+    event = event_body()
+    batch = {
+        "type": "array",
+        "description": "A batch: at least one element must be a valid event; the others are "
+        "rejected one by one in the answer's results.",
+        "minItems": 1,
+        "maxItems": MAX_BATCH_EVENTS,
+        "contains": event,
+    }
+    return {"oneOf": [event, batch]}
 
 
 _REQUEST_BODY: Final[dict[str, Any]] = {
     "required": True,
     "description": f"One event (an object) or a batch (an array of at most {MAX_BATCH_EVENTS} "
-    f"events); at most {MAX_BODY_BYTES} bytes, each event at most {MAX_EVENT_BYTES} bytes.",
+    f"elements, at least one of them a valid event); at most {MAX_BODY_BYTES} bytes (else 413), "
+    f"each event at most {MAX_EVENT_BYTES} bytes of JSON with `properties` nested at most "
+    f"{MAX_PROPERTIES_DEPTH} levels (else that event is rejected), and `ts` at most "
+    "NEXTBEST_MAX_FUTURE ahead of the time of receipt (else `future_timestamp`): JSON Schema "
+    "cannot state these.",
     "content": {
         "application/json": {
-            "schema": {
-                "oneOf": [
-                    {"type": "object"},
-                    {"type": "array", "items": {"type": "object"}, "maxItems": MAX_BATCH_EVENTS},
-                ]
-            },
+            "schema": request_body_schema(),
             "example": {
                 "event_id": "e-1",
                 "type": "page_view",

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jsonschema  # type: ignore[import-untyped]
 import orjson
 import pytest
 import redis
@@ -21,8 +22,15 @@ from dataflows.records import RawRecord, Rejected, encode_dead_letter
 from nextbest.runtime import ensure_topics, free_port
 from nextbest.settings import Settings
 from schemas.events import MAX_EVENT_BYTES, DecodeError
+from schemas.jsonschema import OUT_DIR
 from serving.app import create_app
-from serving.collect import MAX_BATCH_EVENTS, MAX_BODY_BYTES, dead_letter_record
+from serving.collect import (
+    MAX_BATCH_EVENTS,
+    MAX_BODY_BYTES,
+    RejectedBody,
+    dead_letter_record,
+    request_body_schema,
+)
 from tests.test_cli_e2e import _spawn, _stop, _wait_http
 
 NOW_MS = int(time.time() * 1000)
@@ -292,6 +300,34 @@ def test_openapi_documents_the_route(api: TestClient) -> None:
     assert op["tags"] == ["events"]
     assert {"200", "400", "413", "422", "503"} <= set(op["responses"])
     assert op["requestBody"]["required"] is True
+
+
+def test_openapi_states_the_event_contract_as_the_body(api: TestClient) -> None:
+    """One event (the published JSON Schema), or a batch of 1..500 values of which at least one
+    is a valid event: exactly the bodies answered 2xx (a schema-driven fuzz checks the rest)."""
+    op = api.get("/openapi.json").json()["paths"]["/v1/events"]["post"]
+    schema = op["requestBody"]["content"]["application/json"]["schema"]
+    assert schema == request_body_schema()
+    one, batch = schema["oneOf"]
+    published = orjson.loads((OUT_DIR / "event.json").read_bytes())
+    assert {**one, "$schema": published["$schema"], "$id": published["$id"]} == published
+    assert batch["contains"] == one and (batch["minItems"], batch["maxItems"]) == (
+        1,
+        MAX_BATCH_EVENTS,
+    )
+
+
+def test_bodies_valid_by_the_schema_are_accepted_and_the_others_refused(api: TestClient) -> None:
+    body = jsonschema.Draft202012Validator(request_body_schema())
+    good = ev("g1", quantity=2.0, ts=float(NOW_MS - 60_000))  # JSON: 2.0 is the integer 2
+    cases: list[Any] = [good, [good], [{}, 7, good], {}, [{}], [], [ev("b", quantity=1.5)]]
+    for case in cases:
+        resp = api.post("/v1/events", content=orjson.dumps(case))
+        assert (resp.status_code == 200) == body.is_valid(case), (case, resp.text)
+        assert resp.status_code in (200, 422), resp.text
+        if resp.status_code == 422:  # empty_batch and all_rejected: the documented 422 body
+            RejectedBody.model_validate(resp.json())
+    assert api.post("/v1/events", content=orjson.dumps([{}, good])).json()["accepted"] == 1
 
 
 @pytest.mark.parametrize(
