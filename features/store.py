@@ -8,7 +8,10 @@ Keys are namespaced and Redis Cluster compatible: all of one customer's keys sha
 ``nb:{a:<anonymous_id>}:link``      string: the customer the device is linked to now
 ``nb:rfm:boundaries``               string: RFM quintile boundaries of the live population
 ``nb:{c:<customer_id>}:segments``   hash: the customer's memberships, segment -> since (ms)
+``nb:{c:<customer_id>}:contacts``   hash: the contact counters (written by serving)
+``nb:{c:<customer_id>}:devices``    set: every device and identifier ever linked (erasure)
 ``nb:{seg:<name>}:members``         sorted set: a segment's members scored by since (ms)
+``nb:{seg:<name>}:exits``           sorted set: a segment's last exits, by time (ms)
 ``nb:{p:<product_id>}:product``     string: a product's knowledge (``features.products``, JSON)
 ``nb:{pop}:lists``                  hash: the popularity board's top lists, name -> JSON
 ``nb:{catalog}:items``              hash: the loaded catalogue, product id -> JSON
@@ -37,10 +40,21 @@ import redis.asyncio as aioredis
 
 from features.profile import LayoutError, ProfileView, from_fields, to_fields
 from features.rfm import RfmBoundaries
+from features.store_keys import BOUNDARIES_KEY as BOUNDARIES_KEY
+from features.store_keys import CATALOG_KEY as CATALOG_KEY
+from features.store_keys import CATALOG_VERSION_KEY as CATALOG_VERSION_KEY
+from features.store_keys import NAMESPACE as NAMESPACE
+from features.store_keys import POPULAR_KEY as POPULAR_KEY
+from features.store_keys import contacts_key as contacts_key
+from features.store_keys import devices_key as devices_key
+from features.store_keys import exits_key as exits_key
+from features.store_keys import link_key as link_key
+from features.store_keys import members_key as members_key
+from features.store_keys import model_keys as model_keys
+from features.store_keys import product_key as product_key
+from features.store_keys import profile_key as profile_key
+from features.store_keys import segments_key as segments_key
 from schemas.keys import customer_key, device_key, is_device
-
-NAMESPACE: Final = "nb"
-BOUNDARIES_KEY: Final = f"{NAMESPACE}:rfm:boundaries"
 
 #: Replace a hash whole: KEYS[1] = hash, ARGV = field, value, field, value, ...
 REPLACE_HASH: Final = """
@@ -64,96 +78,6 @@ redis.call('SET', KEYS[1], ARGV[1])
 redis.call('SET', KEYS[3], ARGV[2])
 return 1
 """
-
-
-#: The popularity board's top lists (one hash, written whole by the board's owner).
-POPULAR_KEY: Final = f"{NAMESPACE}:{{pop}}:lists"
-#: The loaded product catalogue and its version (see :mod:`nextbest.catalog`).
-CATALOG_KEY: Final = f"{NAMESPACE}:{{catalog}}:items"
-CATALOG_VERSION_KEY: Final = f"{NAMESPACE}:{{catalog}}:version"
-
-
-def product_key(product_id: str) -> str:
-    """Redis key of a product's knowledge (its own slot in Redis Cluster).
-
-    >>> product_key("p-1")
-    'nb:{p:p-1}:product'
-    """
-    return f"{NAMESPACE}:{{p:{product_id}}}:product"
-
-
-def model_keys(target: str) -> tuple[str, str, str]:
-    """Redis keys of a model's current checkpoint, the previous one, and the current version.
-
-    >>> model_keys("churn")[0]
-    'nb:{model:churn}:checkpoint'
-    """
-    base = f"{NAMESPACE}:{{model:{target}}}"
-    return f"{base}:checkpoint", f"{base}:previous", f"{base}:version"
-
-
-def profile_key(key: str) -> str:
-    """Redis key of the profile hash for a partition key (``c:…`` or ``a:…``)."""
-    return f"{NAMESPACE}:{{{key}}}:profile"
-
-
-def link_key(anonymous_id: str) -> str:
-    """Redis key of a device's current link."""
-    return f"{NAMESPACE}:{{a:{anonymous_id}}}:link"
-
-
-def devices_key(key: str) -> str:
-    """Redis key of the devices and identifiers ever linked to a customer (a set): what an
-    erasure reaches beyond the profile's newest links.
-
-    >>> devices_key("c:42")
-    'nb:{c:42}:devices'
-    """
-    return f"{NAMESPACE}:{{{key}}}:devices"
-
-
-def contacts_key(key: str) -> str:
-    """Redis key of a profile's contact counters (written by serving, :mod:`decisions.store`).
-
-    >>> contacts_key("c:42")
-    'nb:{c:42}:contacts'
-    """
-    return f"{NAMESPACE}:{{{key}}}:contacts"
-
-
-def segments_key(key: str) -> str:
-    """Redis key of a customer's memberships (a hash: segment -> since, epoch ms), under the
-    customer's hash tag: read with the profile in one round trip.
-
-    >>> segments_key("c:42")
-    'nb:{c:42}:segments'
-    """
-    return f"{NAMESPACE}:{{{key}}}:segments"
-
-
-def members_key(segment: str) -> str:
-    """Redis key of a segment's membership index: a sorted set of customer ids scored by the
-    time they entered. One key per segment, so in Redis Cluster each index lives in its
-    segment's slot (hash tag ``{seg:<name>}``); it is written separately from the customers'
-    keys, one ``ZADD``/``ZREM`` per transition (absolute: a replay converges).
-
-    >>> members_key("at_risk")
-    'nb:{seg:at_risk}:members'
-    """
-    return f"{NAMESPACE}:{{seg:{segment}}}:members"
-
-
-def exits_key(segment: str) -> str:
-    """Redis key of a segment's exits: a sorted set of customer ids scored by the time they last
-    left (event time; an absolute write of the customer's last exit, which its state keeps, so
-    a re-projection rewrites it): what ``exits_24h`` counts. A customer is removed when its
-    profile is dropped (retention), so the set holds at most the live customers. Same slot as
-    the members (hash tag ``{seg:<name>}``), but every command touches one key.
-
-    >>> exits_key("at_risk")
-    'nb:{seg:at_risk}:exits'
-    """
-    return f"{NAMESPACE}:{{seg:{segment}}}:exits"
 
 
 Command = tuple[str | bytes | int, ...]

@@ -115,6 +115,8 @@ def dump(client: redis.Redis) -> dict[bytes, Any]:
             out[key] = client.hgetall(key)
         elif kind == b"zset":  # a segment's membership index
             out[key] = client.zrange(key, 0, -1, withscores=True)
+        elif kind == b"set":  # a customer's linked devices
+            out[key] = sorted(client.smembers(key))
         else:
             out[key] = client.get(key)
     return out

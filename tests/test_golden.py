@@ -81,6 +81,8 @@ def digests(
         elif kind == b"zset":  # a segment's membership index
             members = client.zrange(key, 0, -1, withscores=True)
             parts.append(key + b"\0" + b"\0".join(m + b"=%d" % s for m, s in members))
+        elif kind == b"set":  # a customer's linked devices
+            parts.append(key + b"\0" + b"\0".join(sorted(client.smembers(key))))
         else:
             value = client.get(key) or b""
             parts.append(key + b"\0" + value)
