@@ -79,7 +79,7 @@ _NOT_W: Final = f"[^{WHITESPACE}]"
 # ---- dates and times (the language of :func:`schemas.events.parse_ts` for RFC 3339 text) ------
 
 #: Month and day of a year that is not a leap year.
-_MONTH_DAY: Final = (
+MONTH_DAY: Final = (
     r"(?:(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8])|(?:0[13-9]|1[0-2])-(?:29|30)"
     r"|(?:0[13578]|1[02])-31)"
 )
@@ -89,26 +89,26 @@ _LEAP_ANY: Final = (
     r"(?:[0-9]{2}(?:0[48]|[2468][048]|[13579][26])|(?:0[48]|[2468][048]|[13579][26])00)"
 )
 #: A real calendar day ``YYYY-MM-DD`` (what ``date.fromisoformat`` takes of that shape).
-DATE_PATTERN: Final = rf"^(?:{_YEAR_ANY}-{_MONTH_DAY}|{_LEAP_ANY}-02-29)$"
+DATE_PATTERN: Final = rf"^(?:{_YEAR_ANY}-{MONTH_DAY}|{_LEAP_ANY}-02-29)$"
 
-_HH_MM: Final = r"(?:[01][0-9]|2[0-3]):[0-5][0-9]"
-_CLOCK: Final = rf"T{_HH_MM}:[0-5][0-9]"
+HH_MM: Final = r"(?:[01][0-9]|2[0-3]):[0-5][0-9]"
+_CLOCK: Final = rf"T{HH_MM}:[0-5][0-9]"
 # ``parse_ts`` reads at most 40 characters: up to 19 fractional digits with ``Z``, 14 with an
 # offset.
 _Z: Final = r"(?:\.[0-9]{1,19})?Z"
-_OFFSET_ANY: Final = rf"(?:\.[0-9]{{1,14}})?[+-]{_HH_MM}"
+_OFFSET_ANY: Final = rf"(?:\.[0-9]{{1,14}})?[+-]{HH_MM}"
 _ZONE_ANY: Final = rf"(?:{_Z}|{_OFFSET_ANY})"
 # 1971-2098: any day, any zone (an offset is less than a day: it cannot leave the range).
-_MID_YEAR: Final = r"(?:197[1-9]|19[89][0-9]|20[0-8][0-9]|209[0-8])"
-_MID_LEAP: Final = r"(?:19(?:7[26]|8[048]|9[26])|20(?:[02468][048]|[13579][26]))"
-_MID: Final = rf"(?:{_MID_YEAR}-{_MONTH_DAY}|{_MID_LEAP}-02-29){_CLOCK}{_ZONE_ANY}"
+MID_YEAR: Final = r"(?:197[1-9]|19[89][0-9]|20[0-8][0-9]|209[0-8])"
+MID_LEAP: Final = r"(?:19(?:7[26]|8[048]|9[26])|20(?:[02468][048]|[13579][26]))"
+_MID: Final = rf"(?:{MID_YEAR}-{MONTH_DAY}|{MID_LEAP}-02-29){_CLOCK}{_ZONE_ANY}"
 # 1970 and 2099: their first and last day only with a zone that keeps it inside the range.
 _FRAC14: Final = r"(?:\.[0-9]{1,14})?"
 _EDGES: Final = (
-    rf"1970-(?!01-01){_MONTH_DAY}{_CLOCK}{_ZONE_ANY}"
-    rf"|1970-01-01{_CLOCK}(?:{_Z}|{_FRAC14}(?:-{_HH_MM}|\+00:00))"
-    rf"|2099-(?!12-31){_MONTH_DAY}{_CLOCK}{_ZONE_ANY}"
-    rf"|2099-12-31{_CLOCK}(?:{_Z}|{_FRAC14}(?:\+{_HH_MM}|-00:00))"
+    rf"1970-(?!01-01){MONTH_DAY}{_CLOCK}{_ZONE_ANY}"
+    rf"|1970-01-01{_CLOCK}(?:{_Z}|{_FRAC14}(?:-{HH_MM}|\+00:00))"
+    rf"|2099-(?!12-31){MONTH_DAY}{_CLOCK}{_ZONE_ANY}"
+    rf"|2099-12-31{_CLOCK}(?:{_Z}|{_FRAC14}(?:\+{HH_MM}|-00:00))"
 )
 #: An event's ``ts`` as text: RFC 3339 with a zone, from 1970-01-01T00:00:00Z to before 2100,
 #: with a real calendar day (``T`` and ``Z`` upper-case; fractions to 14 or 19 digits).

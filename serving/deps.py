@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from fastapi import Depends, Query, Request, Response
 
 from schemas.events import parse_as_of as parse_as_of_text
+from schemas.jsonschema import HH_MM, MID_LEAP, MID_YEAR, MONTH_DAY
 from serving.errors import AS_OF_HELP, ApiError
 
 
@@ -66,16 +67,9 @@ _EPOCH: Final = (
     r"[0-9]{1,12}|[0-3][0-9]{12}|40[0-9]{11}|410[01][0-9]{9}|4102[0-3][0-9]{8}"
     r"|41024[0-3][0-9]{7}|410244[0-3][0-9]{6}|4102444[0-7][0-9]{5}"
 )
-_YEAR: Final = r"(?:197[1-9]|19[89][0-9]|20[0-8][0-9]|209[0-8])"
-_LEAP: Final = r"(?:19(?:7[26]|8[048]|9[26])|20(?:[02468][048]|[13579][26]))"
-_DAY: Final = (
-    rf"(?:{_YEAR}-(?:(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8])|(?:0[13-9]|1[0-2])-(?:29|30)"
-    rf"|(?:0[13578]|1[02])-31)|{_LEAP}-02-29)"
-)
-_TIME: Final = (
-    r"T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,6})?"
-    r"(?:Z|[+\- ](?:[01][0-9]|2[0-3]):[0-5][0-9])"
-)
+# (the calendar pieces are the event contract's, schemas.jsonschema: one definition of a date)
+_DAY: Final = rf"(?:{MID_YEAR}-{MONTH_DAY}|{MID_LEAP}-02-29)"
+_TIME: Final = rf"T{HH_MM}:[0-5][0-9](?:\.[0-9]{{1,6}})?(?:Z|[+\- ]{HH_MM})"
 #: The pattern of an ``as_of`` query value (see :func:`parse_as_of`).
 AS_OF_PATTERN: Final = rf"^(?:{_EPOCH}|{_DAY}{_TIME})$"
 
