@@ -819,6 +819,10 @@ def _reco_runs(
             "reco": _slim(paced["reco"]),
         },
         "failures": failures,
+        # (the first reasons of each run's failures: "degraded: ..." is the Redis budget's
+        # answer on an overloaded machine, anything else is wrong)
+        "failure_reasons": [why for x in (*runs, *paced.values()) for why in x["failure_reasons"]],
+        "requests": sum(int(x["requests"]) for x in (*runs, *paced.values())),
         "meets_p99_aim": r["p99_ms"] is not None and r["p99_ms"] <= AIM_P99_MS,
         "meets_p99_aim_paced": paced_p99 is not None and paced_p99 <= AIM_P99_MS,
         "aims": {"reco_p99_ms_max": AIM_P99_MS},

@@ -134,6 +134,14 @@ class WriteLink(msgspec.Struct, frozen=True, array_like=True):
     customer_id: str
 
 
+class LinkDevice(msgspec.Struct, frozen=True, array_like=True):
+    """Device (or identifier) ``anonymous_id`` was linked to ``customer_id``: the customer's set
+    of every device ever linked (what an erasure reaches) gets it."""
+
+    customer_id: str
+    anonymous_id: str
+
+
 class WriteBoundaries(msgspec.Struct, frozen=True, array_like=True):
     """Publish the RFM population boundaries."""
 
@@ -199,6 +207,7 @@ SinkOp = (
     WriteProfile
     | DropProfile
     | WriteLink
+    | LinkDevice
     | WriteBoundaries
     | WriteCheckpoint
     | WriteSegments

@@ -7,7 +7,8 @@ rows' bytes stay in free pages and in the write-ahead log until reused: the key 
 would stay in the store. :func:`compact` deletes every key whose newest committed snapshot is a
 tombstone (rows at or before it: a resume finds no state for the key either way), checkpoints the
 log and rebuilds each file from its live rows (``VACUUM``, with ``secure_delete`` on). The flow
-runs it at every start, before Bytewax opens the files (README, "Privacy").
+runs it at every start, before Bytewax opens the files, and after a clean stop (README,
+"Privacy").
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-# Keys whose newest snapshot before the committed epoch is a tombstone: all their rows up to it.
+# Keys whose newest committed snapshot (at or before the committed epoch, what a resume loads)
+# is a tombstone: all their rows up to it.
 _PURGE_TOMBSTONES = """
 DELETE FROM snaps WHERE rowid IN (
   SELECT s.rowid FROM snaps s JOIN (
     SELECT step_id, state_key, MAX(snap_epoch) AS e FROM snaps
-    WHERE snap_epoch < (SELECT MIN(commit_epoch) FROM commits) GROUP BY step_id, state_key
+    WHERE snap_epoch <= (SELECT MIN(commit_epoch) FROM commits) GROUP BY step_id, state_key
   ) m ON s.step_id = m.step_id AND s.state_key = m.state_key AND s.snap_epoch <= m.e
   WHERE EXISTS (SELECT 1 FROM snaps t WHERE t.step_id = m.step_id
                 AND t.state_key = m.state_key AND t.snap_epoch = m.e AND t.ser_change IS NULL)

@@ -22,6 +22,7 @@ from dataflows.records import (
     DropProfile,
     ExitSegment,
     IndexSegment,
+    LinkDevice,
     SinkOp,
     WriteBoundaries,
     WriteCheckpoint,
@@ -104,6 +105,8 @@ def _target(op: SinkOp) -> str:
     """What an operation overwrites: a profile key (links share their device's key) or "rfm"."""
     if isinstance(op, WriteLink):
         return device_key(op.anonymous_id)
+    if isinstance(op, LinkDevice):  # (an addition: every one is kept)
+        return f"devices:{op.customer_id}:{op.anonymous_id}"
     if isinstance(op, WriteBoundaries):
         return "rfm"
     if isinstance(op, WriteCheckpoint):
@@ -195,6 +198,8 @@ class _RedisPartition(StatelessSinkPartition[SinkOp]):
                 w.drop(batch, op.key)
             elif isinstance(op, WriteLink):
                 w.link(batch, op.anonymous_id, op.customer_id)
+            elif isinstance(op, LinkDevice):
+                w.linked_device(batch, op.customer_id, op.anonymous_id)
             elif isinstance(op, WriteCheckpoint):
                 w.checkpoint(batch, op.target, op.version, op.data)
             elif isinstance(op, WriteSegments):

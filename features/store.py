@@ -131,12 +131,15 @@ class ProfileWriter:
         batch.append(("SET", key, data, "EX", ttl_s))
 
     def link(self, batch: list[Command], anonymous_id: str, customer_id: str) -> None:
-        """Point the device (or identifier) at its customer; its anonymous profile goes; the
-        customer's set of every device ever linked to it (what an erasure must reach) gets it."""
+        """Point the device (or identifier) at its customer; its anonymous profile goes."""
         batch.append(
             ("EVALSHA", self._link_sha, 2, profile_key(device_key(anonymous_id)),
              link_key(anonymous_id), customer_id)
         )  # fmt: skip
+
+    def linked_device(self, batch: list[Command], customer_id: str, anonymous_id: str) -> None:
+        """Add a device (or identifier) to the customer's set of every one ever linked to it
+        (what an erasure must reach)."""
         batch.append(("SADD", devices_key(customer_key(customer_id)), anonymous_id))
 
     def checkpoint(self, batch: list[Command], target: str, version: int, data: bytes) -> None:

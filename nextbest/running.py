@@ -262,6 +262,9 @@ def run_flow(flow: Any, settings: Settings | None = None) -> None:
         recovery_config=RecoveryConfig(db_dir),  # type: ignore[no-untyped-call]
     )
     mark_clean_stop(settings)
+    from dataflows.recovery_store import compact
+
+    compact(db_dir)  # (what erasures and retention dropped leaves the files now)
 
 
 def kafka_flow(

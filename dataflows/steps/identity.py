@@ -17,6 +17,7 @@ from dataflows.records import (
     DropProfile,
     Handover,
     IdentifierNote,
+    LinkDevice,
     Reproject,
     SinkOp,
     Tick,
@@ -63,11 +64,11 @@ class DeviceLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
                     return [*out, DropProfile(device_key(self._id))], DISCARD
                 continue
             if isinstance(item, Erase):  # forget the device (identifier); later events start anew
-                out.extend(self._scrub(item))
-                out.append(DropProfile(key))
+                kept = self._erase(item, key, out)
                 out.append(Ack(item.request_id, item.part))
                 metrics.ERASURES.labels("applied").inc()
-                self.state, self.dirty, anon_changed = None, False, False
+                if not kept:
+                    self.state, self.dirty, anon_changed = None, False, False
                 continue
             ev = item.event
             if self.state is None:
@@ -78,6 +79,8 @@ class DeviceLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
                 actions = on_event(st, ev, cfg.lateness_ms, cfg.traits, cfg.consent)
             else:
                 actions = ids.on_event(st, ev, cfg.lateness_ms, cfg.traits, cfg.consent)
+            if ev.customer_id is not None:  # a login (a claim): the customer's set of devices
+                out.append(LinkDevice(ev.customer_id, self._id))
             for action in actions:
                 kind = action[0]
                 if kind == "customer":
@@ -107,16 +110,24 @@ class DeviceLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
         # (only ticks or a re-projection for a device with no state: nothing to keep)
         return out, RETAIN if self.state is not None else DISCARD
 
-    def _scrub(self, item: Erase) -> list[Out]:
-        """An erased identifier that other customers claimed too: their profiles forget the
-        conflict (it names the erased customer), and the identifier goes with the person."""
+    def _erase(self, item: Erase, key: str, out: list[Out]) -> bool:
+        """Forget the device, or the identifier if the erased customer owns it (its other
+        claimants forget the conflict: it names the erased customer); an identifier someone
+        else owns only loses the erased customer's claim. True when the state stays."""
         st = self.state
-        if not isinstance(st, ids.IdentifierState):
-            return []
         erased = {k[2:] for k in item.forget if k.startswith("c:")}
-        others = sorted({c.customer_id for c in st.claims} - erased)
-        note = IdentifierNote(st.token, "", (), item.position)
-        return [Route(customer_key(c), note) for c in others]
+        if isinstance(st, ids.IdentifierState) and st.owner is not None and st.owner not in erased:
+            st.claims = [c for c in st.claims if c.customer_id not in erased]
+            claimants = st.claimants if len(st.claims) > 1 else ()
+            note = IdentifierNote(st.token, st.owner if claimants else "", claimants, item.position)
+            out.extend(Route(customer_key(c.customer_id), note) for c in st.claims)
+            return True
+        if isinstance(st, ids.IdentifierState):
+            note = IdentifierNote(st.token, "", (), item.position)
+            out.extend(Route(customer_key(c.customer_id), note) for c in st.claims
+                       if c.customer_id not in erased)  # fmt: skip
+        out.append(DropProfile(key))
+        return False
 
     @property
     def _id(self) -> str:
@@ -142,9 +153,12 @@ class DeviceLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
             return []
         if isinstance(st, ids.IdentifierState):
             if st.owner is not None:
-                return [WriteLink(st.token, st.owner)]
+                every = sorted({c.customer_id for c in st.claims})
+                return [WriteLink(st.token, st.owner), *(LinkDevice(c, st.token) for c in every)]
         elif st.links:
-            return [WriteLink(st.anonymous_id, st.links[-1].customer_id)]
+            every = sorted({link.customer_id for link in st.links})
+            return [WriteLink(st.anonymous_id, st.links[-1].customer_id),
+                    *(LinkDevice(c, st.anonymous_id) for c in every)]  # fmt: skip
         self.dirty = True
         return self.flush(force=True)
 
