@@ -228,3 +228,30 @@ def test_erase_cli_sends_a_request_and_reports_its_status(
     assert record["type"] == "erasure" and record["request_id"] == rid
     assert nextbest_cli("erase", "--status", "f" * 32, env=env, check=False).returncode == 1
     assert nextbest_cli("erase", env=env, check=False).returncode == 2
+
+
+def test_erasing_a_claimant_keeps_the_identifier_of_its_owner() -> None:
+    """An email claimed by ``owner`` first and by ``x`` later: erasing ``x`` removes its claim
+    and the owner's conflict note, not the owner's identifier."""
+    from dataflows.effects import Route
+    from dataflows.erasure import Erase
+    from dataflows.records import DropProfile, In, RawRecord
+    from dataflows.steps.identity import DeviceLogic
+    from schemas import Event
+    from tests.conftest import flow_config
+
+    tok = "em:" + "1" * 32
+
+    def claim(n: int, cid: str) -> tuple[str, Any]:
+        ev = Event(event_id=f"i{n}", type="identify", ts=T0 + n * MIN, customer_id=cid,
+                   email=tok, traits={}, source="crm")  # fmt: skip
+        return "a:" + tok, In(ev, RawRecord(b"", f"t:0:{n}"))
+
+    logic = DeviceLogic(None, flow_config(write_interval_ms=0))
+    logic.on_batch([claim(0, "owner"), claim(1, "x")])
+    erase = Erase("0" * 32, "device:" + tok, "t:0:2", T0, ("a:" + tok, "c:x"))
+    out, discard = logic.on_batch([("a:" + tok, erase)])
+    assert not discard and logic.state is not None and logic.state.claimants == ("owner",)
+    notes = [o for o in out if isinstance(o, Route)]
+    assert [n.key for n in notes] == ["c:owner"] and notes[0].item.claimants == ()
+    assert not any(isinstance(o, DropProfile) for o in out)
