@@ -87,8 +87,8 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
 
 #: What a bad ``as_of`` is told (its schema pattern and :func:`serving.deps.parse_as_of`).
 AS_OF_HELP: Final = (
-    "expected RFC 3339 with a zone (e.g. 2026-01-02T03:04:05Z) or epoch milliseconds, "
-    "between 1970-01-01 and 2100-01-01"
+    "expected RFC 3339 with a zone (e.g. 2026-01-02T03:04:05Z) from 1971 to 2098, or epoch "
+    "milliseconds below 4102444800000 (2100-01-01)"
 )
 
 
