@@ -223,3 +223,16 @@ ERASURES = Counter(
     "(every part applied; the status is written).",
     ["stage"],
 )
+KAFKA_CONSUMER_LAG = Gauge(
+    "nextbest_kafka_consumer_lag",
+    "Records of an input partition not read yet: its high watermark minus the next offset to "
+    "read (from the consumer's cached watermark, refreshed at most every 2 s per partition).",
+    ["topic", "partition"],
+)
+KAFKA_RECORD_AGE = Histogram(
+    "nextbest_kafka_record_age_seconds",
+    "Wall time minus the Kafka timestamp of the newest record of a batch when the source reads "
+    "it: the read side of freshness (the Redis write follows: nextbest_redis_write_seconds).",
+    ["topic"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
+)

@@ -21,6 +21,9 @@ from dataflows.records import RawRecord
 
 log = logging.getLogger(__name__)
 
+#: Seconds between two updates of a partition's consumer-lag gauge.
+LAG_INTERVAL_S = 2.0
+
 
 class _FileLinesPartition(StatefulSourcePartition[RawRecord, tuple[int, int]]):
     """One file; resume state is (byte offset, line number) of the next line."""
@@ -214,6 +217,10 @@ class _KafkaPartition(StatefulSourcePartition[RawRecord, Any]):
         )
         self._tp = TopicPartition
         self._offset: int | None = offset
+        # consumer lag and record age are metrics only: they never change what is read
+        self._lag = metrics.KAFKA_CONSUMER_LAG.labels(topic, str(part))
+        self._age = metrics.KAFKA_RECORD_AGE.labels(topic)
+        self._lag_due = 0.0
         start = OFFSET_BEGINNING if offset is None else offset
         if offset is not None:
             low, high = self._consumer.get_watermark_offsets(TopicPartition(topic, part), 10)
@@ -279,6 +286,7 @@ class _KafkaPartition(StatefulSourcePartition[RawRecord, Any]):
 
         out: list[RawRecord] = []
         prefix = self._prefix
+        newest_ms: int | None = None
         for msg in self._consumer.consume(self._src._batch, 0.001):
             err = msg.error()
             if err is None:
@@ -288,6 +296,8 @@ class _KafkaPartition(StatefulSourcePartition[RawRecord, Any]):
                     RawRecord(msg.value() or b"", prefix + str(offset), ts if kind else None)
                 )
                 self._offset = offset + 1
+                if kind:
+                    newest_ms = ts
             elif err.code() == KafkaError._PARTITION_EOF:
                 continue
             elif err.code() == KafkaError._AUTO_OFFSET_RESET:  # out of range while running
@@ -299,7 +309,26 @@ class _KafkaPartition(StatefulSourcePartition[RawRecord, Any]):
                 metrics.KAFKA_CONSUME_ERRORS.labels(name).inc()
                 _warn_once(f"consume:{name}", "kafka consumer error on %s[%d] (logged once per "
                            "kind): %s", self._topic, self._part, err)  # fmt: skip
+        if newest_ms is not None:
+            self._age.observe(max(0.0, time.time() - newest_ms / 1000))
+        now = time.monotonic()
+        if now >= self._lag_due:
+            self._lag_due = now + LAG_INTERVAL_S
+            self._observe_lag()
         return out
+
+    def _observe_lag(self) -> None:
+        """Set the lag gauge from the consumer's cached high watermark (no broker round trip;
+        unknown until the first fetch answered: the gauge keeps its last value)."""
+        try:
+            _, high = self._consumer.get_watermark_offsets(
+                self._tp(self._topic, self._part), cached=True
+            )
+        except Exception:  # a metric only: never let it disturb reading
+            return
+        if high is None or high < 0:
+            return
+        self._lag.set(max(0, high - (self._offset or 0)))
 
     def snapshot(self) -> Any:
         return (self._offset, self._topic_id)

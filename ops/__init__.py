@@ -1,0 +1,1 @@
+"""Operations as code: the Grafana dashboard and the Prometheus alerting rules of the chart."""
