@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: demo test lint typecheck unit bench schemas readme clean install
+.PHONY: demo test lint typecheck unit bench schemas ops readme clean install
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -35,6 +35,11 @@ schemas: $(STAMP)
 	$(BIN)/python -m schemas.jsonschema --write
 	$(BIN)/python -m features.segments.schema --write
 	$(BIN)/python -m decisions.schema --write
+
+# the chart's Grafana dashboard and Prometheus rules (helm/nextbest/files), generated from ops/
+ops: $(STAMP)
+	$(BIN)/python -m ops.dashboard --write
+	$(BIN)/python -m ops.alerts --write
 
 readme: $(STAMP)
 	$(BIN)/python -m nextbest.settings
