@@ -79,8 +79,6 @@ class DeviceLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
                 actions = on_event(st, ev, cfg.lateness_ms, cfg.traits, cfg.consent)
             else:
                 actions = ids.on_event(st, ev, cfg.lateness_ms, cfg.traits, cfg.consent)
-            if ev.customer_id is not None:  # a login (a claim): the customer's set of devices
-                out.append(LinkDevice(ev.customer_id, self._id))
             for action in actions:
                 kind = action[0]
                 if kind == "customer":

@@ -19,6 +19,7 @@ from dataflows.records import (
     IdentifierNote,
     In,
     IndexSegment,
+    LinkDevice,
     Reproject,
     SegmentEvent,
     SinkOp,
@@ -186,6 +187,7 @@ class ProfileLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
                     changed = True
                     self._marketing_changed(marketing, item.event.ts, transitions)
                 continue
+            self._linked(item.event, out)
             if item.event.type == IDENTIFY:  # traits only: no lateness, labels or models
                 self._catch_up(max(item.stream_wm, item.event.ts - 1), transitions)
                 applied = pf.apply_identify(self.state, item.event, self.cfg.traits)
@@ -262,6 +264,20 @@ class ProfileLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
         else:
             out.append(late(item))
         return False
+
+    def _linked(self, ev: Any, out: list[Out]) -> None:
+        """A login from a device, or an email or phone the customer claims: the customer's set of
+        every one (what an erasure reaches). Written here, in order with the profile's own drop,
+        so an erasure in the same batch cannot be overtaken by it."""
+        cid = ev.customer_id
+        if cid is None:
+            return
+        if ev.anonymous_id is not None and ev.type in ("login", "signup"):
+            out.append(LinkDevice(cid, ev.anonymous_id))
+        traits = ev.traits or {}
+        for tok in {ev.email, ev.phone, traits.get("email"), traits.get("phone")}:
+            if isinstance(tok, str):
+                out.append(LinkDevice(cid, tok))
 
     def _marketing(self) -> bool:
         """Whether the customer allows marketing: without it, in no segment (see
