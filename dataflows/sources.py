@@ -18,11 +18,10 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from dataflows import metrics
 from dataflows.records import RawRecord
+from dataflows.source_metrics import LAG_INTERVAL_S as LAG_INTERVAL_S
+from dataflows.source_metrics import ReadMetrics
 
 log = logging.getLogger(__name__)
-
-#: Seconds between two updates of a partition's consumer-lag gauge.
-LAG_INTERVAL_S = 2.0
 
 
 class _FileLinesPartition(StatefulSourcePartition[RawRecord, tuple[int, int]]):
@@ -217,10 +216,7 @@ class _KafkaPartition(StatefulSourcePartition[RawRecord, Any]):
         )
         self._tp = TopicPartition
         self._offset: int | None = offset
-        # consumer lag and record age are metrics only: they never change what is read
-        self._lag = metrics.KAFKA_CONSUMER_LAG.labels(topic, str(part))
-        self._age = metrics.KAFKA_RECORD_AGE.labels(topic)
-        self._lag_due = 0.0
+        self._read = ReadMetrics(topic, part)  # (metrics only: they never change what is read)
         start = OFFSET_BEGINNING if offset is None else offset
         if offset is not None:
             low, high = self._consumer.get_watermark_offsets(TopicPartition(topic, part), 10)
@@ -309,26 +305,9 @@ class _KafkaPartition(StatefulSourcePartition[RawRecord, Any]):
                 metrics.KAFKA_CONSUME_ERRORS.labels(name).inc()
                 _warn_once(f"consume:{name}", "kafka consumer error on %s[%d] (logged once per "
                            "kind): %s", self._topic, self._part, err)  # fmt: skip
-        if newest_ms is not None:
-            self._age.observe(max(0.0, time.time() - newest_ms / 1000))
-        now = time.monotonic()
-        if now >= self._lag_due:
-            self._lag_due = now + LAG_INTERVAL_S
-            self._observe_lag()
+        self._read.observe(self._consumer, self._tp(self._topic, self._part), self._offset,
+                           newest_ms)  # fmt: skip
         return out
-
-    def _observe_lag(self) -> None:
-        """Set the lag gauge from the consumer's cached high watermark (no broker round trip;
-        unknown until the first fetch answered: the gauge keeps its last value)."""
-        try:
-            _, high = self._consumer.get_watermark_offsets(
-                self._tp(self._topic, self._part), cached=True
-            )
-        except Exception:  # a metric only: never let it disturb reading
-            return
-        if high is None or high < 0:
-            return
-        self._lag.set(max(0, high - (self._offset or 0)))
 
     def snapshot(self) -> Any:
         return (self._offset, self._topic_id)

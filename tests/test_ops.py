@@ -40,13 +40,13 @@ def test_consumer_lag_and_record_age_are_measured_in_the_kafka_source(kafka_brok
         deadline = time.monotonic() + 10
         while _sample("nextbest_kafka_consumer_lag", labels) != 6.0:
             assert time.monotonic() < deadline, _sample("nextbest_kafka_consumer_lag", labels)
-            part._lag_due = 0.0
-            part._observe_lag()
+            part._read._lag_due = 0.0
+            part._read.observe(part._consumer, part._tp(topic, 0), part._offset, None)
             time.sleep(0.05)
         while len(got) < 10 and time.monotonic() < deadline:
             got += part.next_batch()
         assert [r.data for r in got] == [b'{"n":%d}' % i for i in range(10)]
-        part._lag_due = 0.0
+        part._read._lag_due = 0.0
         part.next_batch()
         assert _sample("nextbest_kafka_consumer_lag", labels) == 0.0
         age = _sample("nextbest_kafka_record_age_seconds_count", {"topic": topic}) or 0.0
