@@ -15,8 +15,6 @@ True
 
 from __future__ import annotations
 
-import argparse
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -186,22 +184,14 @@ def render() -> str:
     return head + yaml.safe_dump(groups(), sort_keys=False, width=100, allow_unicode=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``--write`` the file, or ``--check`` that it is current (exit 1 when stale)."""
-    ap = argparse.ArgumentParser(prog="python -m ops.alerts", description=__doc__)
-    ap.add_argument("--write", action="store_true", help=f"write {OUT}")
-    ap.add_argument("--check", action="store_true", help="exit 1 if the file is stale")
-    args = ap.parse_args(argv)
-    text = render()
-    if args.write:
-        OUT.parent.mkdir(parents=True, exist_ok=True)
-        OUT.write_text(text)
-        return 0
-    if args.check:
-        return 0 if OUT.exists() and OUT.read_text() == text else 1
-    sys.stdout.write(text)
-    return 0
+def main(argv: list[str] | None = None) -> None:
+    """Write (``--write``) or check the generated file (the one command line of every
+    generated file, :func:`features.segments.schema.write_or_check`)."""
+    from features.segments.schema import write_or_check
+
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    write_or_check(OUT, render(), "ops.alerts", argv)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()
