@@ -199,7 +199,7 @@ KNOWN_LATE = (
 
 
 @pytest.mark.xfail(strict=True, reason=KNOWN_LATE)
-def test_known_late_label_of_an_event_at_midnight() -> None:
+def test_known_late_labels_of_a_customer_quiet_after_two_days() -> None:
     arrival = [Ev(ts=1_768_860_000_000, purchase=False), Ev(ts=1_768_867_200_000, purchase=False)]
     h = Horizons(by_target=(("churn", DAY_MS), ("propensity", 3_600_000)), watermark_lag_ms=0)
     got, _, _, emitted_at = run(arrival, h, 0, 7, 0)
