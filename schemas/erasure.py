@@ -26,6 +26,7 @@ schemas.erasure.ErasureDecodeError: request_id: expected 32 lower-case hex digit
 from __future__ import annotations
 
 import re
+import uuid
 from typing import Any, Final
 
 import msgspec
@@ -106,6 +107,21 @@ def encode_request(r: ErasureRequest) -> bytes:
             "identifiers": list(r.identifiers),
             "ts": r.ts,
         }
+    )
+
+
+def new_request(
+    customer_id: str, devices: tuple[str, ...], tokens: tuple[str, ...], now_ms: int
+) -> tuple[ErasureRequest, dict[str, Any]]:
+    """A new request (a fresh id, asked at ``now_ms``) and its ``pending`` status document.
+
+    >>> req, doc = new_request("42", ("d-1",), (), 0)
+    >>> doc["request_id"] == req.request_id, doc["status"]
+    (True, 'pending')
+    """
+    rid = uuid.uuid4().hex
+    return ErasureRequest(rid, customer_id, devices, tokens, now_ms), status_document(
+        rid, "pending", now_ms
     )
 
 

@@ -9,7 +9,6 @@ is stored in Redis; the answer is 202 with the request id. The dataflow sets the
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterable
 from typing import Annotated, Any, cast
 
@@ -22,9 +21,8 @@ from pydantic import BaseModel, Field
 from features.store import aread_stored_profile, devices_key
 from schemas.erasure import (
     STATUS_TTL_S,
-    ErasureRequest,
     encode_request,
-    status_document,
+    new_request,
     status_key,
 )
 from schemas.events import MAX_ID_LEN
@@ -64,8 +62,10 @@ def linked_of(
     return tuple(sorted(devices)), tuple(sorted(tokens))
 
 
-async def submit(app: FastAPI, client: aioredis.Redis, customer_id: str, now_ms: int) -> str:
-    """Store a pending status, then write the request to the input; the request id."""
+async def submit(
+    app: FastAPI, client: aioredis.Redis, customer_id: str, now_ms: int
+) -> dict[str, Any]:
+    """Store a pending status, then write the request to the input; the status document."""
     collector = getattr(app.state, "collect", None)
     if collector is None:
         raise ApiError(503, "erasure_unavailable",
@@ -73,9 +73,8 @@ async def submit(app: FastAPI, client: aioredis.Redis, customer_id: str, now_ms:
     key = customer_key(customer_id)
     stored = await aread_stored_profile(client, key)
     devices, tokens = linked_of(stored.view, await client.smembers(devices_key(key)))
-    rid = uuid.uuid4().hex
-    req = ErasureRequest(rid, customer_id, devices, tokens, now_ms)
-    doc = status_document(rid, "pending", now_ms)
+    req, doc = new_request(customer_id, devices, tokens, now_ms)
+    rid = req.request_id
     await client.set(status_key(rid), orjson.dumps(doc), ex=STATUS_TTL_S)
     record = OutRecord(collector.transactions, customer_key(customer_id).encode(),
                        encode_request(req))  # fmt: skip
@@ -86,7 +85,7 @@ async def submit(app: FastAPI, client: aioredis.Redis, customer_id: str, now_ms:
         raise ApiError(
             503, "broker_unavailable", f"the erasure was not sent: {exc.detail}"
         ) from None
-    return rid
+    return doc
 
 
 router = APIRouter(tags=["privacy"])
@@ -109,9 +108,9 @@ async def erase_customer(
     status ``GET /v1/erasures/{request_id}`` answers. Events for the id that arrive after the
     erasure start a new profile."""
     now_ms = time.time_ns() // 1_000_000
-    rid = await submit(request.app, redis, customer_id, now_ms)
-    body = status_document(rid, "pending", now_ms)
-    return JSONResponse(body, status_code=202, headers={"Location": f"/v1/erasures/{rid}"})
+    body = await submit(request.app, redis, customer_id, now_ms)
+    location = f"/v1/erasures/{body['request_id']}"
+    return JSONResponse(body, status_code=202, headers={"Location": location})
 
 
 @router.get(

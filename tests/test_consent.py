@@ -7,7 +7,6 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
-import orjson
 import redis
 from bytewax.testing import TestingSink, TestingSource, run_main
 from fastapi.testclient import TestClient
@@ -15,18 +14,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dataflows.flow import build_flow
-from dataflows.records import RawRecord, SegmentEvent
+from dataflows.records import SegmentEvent
 from dataflows.sinks import RedisSink
-from dataflows.steps.segments import SegmentContext
 from features import consent as cs
 from features import profile as pf
-from features.segments import parse_segments
 from features.store import members_key, write_states
 from nextbest.settings import Settings
 from schemas import Event
 from schemas.consent import ALL_GRANTED, parse_defaults
 from serving.app import create_app
 from tests.conftest import flow_config, nextbest_cli
+from tests.test_segments_flow import SEGMENTS, _rec
 
 T0 = 1_767_225_600_000
 MIN = 60_000
@@ -96,24 +94,6 @@ def test_without_analytics_events_are_dropped_and_the_document_shows_the_history
     fresh = pf.new_state("c:c2")
     off = parse_defaults("analytics=withdrawn")
     assert pf.ingest(fresh, page, L, consent=off) == pf.NO_CONSENT
-
-
-SEGMENTS = SegmentContext(
-    parse_segments(
-        """
-segments:
-  - name: cart_abandoned
-    description: cart left 30 minutes
-    entry: {feature: cart_abandoned, op: eq, value: true}
-    exit: {feature: cart_items, op: eq, value: 0}
-""",
-        "test.yaml",
-    )
-)
-
-
-def _rec(n: int, **ev: object) -> RawRecord:
-    return RawRecord(orjson.dumps({"event_id": f"e{n}", **ev}), f"t:{n}")
 
 
 def test_marketing_withdrawn_leaves_every_segment_and_list(redis_url: str, tmp_path: Path) -> None:

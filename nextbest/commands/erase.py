@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-import uuid
 
 import orjson
 
@@ -81,9 +80,8 @@ def _submit(client: object, settings: Settings, customer_id: str) -> str:
     from nextbest.runtime import ensure_topics, kafka_brokers
     from schemas.erasure import (
         STATUS_TTL_S,
-        ErasureRequest,
         encode_request,
-        status_document,
+        new_request,
         status_key,
     )
     from schemas.events import MAX_ID_LEN
@@ -96,9 +94,8 @@ def _submit(client: object, settings: Settings, customer_id: str) -> str:
     key = customer_key(customer_id)
     linked = client.smembers(devices_key(key))  # type: ignore[attr-defined]
     devices, tokens = linked_of(read_stored_profile(client, key).view, linked)  # type: ignore[arg-type]
-    rid = uuid.uuid4().hex
-    req = ErasureRequest(rid, customer_id, devices, tokens, now_ms)
-    doc = status_document(rid, "pending", now_ms)
+    req, doc = new_request(customer_id, devices, tokens, now_ms)
+    rid = req.request_id
     client.set(status_key(rid), orjson.dumps(doc), ex=STATUS_TTL_S)  # type: ignore[attr-defined]
     with kafka_brokers(settings) as brokers:
         ensure_topics(brokers, settings.topics, settings.topic_partitions)
