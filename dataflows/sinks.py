@@ -14,6 +14,7 @@ import time
 
 import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from redis.exceptions import RedisClusterException
 
 from dataflows import metrics
 from dataflows.deadletters import DeadLetterFileSink, DeadLetterKafkaSink, kafka_error_kind
@@ -37,6 +38,7 @@ from dataflows.reproject import ProjectionGuard, Reprojection
 from dataflows.retry import Fallback, Retrier, SinkGaveUp, SinkOptions
 from decisions.store import ConversionWriter
 from features.profile import to_fields
+from features.redis_conn import connect
 from features.store import Command, ProfileWriter
 from schemas.erasure import STATUS_TTL_S, status_key
 from schemas.keys import device_key
@@ -58,7 +60,8 @@ log = logging.getLogger(__name__)
 
 
 #: Error replies that a retry can fix: the server is loading, read-only after a failover, out
-#: of memory, busy with a script, or its cluster is not ready.
+#: of memory, busy with a script, or its cluster is not ready or moving a slot (redirections
+#: still unresolved after :func:`features.redis_conn.send_raw` followed a few).
 _RETRIABLE_REPLIES = {
     "LOADING": "loading",
     "READONLY": "readonly",
@@ -68,6 +71,8 @@ _RETRIABLE_REPLIES = {
     "TRYAGAIN": "cluster",
     "CLUSTERDOWN": "cluster",
     "NOREPLICAS": "cluster",
+    "MOVED": "cluster",
+    "ASK": "cluster",
 }
 
 
@@ -80,6 +85,12 @@ def redis_error_kind(exc: Exception) -> tuple[str, bool]:
     ('oom', True)
     >>> redis_error_kind(redis.ResponseError("WRONGTYPE Operation against a key"))
     ('other', False)
+
+    An error reply parsed by redis-py has its code in ``status_code`` (not in the message):
+
+    >>> from redis._parsers.base import BaseParser
+    >>> redis_error_kind(BaseParser.parse_error("CLUSTERDOWN The cluster is down"))
+    ('cluster', True)
     """
     if isinstance(exc, redis.BusyLoadingError):
         return "loading", True
@@ -89,16 +100,16 @@ def redis_error_kind(exc: Exception) -> tuple[str, bool]:
         return "connection", True
     if isinstance(exc, redis.ReadOnlyError):
         return "readonly", True
-    code = str(exc).split(" ", 1)[0]
+    code = getattr(exc, "status_code", None) or str(exc).split(" ", 1)[0]
     if code in _RETRIABLE_REPLIES:
         return _RETRIABLE_REPLIES[code], True
     return "other", False
 
 
 def redis_client(url: str) -> redis.Redis:
-    """A Redis client for the write path: timeouts, no retries of its own (the sink retries)."""
-    client: redis.Redis = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=5)
-    return client
+    """A Redis client for the write path (one server, or a Redis Cluster for a cluster URL):
+    timeouts, no retries of its own (the sink retries)."""
+    return connect(url, socket_timeout=10, socket_connect_timeout=5)
 
 
 def _target(op: SinkOp) -> str:
@@ -156,7 +167,7 @@ class _Watch:
             self._guard.check(self._client)
         except (redis.ConnectionError, redis.TimeoutError):
             return False
-        except redis.ResponseError as exc:
+        except (redis.ResponseError, RedisClusterException) as exc:
             log.debug("projection check failed: %s", exc)
             return False
         return True

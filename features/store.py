@@ -34,11 +34,12 @@ from collections.abc import Iterable, Mapping
 from itertools import chain
 from typing import Any, Final, NamedTuple
 
-import hiredis
 import redis
 import redis.asyncio as aioredis
 
 from features.profile import LayoutError, ProfileView, from_fields, to_fields
+from features.redis_conn import Command as Command
+from features.redis_conn import send_raw
 from features.rfm import RfmBoundaries
 from features.store_keys import BOUNDARIES_KEY as BOUNDARIES_KEY
 from features.store_keys import CATALOG_KEY as CATALOG_KEY
@@ -80,15 +81,13 @@ return 1
 """
 
 
-Command = tuple[str | bytes | int, ...]
-
-
 class ProfileWriter:
     """Writes profile projections, links, drops and RFM boundaries, one round trip per batch.
 
-    Commands are packed with hiredis and sent in one write: redis-py's pipeline packs every
-    argument in Python, which dominated the write path. Every command is absolute, so a batch
-    that failed on a connection error is simply sent again (with backoff).
+    Commands are packed with hiredis and sent in one write (per node on a Redis Cluster,
+    :func:`features.redis_conn.send_raw`): redis-py's pipeline packs every argument in Python,
+    which dominated the write path. Every command is absolute, so a batch that failed on a
+    connection error is simply sent again (with backoff).
     """
 
     def __init__(self, client: redis.Redis, retries: int = 8) -> None:
@@ -187,33 +186,21 @@ class ProfileWriter:
         batch.append(("SET", BOUNDARIES_KEY, data))
 
     def send(self, batch: list[Command]) -> list[tuple[Command, redis.ResponseError]]:
-        """Send the batch in one round trip (loading the scripts Redis does not know) and
-        return the commands answered with an error reply, with the error. Connection errors,
-        timeouts and a loading server raise; every command is absolute, so the caller may
-        simply send the batch again."""
+        """Send the batch in one round trip (per node on a Redis Cluster; loading the scripts
+        Redis does not know) and return the commands answered with an error reply, with the
+        error. Connection errors, timeouts and a loading server raise; every command is
+        absolute, so the caller may simply send the batch again."""
         pending = batch
         failed: list[tuple[Command, redis.ResponseError]] = []
         while pending:
-            pool = self.client.connection_pool
-            conn = pool.get_connection()
             missing: list[Command] = []
-            try:
-                packed = b"".join(hiredis.pack_command(c) for c in pending)  # type: ignore[arg-type]
-                conn.send_packed_command([packed])  # type: ignore[no-untyped-call]
-                for cmd in pending:
-                    try:
-                        conn.read_response()
-                    except redis.exceptions.NoScriptError:
-                        missing.append(cmd)
-                    except redis.ResponseError as exc:
-                        failed.append((cmd, exc))
-            except (redis.ConnectionError, redis.TimeoutError):
-                conn.disconnect()  # type: ignore[no-untyped-call]
-                raise
-            finally:
-                pool.release(conn)
+            for cmd, reply in zip(pending, send_raw(self.client, pending), strict=True):
+                if isinstance(reply, redis.exceptions.NoScriptError):
+                    missing.append(cmd)
+                elif isinstance(reply, redis.ResponseError):
+                    failed.append((cmd, reply))
             for sha in {c[1] for c in missing}:
-                self.client.script_load(self._scripts[str(sha)])
+                self.client.script_load(self._scripts[str(sha)])  # (every primary of a cluster)
             pending = missing
         return failed
 

@@ -22,6 +22,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 
 from dataflows.records import RawRecord
 from dataflows.sources import StopRequest
+from features.redis_conn import connect
 from nextbest.demo_feedback import VISITOR, BrokerFeed, DecisionTicker, VisitorTicker
 from nextbest.live import LiveShop
 from nextbest.settings import Settings
@@ -159,7 +160,7 @@ DEMO_DAYS: Final = 120
 
 
 def _sample_customer(url: str) -> str | None:
-    client: redis.Redis = redis.Redis.from_url(url, decode_responses=True)
+    client: redis.Redis = connect(url, decode_responses=True)
     try:
         for key in client.scan_iter(match="nb:{c:*}:profile", count=500):
             return str(key)[len("nb:{c:") : -len("}:profile")]
@@ -185,7 +186,7 @@ def port_taken(port: int) -> bool:
 
 def _clean(url: str) -> None:
     """Start from an empty store: delete every nextbest key (the demo's own data)."""
-    client: redis.Redis = redis.Redis.from_url(url)
+    client: redis.Redis = connect(url)
     try:
         keys = list(client.scan_iter(match="nb:*", count=1000))
         for i in range(0, len(keys), 1000):
@@ -219,7 +220,7 @@ class _Watchdog:
             return None, misses
 
     def _loop(self) -> None:
-        client: redis.Redis = redis.Redis.from_url(self._url, socket_timeout=1)
+        client: redis.Redis = connect(self._url, socket_timeout=1)
         misses = 0
         try:
             while not self._done.wait(1.0):

@@ -46,6 +46,7 @@ import orjson
 import redis
 
 from features.profile import LayoutError, from_fields
+from features.redis_conn import scan_pages
 from features.registry import BY_NAME, CSV_FEATURES
 from features.rfm import RfmBoundaries
 from features.store import (
@@ -113,19 +114,13 @@ def _patterns(include_anonymous: bool) -> list[str]:
 
 
 def _pages(client: redis.Redis, pattern: str) -> Iterator[list[Any]]:
-    """Key pages of a ``SCAN`` over ``pattern``.
+    """Key pages of a ``SCAN`` over ``pattern`` (every primary of a Redis Cluster in turn).
 
     ``SCAN`` returns every key that exists for the whole walk; a key may come twice if Redis
     rehashes the keyspace meanwhile (rare). Rows are not deduplicated: that would need memory
     growing with the population.
     """
-    cursor = 0
-    while True:
-        cursor, keys = client.scan(cursor=cursor, match=pattern, count=PAGE)
-        if keys:
-            yield keys
-        if cursor == 0:
-            return
+    return scan_pages(client, pattern, PAGE)
 
 
 def _boundaries(raw: Any) -> RfmBoundaries | None:

@@ -22,14 +22,13 @@ from nextbest.settings import ConfigError, Settings
 
 def _from_env() -> Dataflow:
     settings = Settings.from_env()
-    if not settings.redis_url or not settings.kafka_brokers:
+    url = settings.redis_client_url  # (a Redis Cluster's URL with NEXTBEST_REDIS_CLUSTER)
+    if not url or not settings.kafka_brokers:
         raise ConfigError(
             "nextbest.flow needs external services: set NEXTBEST_REDIS_URL and "
             "NEXTBEST_KAFKA_BROKERS (or use `nextbest run`, which can start embedded ones)"
         )
-    built: Dataflow = kafka_flow(
-        settings, settings.kafka_brokers, settings.redis_url, StopRequest()
-    )
+    built: Dataflow = kafka_flow(settings, settings.kafka_brokers, url, StopRequest())
     return built
 
 

@@ -118,20 +118,31 @@ class _Published:
 
 
 def _published(redis_url: str | None) -> dict[str, bytes | None]:
+    """The published models and RFM boundaries: one ``GET`` each, pipelined (the keys are in
+    different slots of a Redis Cluster: no ``MGET``)."""
     import redis
+    from redis.exceptions import RedisClusterException
 
+    from features.redis_conn import connect
     from features.store import BOUNDARIES_KEY, model_keys
     from models.targets import NAMES
 
     keys = [BOUNDARIES_KEY, *(k for t in NAMES for k in model_keys(t))]
     if redis_url is None:
         return {}
-    client = redis.Redis.from_url(redis_url)
     try:
-        values = client.mget(keys)
+        client = connect(redis_url)
+    except (redis.RedisError, RedisClusterException) as exc:
+        log.warning("segments: no models or RFM boundaries from Redis (%s): priors", exc)
+        return {}
+    try:
+        pipe = client.pipeline(transaction=False)
+        for k in keys:
+            pipe.get(k)
+        values = pipe.execute()
         return {k: v if isinstance(v, bytes) or v is None else str(v).encode()
                 for k, v in zip(keys, values, strict=True)}  # fmt: skip
-    except redis.RedisError as exc:
+    except (redis.RedisError, RedisClusterException) as exc:
         log.warning("segments: no models or RFM boundaries from Redis (%s): priors", exc)
         return {}
     finally:

@@ -319,9 +319,11 @@ def embedded_broker(home: Path) -> SharedService:
 
 @contextlib.contextmanager
 def redis_url(settings: Settings) -> Iterator[str]:
-    """The configured Redis URL, or an embedded Redis's for the duration of the block."""
-    if settings.redis_url:
-        yield settings.redis_url
+    """The configured Redis URL (its cluster form with ``NEXTBEST_REDIS_CLUSTER``, see
+    :attr:`~nextbest.settings.Settings.redis_client_url`), or an embedded Redis's for the
+    duration of the block."""
+    if settings.redis_client_url:
+        yield settings.redis_client_url
         return
     with embedded_redis(settings.home_path).use() as url:
         yield url

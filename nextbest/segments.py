@@ -34,6 +34,7 @@ import redis
 
 from dataflows.records import SegmentEvent
 from features.profile import LayoutError, from_fields
+from features.redis_conn import scan_pages
 from features.segments import ENTERED, EXITED, Membership, Segment, decide
 from features.store import (
     BOUNDARIES_KEY,
@@ -86,13 +87,8 @@ def customer_of(profile_key: bytes | str) -> str | None:
 
 
 def _pages(client: redis.Redis) -> Iterator[list[Any]]:
-    cursor = 0
-    while True:
-        cursor, keys = client.scan(cursor=cursor, match=f"{NAMESPACE}:{{c:*}}:profile", count=PAGE)
-        if keys:
-            yield keys
-        if cursor == 0:
-            return
+    """Pages of customer profile keys (every primary of a Redis Cluster in turn)."""
+    return scan_pages(client, f"{NAMESPACE}:{{c:*}}:profile", PAGE)
 
 
 def _reason(seg: Segment, direction: str, values: dict[str, Any]) -> dict[str, Any]:

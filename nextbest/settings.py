@@ -55,8 +55,12 @@ def _nonempty(raw: str) -> str:
 
 
 def _redis_url(raw: str) -> str:
-    if not raw.startswith(("redis://", "rediss://", "unix://")):
-        raise ValueError(f"expected a redis://, rediss:// or unix:// URL, got {raw!r}")
+    if not raw.startswith(("redis://", "rediss://", "unix://", "redis+cluster://",
+                           "rediss+cluster://")):  # fmt: skip
+        raise ValueError(
+            "expected a redis://, rediss://, unix://, redis+cluster:// or rediss+cluster:// URL, "
+            f"got {raw!r}"
+        )
     return raw
 
 
@@ -165,8 +169,17 @@ SPECS: dict[str, Spec] = {
         "NEXTBEST_REDIS_URL",
         None,
         _redis_url,
-        "External Redis (redis://, rediss:// or unix://). Unset: an embedded redis-server "
-        "(pip-installed binary) shared by all commands using the same NEXTBEST_HOME.",
+        "External Redis (redis://, rediss:// or unix://; a Redis Cluster: redis+cluster:// or "
+        "rediss+cluster://, any node). Unset: an embedded redis-server (pip-installed binary) "
+        "shared by all commands using the same NEXTBEST_HOME.",
+    ),
+    "redis_cluster": Spec(
+        "NEXTBEST_REDIS_CLUSTER",
+        "off",
+        _on_off,
+        "`on`: NEXTBEST_REDIS_URL (redis:// or rediss://, any node) is a Redis Cluster, as with "
+        "the redis+cluster:// scheme (see Operations, Redis Cluster). Needs NEXTBEST_REDIS_URL: "
+        "the embedded Redis is one server.",
     ),
     "kafka_brokers": Spec(
         "NEXTBEST_KAFKA_BROKERS",
@@ -468,6 +481,7 @@ class Settings:
 
     home: str
     redis_url: str | None
+    redis_cluster: bool
     kafka_brokers: str | None
     topic_clickstream: str
     topic_transactions: str
@@ -530,7 +544,41 @@ class Settings:
                 values[f.name] = spec.parse(raw)
             except ValueError as exc:
                 raise ConfigError(f"{spec.env}: {exc}") from None
-        return cls(**values)
+        settings = cls(**values)
+        _ = settings.redis_client_url  # a cluster without a usable URL fails here
+        return settings
+
+    @property
+    def redis_client_url(self) -> str | None:
+        """The configured Redis URL as clients take it (:func:`features.redis_conn.connect`):
+        its cluster form (``redis+cluster://``) when ``NEXTBEST_REDIS_CLUSTER`` is on; ``None``
+        for the embedded Redis. A cluster with no URL, a ``unix://`` one or a database other
+        than 0 raises :class:`ConfigError`.
+
+        >>> Settings.from_env({"NEXTBEST_REDIS_URL": "redis://h:7000",
+        ...                    "NEXTBEST_REDIS_CLUSTER": "on"}).redis_client_url
+        'redis+cluster://h:7000'
+        >>> Settings.from_env({"NEXTBEST_REDIS_CLUSTER": "on"})  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        nextbest.settings.ConfigError: NEXTBEST_REDIS_CLUSTER: needs NEXTBEST_REDIS_URL (a ...
+        """
+        from features.redis_conn import cluster_url, is_cluster_url
+
+        url = self.redis_url
+        if not self.redis_cluster:
+            if url is not None and is_cluster_url(url):
+                _cluster_db(url, "NEXTBEST_REDIS_URL")
+            return url
+        if url is None:
+            raise ConfigError("NEXTBEST_REDIS_CLUSTER: needs NEXTBEST_REDIS_URL (a node of the "
+                              "cluster); the embedded Redis is one server")  # fmt: skip
+        try:
+            url = cluster_url(url)
+        except ValueError as exc:
+            raise ConfigError(f"NEXTBEST_REDIS_CLUSTER: {exc}") from None
+        _cluster_db(url, "NEXTBEST_REDIS_CLUSTER")
+        return url
 
     @property
     def home_path(self) -> Path:
@@ -605,6 +653,22 @@ class Settings:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
         d.update(changes)
         return Settings(**d)
+
+
+def _cluster_db(url: str, env: str) -> None:
+    """A Redis Cluster has database 0 only.
+
+    >>> _cluster_db("redis+cluster://h:7000/2", "X")
+    Traceback (most recent call last):
+    ...
+    nextbest.settings.ConfigError: X: a Redis Cluster has database 0 only, got 2
+    """
+    from urllib.parse import parse_qs, urlsplit
+
+    parts = urlsplit(url)
+    db = parse_qs(parts.query).get("db", [parts.path.strip("/") or "0"])[0]
+    if db != "0":
+        raise ConfigError(f"{env}: a Redis Cluster has database 0 only, got {db}")
 
 
 def _trait_policy(path: str | None) -> Any:

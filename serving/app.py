@@ -29,6 +29,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError
 
 from features.consent import ConsentDefaults
+from features.redis_conn import aclose, aconnect, cluster_url
 from features.store import aread_link, aread_stored_profile
 from schemas.events import MAX_ID_LEN
 from schemas.keys import customer_key, device_key
@@ -76,16 +77,10 @@ def redis_retry() -> Retry:
 
 
 def create_redis(url: str) -> aioredis.Redis:
-    """An async Redis client on its own connection pool (short timeouts, :func:`redis_retry`)."""
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url,
-        max_connections=REDIS_MAX_CONNECTIONS,
-        timeout=REDIS_TIMEOUT,
-        socket_timeout=REDIS_TIMEOUT,
-        socket_connect_timeout=REDIS_TIMEOUT,
-        retry=redis_retry(),
-    )
-    return aioredis.Redis(connection_pool=pool)
+    """An async Redis client on its own connection pool (short timeouts, :func:`redis_retry`);
+    a Redis Cluster client for a cluster URL (:mod:`features.redis_conn`). Close it with
+    :func:`features.redis_conn.aclose`."""
+    return aconnect(url, REDIS_MAX_CONNECTIONS, REDIS_TIMEOUT, redis_retry())
 
 
 def redact_url(url: str) -> str:
@@ -252,6 +247,8 @@ class ServingSettings(CollectSettings, Protocol):
     @property
     def redis_url(self) -> str | None: ...
     @property
+    def redis_cluster(self) -> bool: ...
+    @property
     def log_level(self) -> str: ...
     @property
     def segments(self) -> str | None: ...
@@ -282,6 +279,8 @@ def create_app(
     given); see :mod:`serving.collect`.
 
     ``redis_url`` defaults to ``settings.redis_url``; the caller resolves an embedded Redis.
+    With ``settings.redis_cluster`` it is a Redis Cluster's (any node; see
+    :func:`features.redis_conn.cluster_url`).
     The segment definitions (``settings.segments``) are loaded here: a bad file raises
     :class:`features.segments.SegmentConfigError`; so is the action catalogue
     (``settings.actions``, :class:`decisions.catalog.ActionConfigError`). ``decision_log``:
@@ -291,6 +290,8 @@ def create_app(
     url = redis_url or settings.redis_url
     if not url:
         raise ValueError("no Redis URL: pass redis_url or set NEXTBEST_REDIS_URL")
+    if settings.redis_cluster:
+        url = cluster_url(url)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -309,7 +310,7 @@ def create_app(
             with suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(reloader, 5)
             app.state.redis = None
-            await client.aclose(close_connection_pool=True)
+            await aclose(client)
 
     app = FastAPIOffline(  # /docs and /redoc from packaged assets: nothing from the internet
         title="nextbest",

@@ -89,14 +89,14 @@ async def load_catalog(request: Request, redis: RedisDep) -> dict[str, Any]:
     out: dict[str, Any] = {"loaded": len(items), "version": None, **_report(errors)}
     if not items:
         return out
-    tmp = f"{CATALOG_KEY}:loading:{uuid.uuid4().hex}"
+    tmp = f"{CATALOG_KEY}:loading:{uuid.uuid4().hex}"  # (the catalogue's slot: {catalog})
     pipe = redis.pipeline(transaction=False)
     for i in range(0, len(items), 1000):
         pipe.hset(tmp, mapping={it.product_id: encode_item(it) for it in items[i : i + 1000]})
-    pipe.rename(tmp, CATALOG_KEY)
-    version = uuid.uuid4().hex
-    pipe.set(CATALOG_VERSION_KEY, version)
     await pipe.execute()
+    await redis.rename(tmp, CATALOG_KEY)  # (a cluster client refuses RENAME in a pipeline)
+    version = uuid.uuid4().hex
+    await redis.set(CATALOG_VERSION_KEY, version)
     out["version"] = version
     return out
 

@@ -105,10 +105,13 @@ def wait_up(port: int, log: Path, timeout: float = 60) -> None:
 
 def dump(client: redis.Redis) -> dict[bytes, Any]:
     """Every key but the timing-dependent publications (RFM boundaries, model checkpoints and
-    the projection marker): these are written every N changes or T seconds."""
+    the projection markers): these are written every N changes or T seconds. A Redis Cluster
+    client's ``scan_iter`` walks every master."""
     out: dict[bytes, Any] = {}
     for key in client.scan_iter(count=1000):
-        if key in (b"nb:rfm:boundaries", b"nb:projection") or key.startswith(b"nb:{model:"):
+        if key in (b"nb:rfm:boundaries", b"nb:projection") or key.startswith(
+            (b"nb:{model:", b"nb:{projection:")
+        ):
             continue
         kind = client.type(key)
         if kind == b"hash":

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 import redis
 
+from features.redis_conn import connect
 from features.store import CATALOG_KEY, CATALOG_VERSION_KEY
 from nextbest.commands.common import UsageError
 from nextbest.settings import Settings
@@ -51,7 +52,7 @@ def cmd_catalog(args: argparse.Namespace, settings: Settings) -> int:
         print(f"nextbest: catalog load: no valid row in {path}; nothing loaded", file=sys.stderr)
         return 1
     with redis_url(settings) as url:
-        client = redis.Redis.from_url(url)
+        client = connect(url)
         try:
             version = write_catalog(client, items)
         finally:

@@ -72,6 +72,7 @@ def actions_catalog(settings: Settings) -> Any:
 async def _decide(
     url: str, settings: Settings, cat: Any, args: argparse.Namespace, as_of: int
 ) -> Any:
+    from features.redis_conn import aclose
     from serving.app import create_redis
     from serving.decision_log import JsonlDecisionLog
     from serving.nba import Decider
@@ -97,4 +98,4 @@ async def _decide(
     finally:
         if log is not None:
             log.close()
-        await client.aclose(close_connection_pool=True)
+        await aclose(client)

@@ -28,14 +28,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def cmd_erase(args: argparse.Namespace, settings: Settings) -> int:
-    import redis
-
+    from features.redis_conn import connect
     from nextbest.runtime import redis_url
 
     if (args.customer_id is None) == (args.status is None):
         raise UsageError("erase: give a customer ID, or --status RID")
     with redis_url(settings) as url:
-        client = redis.Redis.from_url(url)
+        client = connect(url)
         try:
             if args.status is not None:
                 return _print_status(client, args.status)

@@ -35,6 +35,7 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     """Write every profile with its scores as of a time (JSONL or CSV), streamed."""
     import redis
 
+    from features.redis_conn import connect
     from nextbest.commands.segments import configured_segment
     from nextbest.export import FORMATS, export_profiles, export_segment
     from nextbest.runtime import redis_url
@@ -52,7 +53,7 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
         raise UsageError(f"export: no such directory: {out_path.parent}")
     t0 = time.perf_counter()
     with redis_url(settings) as url, contextlib.ExitStack() as stack:
-        client: redis.Redis = redis.Redis.from_url(url)
+        client: redis.Redis = connect(url)
         stack.callback(client.close)
         out = (
             stack.enter_context(out_path.open("w", encoding="utf-8", newline=""))

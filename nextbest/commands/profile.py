@@ -25,6 +25,7 @@ def cmd_profile(args: argparse.Namespace, settings: Settings) -> int:
     """Print one profile as JSON, computed as of a time."""
     import redis
 
+    from features.redis_conn import connect
     from features.store import read_link, read_stored_profile
     from nextbest.runtime import redis_url
     from schemas.keys import customer_key, device_key
@@ -34,7 +35,7 @@ def cmd_profile(args: argparse.Namespace, settings: Settings) -> int:
         raise UsageError("profile: give a customer ID or --anonymous-id X (one of them)")
     as_of = as_of_ms("profile", args.as_of)
     with redis_url(settings) as url:
-        client: redis.Redis = redis.Redis.from_url(url)
+        client: redis.Redis = connect(url)
         try:
             resolved_from = None
             if args.anonymous_id is not None:

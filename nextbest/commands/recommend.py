@@ -59,6 +59,7 @@ def cmd_recommend(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _recommend(url: str, cfg: Any, args: argparse.Namespace, as_of: int) -> Any:
+    from features.redis_conn import aclose
     from serving.app import create_redis
     from serving.reco import Recommender
 
@@ -79,4 +80,4 @@ async def _recommend(url: str, cfg: Any, args: argparse.Namespace, as_of: int) -
             category=args.category,
         )
     finally:
-        await client.aclose()
+        await aclose(client)

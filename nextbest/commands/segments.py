@@ -79,13 +79,14 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
     """Print the segments with their sizes and recent entries."""
     import redis
 
+    from features.redis_conn import connect
     from nextbest.runtime import redis_url
     from serving.segments import segments_summary
 
     segs = definitions(settings)
     as_of = as_of_ms("segments", args.as_of)
     with redis_url(settings) as url:
-        client: redis.Redis = redis.Redis.from_url(url)
+        client: redis.Redis = connect(url)
         try:
             body = segments_summary(client, segs, as_of)
         finally:
@@ -101,6 +102,7 @@ def cmd_members(args: argparse.Namespace, settings: Settings) -> int:
     """Print one page of a segment's members."""
     import redis
 
+    from features.redis_conn import connect
     from nextbest.runtime import redis_url
     from serving.segments import decode_cursor, members_body, members_page
 
@@ -110,7 +112,7 @@ def cmd_members(args: argparse.Namespace, settings: Settings) -> int:
     except ValueError as exc:
         raise UsageError(f"segments members: {exc}") from None
     with redis_url(settings) as url:
-        client: redis.Redis = redis.Redis.from_url(url)
+        client: redis.Redis = connect(url)
         try:
             page, nxt = members_page(client, args.name, cursor, args.limit)
         finally:
@@ -130,13 +132,14 @@ def cmd_rebuild(args: argparse.Namespace, settings: Settings) -> int:
     """Re-evaluate one segment over every customer profile; emit backfill transitions."""
     import redis
 
+    from features.redis_conn import connect
     from nextbest.runtime import redis_url
     from nextbest.segments import rebuild, transitions_output
 
     seg = configured_segment("segments rebuild", settings, args.name)
     as_of = as_of_ms("segments rebuild", args.as_of)
     with redis_url(settings) as url:
-        client: redis.Redis = redis.Redis.from_url(url)
+        client: redis.Redis = connect(url)
         where, emit, close = transitions_output(settings)
         try:
             res = rebuild(client, seg, as_of, emit, progress=sys.stderr.isatty())
