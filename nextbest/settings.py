@@ -563,13 +563,13 @@ class Settings:
         ...
         nextbest.settings.ConfigError: NEXTBEST_REDIS_CLUSTER: needs NEXTBEST_REDIS_URL (a ...
         """
-        from features.redis_conn import cluster_url, is_cluster_url
-
         url = self.redis_url
         if not self.redis_cluster:
-            if url is not None and is_cluster_url(url):
+            if url is not None and url.partition("://")[0].endswith("+cluster"):
                 _cluster_db(url, "NEXTBEST_REDIS_URL")
             return url
+        from features.redis_conn import cluster_url  # (redis' import: only when it is needed)
+
         if url is None:
             raise ConfigError("NEXTBEST_REDIS_CLUSTER: needs NEXTBEST_REDIS_URL (a node of the "
                               "cluster); the embedded Redis is one server")  # fmt: skip
