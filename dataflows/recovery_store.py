@@ -22,7 +22,7 @@ _PURGE_TOMBSTONES = """
 DELETE FROM snaps WHERE rowid IN (
   SELECT s.rowid FROM snaps s JOIN (
     SELECT step_id, state_key, MAX(snap_epoch) AS e FROM snaps
-    WHERE snap_epoch <= (SELECT MIN(commit_epoch) FROM commits) GROUP BY step_id, state_key
+    WHERE snap_epoch <= ? GROUP BY step_id, state_key
   ) m ON s.step_id = m.step_id AND s.state_key = m.state_key AND s.snap_epoch <= m.e
   WHERE EXISTS (SELECT 1 FROM snaps t WHERE t.step_id = m.step_id
                 AND t.state_key = m.state_key AND t.snap_epoch = m.e AND t.ser_change IS NULL)
@@ -30,8 +30,11 @@ DELETE FROM snaps WHERE rowid IN (
 """
 
 
-def compact(db_dir: Path) -> int:
+def compact(db_dir: Path, purge: bool = True) -> int:
     """Checkpoint and ``VACUUM`` every partition of ``db_dir``; the number of files compacted.
+    With ``purge``, first delete the keys whose newest snapshot at or before the oldest commit
+    of the directory's partitions is a tombstone. (A process of a cluster that crashed holds only
+    some partitions and cannot know the cluster's resume epoch: it does not purge at start.)
 
     >>> import tempfile
     >>> d = Path(tempfile.mkdtemp())
@@ -56,12 +59,21 @@ def compact(db_dir: Path) -> int:
     >>> sorted(con.execute("select state_key, snap_epoch from snaps")); con.close()
     [('c:back', 2), ('c:back', 4), ('c:kept', 3)]
     """
+    parts = sorted(db_dir.glob("part-*.sqlite3"))
+    commits = []
+    for part in parts:
+        con = sqlite3.connect(part, isolation_level=None)
+        try:
+            commits += [e for (e,) in con.execute("SELECT commit_epoch FROM commits")]
+        finally:
+            con.close()
     n = 0
-    for part in sorted(db_dir.glob("part-*.sqlite3")):
+    for part in parts:
         con = sqlite3.connect(part, isolation_level=None)
         try:
             con.execute("PRAGMA secure_delete = ON")
-            con.execute(_PURGE_TOMBSTONES)
+            if purge and commits:
+                con.execute(_PURGE_TOMBSTONES, (min(commits),))
             con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             con.execute("VACUUM")
             con.execute("PRAGMA wal_checkpoint(TRUNCATE)")

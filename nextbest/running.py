@@ -250,27 +250,30 @@ def sink_options(settings: Settings, stop: threading.Event | None = None) -> Any
 
 
 def run_flow(flow: Any, settings: Settings | None = None) -> None:
-    """Run a flow in this process; with a recovery directory, snapshot and resume from it."""
+    """Run a flow as this process of the cluster the settings describe (by default the only
+    process, one worker: :mod:`nextbest.cluster`); with a recovery directory, snapshot and
+    resume from it."""
     from datetime import timedelta
 
-    from bytewax.recovery import RecoveryConfig, init_db_dir
-    from bytewax.testing import run_main
+    from bytewax.recovery import RecoveryConfig
 
+    from nextbest.cluster import Cluster, cluster_of, execute, init_recovery
+
+    cluster = cluster_of(settings) if settings is not None else Cluster(0, (), 1, 1)
     if settings is None or settings.recovery_dir is None:
-        run_main(flow)  # type: ignore[no-untyped-call]
+        execute(flow, cluster)
         return
     db_dir = Path(settings.recovery_dir)
-    if not any(db_dir.glob("part-*.sqlite3")):
-        db_dir.mkdir(parents=True, exist_ok=True)
-        init_db_dir(db_dir, 1)  # type: ignore[no-untyped-call]
-    else:  # what erased (or expired) state left in free pages goes before Bytewax opens them
+    if not init_recovery(db_dir, cluster):
+        # what erased (or expired) state left in free pages goes before Bytewax opens them
         from dataflows.recovery_store import compact
 
-        compact(db_dir)
-    run_main(  # type: ignore[no-untyped-call]
+        compact(db_dir, purge=cluster.processes == 1)
+    execute(
         flow,
-        epoch_interval=timedelta(seconds=settings.snapshot_interval_s),
-        recovery_config=RecoveryConfig(db_dir),  # type: ignore[no-untyped-call]
+        cluster,
+        timedelta(seconds=settings.snapshot_interval_s),
+        RecoveryConfig(db_dir),  # type: ignore[no-untyped-call]
     )
     mark_clean_stop(settings)
     from dataflows.recovery_store import compact

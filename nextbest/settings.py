@@ -345,6 +345,35 @@ SPECS: dict[str, Spec] = {
         _int_in(1, 3600),
         "Seconds between Bytewax epochs, i.e. between recovery snapshots.",
     ),
+    "process_id": Spec(
+        "NEXTBEST_PROCESS_ID",
+        None,
+        _int_in(0, 1023),
+        "This process's index (0, 1, ...) in a cluster of `run` processes (see Scaling out); "
+        "with NEXTBEST_ADDRESSES. Unset: `run` is the only process.",
+    ),
+    "addresses": Spec(
+        "NEXTBEST_ADDRESSES",
+        None,
+        _brokers,
+        "Every `run` process's host:port for the Bytewax cluster, comma-separated, in process "
+        "order (the same list on every process); with NEXTBEST_PROCESS_ID.",
+    ),
+    "workers_per_process": Spec(
+        "NEXTBEST_WORKERS_PER_PROCESS",
+        "1",
+        _int_in(1, 64),
+        "Bytewax worker threads per `run` process (the same on every process).",
+    ),
+    "recovery_partitions": Spec(
+        "NEXTBEST_RECOVERY_PARTITIONS",
+        None,
+        _int_in(1, 1024),
+        "Recovery partitions of a `run` cluster, fixed when it first starts: in an empty "
+        "NEXTBEST_RECOVERY_DIR, process i creates the partitions j < this with j % processes == i."
+        " Unset: one per process. Set it to the first count before adding processes (see "
+        "Scaling out).",
+    ),
     "write_interval_ms": Spec(
         "NEXTBEST_WRITE_INTERVAL",
         "100ms",
@@ -508,6 +537,10 @@ class Settings:
     decision_log: str | None
     topic_decisions: str
     snapshot_interval_s: int
+    process_id: int | None
+    addresses: str | None
+    workers_per_process: int
+    recovery_partitions: int | None
     write_interval_ms: int
     churn_horizon_days: int
     propensity_horizon_days: int

@@ -26,7 +26,7 @@ from dataflows.steps.clock import (
     shard_key,
     shard_of,
 )
-from dataflows.steps.models import RELEASE_LAG_MS, ModelLogic
+from dataflows.steps.models import ModelLogic, release_lag_ms
 from features.clock import EventClock
 from models import labels as lb
 from schemas import Event
@@ -131,7 +131,7 @@ def _examples(label_ts: int, n: int) -> list[lb.Example]:
 def test_the_model_owner_waits_for_every_shard_and_goes_by_the_slowest() -> None:
     owner = ModelLogic(None, CFG)
     owner.on_batch([("ex", _examples(T0, 4))])
-    ahead = T0 + RELEASE_LAG_MS + DAY
+    ahead = T0 + release_lag_ms(CFG) + DAY
     owner.on_batch([("time", (i, ahead)) for i in range(CLOCK_SHARDS - 1)])
     assert len(owner.held) == 4 and owner.model is None  # one shard has not reported
     owner.on_batch([("time", (CLOCK_SHARDS - 1, T0))])  # the slowest is behind the examples

@@ -193,8 +193,11 @@ def test_flip_windows_and_scores() -> None:
     assert t == T0 + 150_000 + HOUR - 1
     m, _ = advance(s, doc_at(v, t), m, t)
     assert m == {}
-    # the score crossing is seen at the next day tick after it
-    assert next_flip(s, v, t, m, score_at=score) == t + 3 * DAY
+    # the score crossing is seen at the next day tick after it (00:00 UTC), wherever the search
+    # starts: the ticks are a fixed grid, so when the evaluations before happened does not matter
+    assert T0 % DAY == 0
+    for start in (t, t + 1, T0 + DAY - 1, T0 + 2 * DAY, T0 + 3 * DAY):
+        assert next_flip(s, v, start, m, score_at=score) == T0 + 4 * DAY
     assert next_flip(s, v, t, m, score_at=score, score_horizon=DAY) == t + DAY
 
 

@@ -23,11 +23,23 @@ from models import labels as lb
 from models.action_labels import ACTION_TARGET
 from models.online import OnlineModel
 
-#: How far behind the stream's event time the model step learns: every example whose label time
-#: is older has arrived (a label matures at most a day or two after its label time; see
-#: :func:`label_timers` and :func:`models.labels.on_idle`), so they can be learned in one canonical
-#: order, whatever the batching.
-RELEASE_LAG_MS = 3 * lb.DAY_MS
+#: A day more than a label takes to mature after its label time (the label horizons' watermark
+#: lag: the allowed lateness plus two days; see :func:`label_timers` and
+#: :func:`models.labels.on_idle`).
+RELEASE_MARGIN_MS = lb.DAY_MS
+
+
+def release_lag_ms(cfg: FlowConfig) -> int:
+    """How far behind the customer clock's watermark the model step learns: every example whose
+    label time is older has arrived, so they are learned in one canonical order, whatever the
+    batching or the number of processes. (Three days with the default lateness; it grows with
+    ``NEXTBEST_ALLOWED_LATENESS``, since labels mature that much later.)
+
+    >>> from nextbest.settings import Settings
+    >>> release_lag_ms(Settings.from_env({}).flow_config()) / lb.DAY_MS
+    3.0069444444444446
+    """
+    return cfg.horizons.watermark_lag_ms + RELEASE_MARGIN_MS
 
 
 class ModelLogic(StatefulBatchLogic[Any, Out, Any]):
@@ -36,7 +48,7 @@ class ModelLogic(StatefulBatchLogic[Any, Out, Any]):
 
     Examples are held until the customer clock's watermark (``("time", (shard, watermark))``
     items, see :class:`ClockLogic`; the slowest of its shards, once every shard has reported) is
-    :data:`RELEASE_LAG_MS` past their label time, then learned sorted
+    :func:`release_lag_ms` past their label time, then learned sorted
     by (label time, customer, snapshot time); the end of the input releases the rest. So the model
     is the same however the stream was batched: a replay learns what living through it learned.
     An example that comes after its place was passed (only if the watermark was wrong) is learned
@@ -54,6 +66,7 @@ class ModelLogic(StatefulBatchLogic[Any, Out, Any]):
         self.released_to = snap.released_to
         self.told = snap.told
         self.cfg = cfg
+        self.release_lag = release_lag_ms(cfg)
         self.last_checkpoint = time.monotonic()
 
     def on_batch(self, values: list[Any]) -> tuple[Iterable[Out], bool]:
@@ -79,7 +92,7 @@ class ModelLogic(StatefulBatchLogic[Any, Out, Any]):
                 for e in v:
                     heapq.heappush(self.held, (e.label_ts, e.key, e.snapshot_ts, lb.Tied(e)))
         if len(told) == CLOCK_SHARDS:
-            bound = min(told.values()) - RELEASE_LAG_MS
+            bound = min(told.values()) - self.release_lag
             if bound > self.released_to:
                 self.released_to = bound
         out = self._learn(self.released_to)

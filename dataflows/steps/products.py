@@ -122,6 +122,7 @@ class BasketLogic(StatefulBatchLogic[Any, Any, Any]):
     def __init__(self, resume: Any, cfg: FlowConfig) -> None:
         sessions, seen, newest = resume or ({}, {}, -(2**62))
         self.recovery = cfg.recovery
+        self.lateness = cfg.lateness_ms
         self.sessions: dict[str, pr.Basket] = sessions
         self.seen: dict[str, int] = seen
         self.newest: int = newest
@@ -196,13 +197,16 @@ class BasketLogic(StatefulBatchLogic[Any, Any, Any]):
         counts[key] = counts.get(key, 0) + 1
 
     def _prune(self) -> None:
+        # The shard's clock is the newest event of *any* partition: a session of a partition
+        # read behind the others is kept for the allowed lateness more, so that its next event
+        # finds it whichever partition ran ahead (else the pairs depend on the read order).
         self.pruned_at = self.newest
-        closed = self.newest - pr.SESSION_KEEP_MS
+        closed = self.newest - self.lateness - pr.SESSION_KEEP_MS
         gone = [k for k, b in self.sessions.items() if b.last < closed]
         for k in gone:
             del self.sessions[k]
         metrics.PRODUCT_SESSIONS.dec(len(gone))
-        old = self.newest - DEDUP_MS
+        old = self.newest - self.lateness - DEDUP_MS
         for eid in [e for e, ts in self.seen.items() if ts < old]:
             del self.seen[eid]
 

@@ -15,9 +15,10 @@ ways, and :func:`next_flip` collects every time they can change (its *candidates
   constant the rules compare it with; for every constant ``c`` the exact first times with
   ``value >= c`` and ``value > c`` (and the first non-null time) are found by binary search
   over integer milliseconds of the render's own function, so rounding is honoured to the ms;
-- **scores** (``score.<target>``): the caller's ``score_at(target, t)`` is sampled at day ticks
-  ``as_of + k * score_step`` (default one day, as the issue allows day granularity) and at every
-  other candidate, so a score crossing a threshold is seen at most ``score_step`` late.
+- **scores** (``score.<target>``): the caller's ``score_at(target, t)`` is sampled at the
+  multiples of ``score_step`` since the epoch (default one day: 00:00 UTC, as the issue allows
+  day granularity) and at every other candidate, so a score crossing a threshold is seen at most
+  ``score_step`` late, at the same time whenever the evaluations before it happened.
 
 Plus the maturity ``pending + min_duration`` of each pending entry. Every other feature is
 constant between events (lifetime values, cart, RFM tiers, top categories, identities).
@@ -217,7 +218,9 @@ def candidates(
         elif time == "score":
             scores = True
     if scores:
-        out.update(range(as_of + score_step, until + 1, score_step))
+        # on a fixed grid (multiples of the step since the epoch), not from ``as_of``: a crossing
+        # is then found at the same time whenever the catch-ups before it happened
+        out.update(range((as_of // score_step + 1) * score_step, until + 1, score_step))
     for seg in segments.order:
         p = memberships.get(seg.name, NOT_MEMBER).pending
         if p is not None and seg.min_duration_ms:
