@@ -94,6 +94,22 @@ class History:
         self.count = len(self.lines) + PARTITIONS
         ensure_topics(brokers, [self.topic], PARTITIONS)
 
+    def produce_backlog(self, start: int, end: int | None, sentinels: bool) -> None:
+        """Lines ``start:end`` at once (by person), then the sentinels if asked."""
+        owner = _person_of(self.lines)
+        p = Producer({"bootstrap.servers": self.brokers, "linger.ms": 5})
+        for line in self.lines[start:end]:
+            while True:
+                try:
+                    p.produce(self.topic, value=line, partition=_partition(line, owner))
+                    break
+                except BufferError:
+                    p.poll(0.1)
+        if sentinels:
+            for part, line in enumerate(sentinel_lines(self.last_ts, PARTITIONS)):
+                p.produce(self.topic, value=line, partition=part)
+        assert p.flush(30) == 0
+
     def produce(self, seconds: float) -> None:
         """Every line, by person, ``seconds`` of wall time for the whole event-time span (a
         malformed line goes with the line before it), then one sentinel per partition."""
@@ -126,11 +142,20 @@ class Run:
         self, history: History, url: str, name: str, tmp: Path, processes: int, lateness: str
     ) -> None:
         self.history, self.url, self.name = history, url, name
+        self.tmp, self.lateness = tmp, lateness
         topic, brokers = history.topic, history.brokers
         self.dead, self.segments = f"{topic}-dead-{name}", f"{topic}-segments-{name}"
         ensure_topics(brokers, [self.dead, self.segments], 1)
         redis.Redis.from_url(url).flushdb()
-        addresses = ",".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
+        self.addresses = ",".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
+        self.processes = processes
+        self.start()
+
+    def start(self) -> None:
+        """Start every process (again: the same settings, so a restart resumes)."""
+        history, name, tmp, lateness = self.history, self.name, self.tmp, self.lateness
+        topic, brokers, url, addresses = history.topic, history.brokers, self.url, self.addresses
+        processes = self.processes
         self.procs: list[subprocess.Popen[bytes]] = []
         self.logs: list[Path] = []
         self.ports: list[int] = []
@@ -154,7 +179,7 @@ class Run:
             }
             if processes > 1:
                 env |= {"NEXTBEST_PROCESS_ID": str(i), "NEXTBEST_ADDRESSES": addresses}
-            self.logs.append(tmp / f"{name}-{i}.log")
+            self.logs.append(tmp / f"{name}-{i}.log")  # (appended to on a restart)
             self.procs.append(start_run(env, self.logs[-1]))
             self.ports.append(int(env["NEXTBEST_METRICS_PORT"]))
 
@@ -162,11 +187,11 @@ class Run:
         for port, log in zip(self.ports, self.logs, strict=True):
             wait_up(port, log)
 
-    def finish(self) -> list[dict[str, Any]]:
-        """Wait until every line is read and applied, stop every process (each exits 0); the
-        processes' summaries."""
+    def finish(self, reads: int | None = None) -> list[dict[str, Any]]:
+        """Wait until every sentinel is applied and the processes read ``reads`` lines (default:
+        the history), stop every process (each exits 0); the processes' summaries."""
         client = redis.Redis.from_url(self.url)
-        lines = self.history.count
+        lines = self.history.count if reads is None else reads
         try:
             wait_sentinels(client, PARTITIONS, self.logs[0], timeout=240)
 
@@ -282,3 +307,72 @@ def test_two_processes_give_what_one_gives_on_a_shop_with_identity_stitching(
     dead_one, _ = one.outputs()
     dead_two, _ = two.outputs()
     assert dead_one and dead_one == dead_two
+
+
+def test_two_processes_killed_and_resumed_give_what_one_gives(
+    kafka_brokers: str, redis_url: str, tmp_path: Path
+) -> None:
+    """Both processes SIGKILLed after a snapshot, more input produced meanwhile, both started
+    again: each resumes from its own recovery partition, and the result is what one process
+    that never stopped gives (Redis writes are absolute; what was re-sent after the resume is
+    the same records again: the transitions are compared by their ids, the dead letters by
+    position)."""
+    history = History(kafka_brokers, "purchases", 2000, 120)
+    half = len(history.lines) // 2
+    history.produce_backlog(0, half, sentinels=False)
+    one = Run(history, f"{redis_url}?db=2", "one", tmp_path, 1, "365d")
+    two = Run(history, f"{redis_url}?db=3", "two", tmp_path, 2, "365d")
+    try:
+        wait_for(lambda: sum(metric_sum(p, "nextbest_events_read_total") for p in two.ports)
+                 >= half, "the first half", two.logs[0])  # fmt: skip
+        time.sleep(2.5)  # a snapshot or two (NEXTBEST_SNAPSHOT_INTERVAL=1)
+        two.kill()
+        history.produce_backlog(half, None, sentinels=True)
+        two.start()
+        one.finish()
+        resumed = two.finish(reads=0)
+    finally:
+        one.kill()
+        two.kill()
+    # the restarted processes went on from their snapshots' offsets, not from the start
+    assert 0 < sum(s["read"] for s in resumed) < history.count - half // 2, resumed
+    a, b = dump(redis.Redis.from_url(one.url)), dump(redis.Redis.from_url(two.url))
+    assert len(a) > 2000
+    assert a == b, differences(a, b)
+    (dead_one, seg_one), (dead_two, seg_two) = one.outputs(), two.outputs()
+
+    def unique_dead(dead: list[Any]) -> list[Any]:
+        return list({orjson.dumps(d, option=orjson.OPT_SORT_KEYS): d for d in dead}.values())
+
+    def unique_transitions(seg: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        return {c: list({t["transition_id"]: t for t in ts}.values()) for c, ts in seg.items()}
+
+    assert dead_one and unique_dead(dead_one) == unique_dead(dead_two)
+    assert seg_one and unique_transitions(seg_one) == unique_transitions(seg_two)
+    assert two.recovery_parts(tmp_path) == [["part-0.sqlite3"], ["part-1.sqlite3"]]
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"NEXTBEST_PROCESS_ID": "0"}, "NEXTBEST_ADDRESSES: required with NEXTBEST_PROCESS_ID"),
+        ({"NEXTBEST_ADDRESSES": "a:1,b:1"}, "NEXTBEST_PROCESS_ID: required with NEXTBEST_ADDRE"),
+        ({"NEXTBEST_PROCESS_ID": "2", "NEXTBEST_ADDRESSES": "a:1,b:1",
+          "NEXTBEST_IDENTITY_SALT": SALT}, "NEXTBEST_PROCESS_ID: 2 is not below the 2 processes"),
+        ({"NEXTBEST_PROCESS_ID": "0", "NEXTBEST_ADDRESSES": "a:1,b:1"},
+         "NEXTBEST_IDENTITY_SALT: required when several processes run"),
+        ({"NEXTBEST_PROCESS_ID": "0", "NEXTBEST_ADDRESSES": "a:1,a:1",
+          "NEXTBEST_IDENTITY_SALT": SALT}, "NEXTBEST_ADDRESSES: an address appears twice"),
+        ({"NEXTBEST_ADDRESSES": "localhost"}, "NEXTBEST_ADDRESSES: expected host:port"),
+        ({"NEXTBEST_WORKERS_PER_PROCESS": "0"}, "NEXTBEST_WORKERS_PER_PROCESS: expected an int"),
+    ],
+)  # fmt: skip
+def test_a_cluster_setting_that_makes_no_cluster_stops_run_at_start(
+    env: dict[str, str], message: str, tmp_path: Path
+) -> None:
+    from tests.conftest import nextbest_cli
+
+    done = nextbest_cli("run", env={"NEXTBEST_HOME": str(tmp_path), **env}, check=False)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert not (tmp_path / "redis").exists()  # stopped before starting any service

@@ -38,8 +38,10 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         TopicWatch,
         wait_for_topics,
     )
+    from nextbest.cluster import cluster_of
     from nextbest.runtime import ensure_topics, kafka_brokers, redis_url
 
+    cluster = cluster_of(settings)  # (a bad cluster setting stops here, before any service)
     with redis_url(settings) as url, kafka_brokers(settings) as brokers:
         outputs = [settings.topic_dead_letter]
         if settings.segments != "off":
@@ -57,8 +59,13 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             layout = found
             flow = kafka_flow(settings, brokers, url, stop, layout)
             parts = ", ".join(f"{t} ({n} partitions)" for t, (n, _) in layout.items())
+            member = (
+                f" as process {cluster.process_id} of {cluster.processes}"
+                if cluster.processes > 1
+                else ""
+            )
             print(
-                f"nextbest run: consuming {parts} from {brokers}; profiles -> {url}; "
+                f"nextbest run{member}: consuming {parts} from {brokers}; profiles -> {url}; "
                 f"dead letters -> {settings.topic_dead_letter}"
                 + (
                     f"; segment transitions -> {settings.topic_segment_events}"
