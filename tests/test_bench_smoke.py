@@ -169,3 +169,25 @@ def _check_nba(nba: dict[str, Any]) -> None:
     expected = reco["reco"]["requests_per_s"] / reco["trivial"]["requests_per_s"]
     assert reco["reco_over_trivial"] == pytest.approx(expected, rel=0.01, abs=0.001)
     assert isinstance(reco["meets_p99_aim"], bool) and reco["aims"]["reco_p99_ms_max"] == 5.0
+
+
+@pytest.mark.slow
+def test_bench_scale_json() -> None:
+    """``python -m bench.scale``: one process, two, one again over the same topic, and the single
+    owners' rates (no figure asserted: only that each was measured and every line read)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NEXTBEST_")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.scale", "--events", "3000", "--owner-items", "2000",
+         "--json"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr[-4000:]}"
+    report = json.loads(proc.stdout)
+    runs = [*report["one_process"], report["two_processes"]]
+    for run in runs:
+        _positive(run, "lines", "seconds", "events_per_s", "cpu_seconds", "cpu_ms_per_event")
+        assert sum(run["read_per_process"]) == run["lines"]
+    assert len(report["two_processes"]["read_per_process"]) == 2
+    assert all(n > 0 for n in report["two_processes"]["read_per_process"])
+    _positive(report, "two_over_one")
+    _positive(report["owners"], "model_examples_per_s", "rfm_changes_per_s")

@@ -188,7 +188,9 @@ destinations:
 
 VALUE_SETS: dict[str, dict[str, Any]] = {
     "default": {},
-    "scale-out": {"dataflow": {"replicas": 3, "workersPerProcess": 2}},
+    "scale-out": {
+        "dataflow": {"replicas": 3, "workersPerProcess": 2, "recovery": {"partitions": 2}}
+    },
     "redis-cluster": {
         "redis": {"existingSecret": "redis-cluster", "urlKey": "seed-url", "cluster": True}
     },
@@ -355,6 +357,18 @@ def test_dataflow_statefulset(name: str) -> None:
         "['apps.kubernetes.io/pod-index']"
     )
     assert env["NEXTBEST_METRICS_PORT"] == "9464"
+    # what each pod's `nextbest run` makes of it (its ordinal in, the salt from its Secret)
+    from nextbest.cluster import cluster_of
+    from nextbest.settings import Settings
+
+    plain = {k: v for k, v in env.items() if isinstance(v, str)}
+    for i in range(replicas):
+        pod = {**plain, "NEXTBEST_PROCESS_ID": str(i), "NEXTBEST_IDENTITY_SALT": "x" * 32}
+        cluster = cluster_of(Settings.from_env(pod))
+        assert (cluster.process_id, cluster.processes) == (i, replicas)
+        assert cluster.workers == VALUE_SETS[name].get("dataflow", {}).get("workersPerProcess", 1)
+        partitions = VALUE_SETS[name].get("dataflow", {}).get("recovery", {}).get("partitions")
+        assert cluster.partitions == (partitions or replicas)
     (claim,) = flow["spec"]["volumeClaimTemplates"]
     (mount,) = [m for m in container["volumeMounts"] if m["name"] == claim["metadata"]["name"]]
     assert env["NEXTBEST_RECOVERY_DIR"].startswith(mount["mountPath"] + "/")
