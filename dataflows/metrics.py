@@ -229,6 +229,13 @@ KAFKA_CONSUMER_LAG = Gauge(
     "read (from the consumer's cached watermark, refreshed at most every 2 s per partition).",
     ["topic", "partition"],
 )
+PROFILE_FRESHNESS = Histogram(
+    "nextbest_profile_freshness_seconds",
+    "Freshness end to end: wall time from an event's Kafka timestamp (when it was produced) to "
+    "the customer profile write that carries it, handed to the Redis sink (one observation per "
+    "write, for its oldest event; coalesced writes included: NEXTBEST_WRITE_INTERVAL).",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
+)
 KAFKA_RECORD_AGE = Histogram(
     "nextbest_kafka_record_age_seconds",
     "Wall time minus the Kafka timestamp of the newest record of a batch when the source reads "

@@ -66,13 +66,13 @@ DATAFLOW: Final = (
     ),
     Alert(
         "NextbestFreshnessOverBudget",
-        "histogram_quantile(0.99, sum by (le, topic) "
-        "(rate(nextbest_kafka_record_age_seconds_bucket[5m]))) > 1",
+        "histogram_quantile(0.99, sum by (le) "
+        "(rate(nextbest_profile_freshness_seconds_bucket[5m]))) > 1",
         "10m",
         "warning",
-        "Freshness p99 of {{ $labels.topic }} is over 1 s",
-        "Records of {{ $labels.topic }} are {{ $value }} s old (p99) when the dataflow reads "
-        "them; profiles and segment transitions are that late.",
+        "Profile freshness p99 is over 1 s",
+        "Profiles reach Redis {{ $value }} s (p99) after their events were produced; segment "
+        "transitions and decisions are that late.",
     ),
     Alert(
         "NextbestDeadLetterRate",

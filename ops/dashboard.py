@@ -100,8 +100,10 @@ ROWS: Final = (
         "Dataflow: freshness, errors, Redis",
         (
             Panel(
-                "Freshness (record age when read)",
+                "Freshness (produced to profile written; record age when read)",
                 (
+                    Target(_q("nextbest_profile_freshness_seconds"), "p99 to profile written"),
+                    Target(_q("nextbest_profile_freshness_seconds", "", 0.5), "p50 to profile"),
                     Target(_q("nextbest_kafka_record_age_seconds", "topic"), "p99 {{topic}}"),
                     Target(_q("nextbest_kafka_record_age_seconds", "topic", 0.5), "p50 {{topic}}"),
                     Target(_q("nextbest_redis_write_seconds"), "p99 Redis write"),

@@ -162,3 +162,31 @@ def test_every_alert_is_complete_and_has_its_runbook_entry() -> None:
         assert ann["summary"] and ann["description"]
         assert ann["runbook"] == f"README.md#{r['alert'].lower()}"
         assert f"#### {r['alert']}\n" in readme, f"README runbook entry of {r['alert']}"
+
+
+def test_profile_freshness_is_measured_from_the_records_produce_time_to_its_write() -> None:
+    """One observation per profile write, from the oldest change's Kafka timestamp; a change
+    from a file (no timestamp) is not measured."""
+    from dataflows.records import In
+    from dataflows.snapshots import load_profile
+    from dataflows.steps.profile import ProfileLogic
+    from schemas import Event
+    from tests.conftest import flow_config
+
+    cfg = flow_config(write_interval_ms=0, models=False)
+    logic = ProfileLogic(load_profile(None), cfg)
+    now_ms = int(time.time() * 1000)
+
+    def item(i: int, produced: int | None) -> tuple[str, In]:
+        ev = Event(event_id=f"f{i}", type="page_view", ts=now_ms - 60_000 + i, customer_id="f")
+        return ("c:f", In(ev, RawRecord(b"{}", f"kafka:t:0:{i}", produced)))
+
+    count = _sample("nextbest_profile_freshness_seconds_count", {}) or 0.0
+    total = _sample("nextbest_profile_freshness_seconds_sum", {}) or 0.0
+    out, _ = logic.on_batch([item(1, now_ms - 3000), item(2, now_ms - 1000)])
+    assert out  # the profile was written
+    assert _sample("nextbest_profile_freshness_seconds_count", {}) == count + 1
+    took = (_sample("nextbest_profile_freshness_seconds_sum", {}) or 0.0) - total
+    assert 3.0 <= took < 30  # from the oldest of the two
+    out, _ = logic.on_batch([item(3, None)])  # from a file: written, not measured
+    assert out and _sample("nextbest_profile_freshness_seconds_count", {}) == count + 1

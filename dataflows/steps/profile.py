@@ -108,6 +108,7 @@ class ProfileLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
         self.seg: sg.SegmentState | None = snap.segments
         self.cfg = cfg
         self.interval = cfg.write_interval_ms / 1000
+        self.freshness = metrics.PROFILE_FRESHNESS
 
     def pending_write(self) -> SinkOp | None:
         return None if self.state is None else WriteProfile(self.state.key, self.state)
@@ -200,6 +201,7 @@ class ProfileLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
             self._catch_up(max(item.stream_wm, item.event.ts - 1), transitions)
             if self._ingest(item, out, examples):
                 changed = True
+                self.note_produced(item.record.timestamp)
                 self._evaluate(item.event.ts, transitions)
         _emit_examples(examples, out, self.labels, skipped)
         if transitions:
