@@ -108,17 +108,20 @@ class History:
         self.count = len(self.lines) + PARTITIONS
         ensure_topics(brokers, [self.topic], PARTITIONS)
 
+    def _send(self, p: Producer, line: bytes, partition: int) -> None:
+        while True:
+            try:
+                p.produce(self.topic, value=line, partition=partition)
+                return
+            except BufferError:
+                p.poll(0.1)
+
     def produce_backlog(self, start: int, end: int | None, sentinels: bool) -> None:
         """Lines ``start:end`` at once (by person), then the sentinels if asked."""
         owner = _person_of(self.lines)
         p = Producer({"bootstrap.servers": self.brokers, "linger.ms": 5})
         for line in self.lines[start:end]:
-            while True:
-                try:
-                    p.produce(self.topic, value=line, partition=_partition(line, owner))
-                    break
-                except BufferError:
-                    p.poll(0.1)
+            self._send(p, line, _partition(line, owner))
         if sentinels:
             for part, line in enumerate(sentinel_lines(self.last_ts, PARTITIONS)):
                 p.produce(self.topic, value=line, partition=part)
@@ -138,12 +141,7 @@ class History:
                 if delay > 0.005:
                     p.poll(0)
                     time.sleep(delay)
-            while True:
-                try:
-                    p.produce(self.topic, value=line, partition=_partition(line, owner))
-                    break
-                except BufferError:
-                    p.poll(0.1)
+            self._send(p, line, _partition(line, owner))
         for part, line in enumerate(sentinel_lines(self.last_ts, PARTITIONS)):
             p.produce(self.topic, value=line, partition=part)
         assert p.flush(30) == 0
