@@ -63,6 +63,9 @@ ClockOut = tuple[str, Tick | ClockTime | Reproject]
 IDLE = "idle"
 #: A request's pseudo-timer kind: forget every timer of the key (an erasure).
 FORGET = "*forget"
+#: A request's pseudo-timer kind: the ``idle`` timer the key would have had after the oldest of
+#: its events in the batch (set only when the key has none): see :func:`clock_requests`.
+IDLE_FROM = "*idle-from"
 #: The newest time of a request that carries no event (only erasures).
 NO_TS = -(2**62)
 #: The key of the customer clock's event-time reports to the model owners.
@@ -128,6 +131,7 @@ def clock_requests(
 
     def condense(batch: list[Keyed]) -> list[tuple[str, ClockRequest]]:
         newest_by_key: dict[str, int] = {}
+        oldest_by_key: dict[str, int] = {}
         purchase_by_key: dict[str, int] = {}
         newest = None
         erased: set[str] = set()
@@ -146,6 +150,8 @@ def clock_requests(
                 continue
             if newest_by_key.get(key, -1) < ts:
                 newest_by_key[key] = ts
+            if ts < oldest_by_key.get(key, ts + 1):
+                oldest_by_key[key] = ts
             if newest is None or ts > newest:
                 newest = ts
         if erased:  # (the key's timers go; a profile started after it in this batch waits for
@@ -166,8 +172,14 @@ def clock_requests(
         for i, off in enumerate(after_purchase):
             timers.extend((k, f"seg:p{i}", ts + off) for k, ts in purchase_by_key.items())
         if horizons is not None and idle_days > 0:
+            # A new key's events of one batch can span its snapshot day: the profile step takes
+            # that day's snapshot at the later event, and the clock must set its label timers
+            # as if the earlier event had come alone (the idle timer after it, then moved on).
             for k, ts in newest_by_key.items():
+                first = lb.next_snapshot_day(k, oldest_by_key[k] // lb.DAY_MS, idle_days)
                 day = lb.next_snapshot_day(k, ts // lb.DAY_MS, idle_days)
+                if first != day:
+                    timers.append((k, IDLE_FROM, first * lb.DAY_MS))
                 timers.append((k, IDLE, day * lb.DAY_MS))
         shard = {k: shard_of(k) for k in newest_by_key}
         by_shard: dict[int, list[tuple[str, str, int]]] = dict(forget) if erased else {}
@@ -310,6 +322,10 @@ class ClockLogic(StatefulBatchLogic[Any, ClockOut, Any]):
             for key, kind, deadline in timers:
                 if kind == FORGET:
                     clock.forget(key)
+                    continue
+                if kind == IDLE_FROM:
+                    if clock.deadline(key, IDLE) is None:
+                        clock.set_timer(key, IDLE, deadline)
                     continue
                 if kind == IDLE:
                     self._idle_days_taken_at_an_event(key, deadline)
