@@ -249,9 +249,11 @@ def sink_options(settings: Settings, stop: threading.Event | None = None) -> Any
     )
 
 
-def run_flow(flow: Any, settings: Settings | None = None) -> None:
-    """Run a flow as this process of the cluster the settings describe (by default the only
-    process, one worker: :mod:`nextbest.cluster`); with a recovery directory, snapshot and
+def run_flow(flow: Any, settings: Settings | None = None, cluster: bool = False) -> None:
+    """Run a flow in this process; with ``cluster`` (``run`` only) as this process of the
+    cluster the settings describe (:mod:`nextbest.cluster`; by default the only process, one
+    worker). Other commands (``replay``) ignore the cluster settings: run in a dataflow pod,
+    which has them, they must not join its cluster. With a recovery directory, snapshot and
     resume from it."""
     from datetime import timedelta
 
@@ -259,19 +261,19 @@ def run_flow(flow: Any, settings: Settings | None = None) -> None:
 
     from nextbest.cluster import Cluster, cluster_of, execute, init_recovery
 
-    cluster = cluster_of(settings) if settings is not None else Cluster(0, (), 1, 1)
+    member = cluster_of(settings) if settings is not None and cluster else Cluster(0, (), 1, 1)
     if settings is None or settings.recovery_dir is None:
-        execute(flow, cluster)
+        execute(flow, member)
         return
     db_dir = Path(settings.recovery_dir)
-    if not init_recovery(db_dir, cluster):
+    if not init_recovery(db_dir, member):
         # what erased (or expired) state left in free pages goes before Bytewax opens them
         from dataflows.recovery_store import compact
 
-        compact(db_dir, purge=cluster.processes == 1)
+        compact(db_dir, purge=member.processes == 1)
     execute(
         flow,
-        cluster,
+        member,
         timedelta(seconds=settings.snapshot_interval_s),
         RecoveryConfig(db_dir),  # type: ignore[no-untyped-call]
     )

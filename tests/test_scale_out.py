@@ -390,3 +390,25 @@ def test_a_cluster_setting_that_makes_no_cluster_stops_run_at_start(
     assert done.returncode == 2, done.stderr
     assert message in done.stderr and "Traceback" not in done.stderr, done.stderr
     assert not (tmp_path / "redis").exists()  # stopped before starting any service
+
+
+def test_replay_in_a_dataflow_pod_ignores_the_cluster_settings(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A dataflow pod has the cluster settings; `nextbest replay` run there (kubectl exec) must
+    not try to join the pods' cluster: only `run` forms one."""
+    from tests.conftest import nextbest_cli
+
+    src = tmp_path / "few.jsonl"
+    src.write_bytes(b"".join(
+        orjson.dumps({"event_id": f"r{i}", "type": "page_view", "ts": 1_767_225_600_000 + i,
+                      "customer_id": f"r{i % 3}"}) + b"\n" for i in range(30)
+    ))  # fmt: skip
+    url = f"{redis_url}?db=4"
+    redis.Redis.from_url(url).flushdb()
+    env = {"NEXTBEST_REDIS_URL": url, "NEXTBEST_HOME": str(tmp_path / "home"),
+           "NEXTBEST_METRICS_PORT": "0", "NEXTBEST_PROCESS_ID": "1",
+           "NEXTBEST_ADDRESSES": "127.0.0.1:1,127.0.0.1:2"}  # fmt: skip
+    done = nextbest_cli("replay", str(src), "--json", env=env, timeout=120)
+    assert orjson.loads(done.stdout.strip().splitlines()[-1])["read"] == 30
+    assert redis.Redis.from_url(url).exists("nb:{c:r1}:profile")

@@ -82,7 +82,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
                 Progress(lambda: progress_line(stats, t0), interval=5, enabled=not args.quiet),
                 sink_gave_up(),
             ):
-                run_flow(flow, settings)
+                run_flow(flow, settings, cluster=True)
             if stop.failed:
                 die(f"run: {stop.why}", 3)
             if not stop.restart:
