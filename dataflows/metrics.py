@@ -61,6 +61,14 @@ SEGMENT_TRANSITIONS = Counter(
     "Segment transitions, by segment (names from the segment definitions) and direction.",
     ["segment", "direction"],
 )
+EVENTS_BEHIND_CLOCK = Counter(
+    "nextbest_events_behind_clock_total",
+    "Events applied to a customer profile after the customer clock had already ticked that "
+    "profile past their time (its labels, idle snapshots and flips by time up to the tick were "
+    "decided without them): 0 while every event arrives within the allowed lateness of the "
+    "newest event read before it, from any partition; events from a late producer, or a backlog "
+    "read from several partitions, count here (README, 'Scaling out').",
+)
 PROFILES_CREATED = Counter(
     "nextbest_profiles_created_total",
     "Profiles created, by kind (customer, anonymous, identifier).",

@@ -75,6 +75,16 @@ DATAFLOW: Final = (
         "transitions and decisions are that late.",
     ),
     Alert(
+        "NextbestEventsBehindClock",
+        "sum(increase(nextbest_events_behind_clock_total[15m])) > 0",
+        "15m",
+        "warning",
+        "Events arrive behind the event-time clock",
+        "{{ $value }} events in 15 minutes were applied after the clock had ticked their "
+        "profiles past their time: labels, idle snapshots and flips by time up to the tick were "
+        "decided without them (a backlog over several partitions, or a late producer).",
+    ),
+    Alert(
         "NextbestDeadLetterRate",
         "sum(rate(nextbest_events_dead_lettered_total[5m])) "
         "/ sum(rate(nextbest_events_read_total[5m])) > 0.01",

@@ -190,3 +190,27 @@ def test_profile_freshness_is_measured_from_the_records_produce_time_to_its_writ
     assert 3.0 <= took < 30  # from the oldest of the two
     out, _ = logic.on_batch([item(3, None)])  # from a file: written, not measured
     assert out and _sample("nextbest_profile_freshness_seconds_count", {}) == count + 1
+
+
+def test_an_event_behind_the_clock_is_counted() -> None:
+    """An event applied after the customer clock ticked its profile past the event's time."""
+    from dataflows.records import In, Tick
+    from dataflows.snapshots import load_profile
+    from dataflows.steps.profile import ProfileLogic
+    from schemas import Event
+    from tests.conftest import flow_config
+
+    logic = ProfileLogic(load_profile(None), flow_config(models=False))
+    t0 = 1_767_225_600_000
+
+    def item(i: int, ts: int) -> tuple[str, In]:
+        ev = Event(event_id=f"b{i}", type="page_view", ts=ts, customer_id="b")
+        return ("c:b", In(ev, RawRecord(b"{}", f"kafka:t:0:{i}")))
+
+    before = _sample("nextbest_events_behind_clock_total", {}) or 0.0
+    logic.on_batch([item(1, t0)])
+    logic.on_batch([("c:b", Tick(t0 + 3_600_000))])
+    logic.on_batch([item(2, t0 + 7_200_000)])  # after the tick's time: not behind
+    assert _sample("nextbest_events_behind_clock_total", {}) == before
+    logic.on_batch([item(3, t0 + 60_000)])  # before it: behind
+    assert _sample("nextbest_events_behind_clock_total", {}) == before + 1

@@ -96,6 +96,10 @@ def _touches_money(values: list[Any]) -> bool:
 class ProfileLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
     """Profile step for one customer: ingest events, absorb hand-overs, expire on ticks."""
 
+    #: the newest tick's watermark seen since this logic was built (for
+    #: ``nextbest_events_behind_clock_total``; not in the snapshot: a metric's bookkeeping)
+    ticked: int = -(2**62)
+
     def __init__(
         self,
         resume: ProfileSnapshot | None,
@@ -149,6 +153,8 @@ class ProfileLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
                 reproject = True
                 continue
             if isinstance(item, Tick):
+                if item.watermark > self.ticked:
+                    self.ticked = item.watermark
                 # labels mature in event time, returning or not
                 examples.extend(self._tick(item))
                 if self._expired(item):
@@ -197,6 +203,8 @@ class ProfileLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
                     changed = True
                     self._evaluate(item.event.ts, transitions)
                 continue
+            if item.event.ts < self.ticked:
+                metrics.EVENTS_BEHIND_CLOCK.inc()
             # flips the stream has passed, or that came before this event
             self._catch_up(max(item.stream_wm, item.event.ts - 1), transitions)
             if self._ingest(item, out, examples):
