@@ -3,14 +3,14 @@ single-owner steps' limits.
 
 ``python -m bench.scale [--events N] [--json]``
 
-**Processes.** A simulated shop is produced once to a 4-partition topic (keyed by person) on the
-bench's own broker; then ``run`` reads it all, from a fresh Redis, as one process, as a cluster of
-two processes, and as one process again (the two one-process runs show how steady the machine was;
-the ratio uses their mean). Each run is timed from its first read to its last: the rate is
-events per second of that span, the CPU is the processes' user + system time over it. On this
-2-core machine two processes share the cores with Redis and the broker, so the figure says what a
-second process costs and brings here, not what a second machine would bring; the CPU per event
-says what a third process would need.
+**Processes.** A simulated shop is produced once to a 4-partition topic (keyed as ``simulate
+--kafka`` keys) on the bench's own broker; then ``run`` reads it all, from a fresh Redis, as one
+process, as a cluster of two processes, and as one process again (the two one-process runs show how
+steady the machine was; the ratio uses their mean). Each run is timed from its start (all up,
+nothing read) to its last read: the rate is events per second of that span, the CPU is the
+processes' user + system time over it. On this 2-core machine two processes share the cores with
+Redis and the broker, so the figure says what a second process costs and brings here, not what a
+second machine would bring; the CPU per event says what a third process would need.
 
 **Single owners.** The steps that have one owner for the whole stream (each model target, the RFM
 population, the popularity board) run on one worker whatever the number of processes. Their
@@ -31,7 +31,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,18 +38,12 @@ from typing import Any
 import orjson
 
 from bench.full import BenchError
+from bench.nba import proc_cpu_seconds
 from bench.services import REPO, Services, nextbest_command, running_services
 
 log = logging.getLogger("bench")
 
 PARTITIONS = 4
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a live process (and its reaped children)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return sum(int(x) for x in fields[11:15]) / ticks
 
 
 def _metric(port: int, name: str) -> float:
@@ -65,43 +58,25 @@ def _metric(port: int, name: str) -> float:
 
 
 def produce_history(svc: Services, events: int, seed: int) -> tuple[str, int]:
-    """A new 4-partition topic with about ``events`` simulated lines, keyed by person."""
-    from confluent_kafka import Producer
-
+    """A new 4-partition topic with about ``events`` simulated lines (the simulator's own
+    producer: keyed by device, else customer; ``nextbest simulate --kafka``)."""
     from nextbest.runtime import ensure_topics
-    from nextbest.simulator import SimConfig, generate
+    from nextbest.simulator import SimConfig, produce_to_kafka
 
     customers = max(50, events // 45)  # ~1.5 events per person-day over 30 days
-    lines = list(generate(SimConfig(customers=customers, days=30, seed=seed, bad_rate=0.005)))
-    topic = f"scale-{seed}-{len(lines)}-{time.time_ns()}"
+    cfg = SimConfig(customers=customers, days=30, seed=seed, bad_rate=0.005)
+    topic = f"scale-{seed}-{customers}-{time.time_ns()}"
     ensure_topics(svc.brokers, [topic], PARTITIONS)
-    p = Producer({"bootstrap.servers": svc.brokers, "linger.ms": 20})
-    for line in lines:
-        try:
-            d = orjson.loads(line)
-            key = (
-                str(d.get("customer_id") or d.get("anonymous_id") or "")
-                if isinstance(d, dict)
-                else ""
-            )
-        except orjson.JSONDecodeError:
-            key = ""
-        while True:
-            try:
-                p.produce(topic, value=line, partition=zlib.crc32(key.encode()) % PARTITIONS)
-                break
-            except BufferError:
-                p.poll(0.05)
-    if p.flush(60) != 0:
-        raise BenchError("the history was not all produced")
-    return topic, len(lines)
+    stats = produce_to_kafka(cfg, svc.brokers, topics=(topic, topic))
+    return topic, stats.events + stats.bad
 
 
 def run_processes(
     svc: Services, topic: str, lines: int, processes: int, timeout: float = 1800
 ) -> dict[str, Any]:
     """``run`` as ``processes`` processes over the topic, from a fresh Redis, until every line
-    is read; rate and CPU over the span from the first read to the last."""
+    is read; rate and CPU over the span from its start (every process up, nothing read yet) to
+    the last read."""
     from nextbest.runtime import free_port
 
     client = svc.client()
@@ -132,6 +107,8 @@ def run_processes(
             procs.append(subprocess.Popen(nextbest_command("run", "--json", "--quiet"), env=env,
                                           cwd=REPO, stdout=out, stderr=out))  # fmt: skip
     try:
+        # the span: from the last sample with every process up and nothing read, to the first
+        # with every line read (a sample every 50 ms)
         t_first = cpu_first = None
         deadline = time.monotonic() + timeout
         while True:
@@ -140,13 +117,12 @@ def run_processes(
             for p, log_path in zip(procs, logs, strict=True):
                 if p.poll() is not None:
                     raise BenchError(f"run exited {p.returncode}:\n{log_path.read_text()[-3000:]}")
-            read = sum(max(0.0, _metric(port, "nextbest_events_read_total")) for port in ports)
+            counts = [_metric(port, "nextbest_events_read_total") for port in ports]
             now = time.perf_counter()
-            if t_first is None and read > 0:
-                t_first, read_first = now, read
-                cpu_first = sum(_cpu_seconds(p.pid) for p in procs)
-            if read >= lines:
-                t_last, cpu_last = now, sum(_cpu_seconds(p.pid) for p in procs)
+            if min(counts) == 0 and max(counts) == 0:  # all up, nothing read yet
+                t_first, cpu_first = now, sum(proc_cpu_seconds(p.pid) for p in procs)
+            if t_first is not None and sum(counts) >= lines:
+                t_last, cpu_last = now, sum(proc_cpu_seconds(p.pid) for p in procs)
                 break
             time.sleep(0.05)
         assert t_first is not None and cpu_first is not None
@@ -163,7 +139,7 @@ def run_processes(
                 p.kill()
                 p.wait(10)
         shutil.rmtree(work, ignore_errors=True)
-    events = lines - read_first
+    events = lines
     learned = examples_learned(svc)
     return {
         "examples_learned": learned,
