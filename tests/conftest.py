@@ -94,9 +94,3 @@ def metric_sum(port: int, name: str) -> float:
 def flow_config(**overrides: object) -> FlowConfig:
     """The flow's configuration as production derives it (default settings), with overrides."""
     return Settings.from_env({}).flow_config(**overrides)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The slow tests first (a stable sort: modules stay together), so that two workers share
-    them and no long test starts last while the other worker has nothing left to do."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
