@@ -2,7 +2,8 @@
 
 A simulated history (with malformed lines) goes to one 4-partition topic, keyed by person as a
 site's collector would, and is consumed by one `run` process and by two `run` processes that form
-one cluster (each with its own recovery directory, home and metrics port). Every Redis key, every
+one cluster (each with its own recovery directory, home and metrics port; on the shop, writing
+to a Redis Cluster of three masters). Every Redis key, every
 dead letter and every segment transition must be the same, apart from the publications that
 depend on wall-clock time or on how many changes a step saw between two publications, named in
 :func:`tests.chaos.dump` (RFM boundaries, model checkpoints between the first and the last, the
@@ -33,6 +34,7 @@ import pytest
 import redis
 from confluent_kafka import Producer
 
+from features.redis_conn import cluster_url, connect
 from nextbest.runtime import ensure_topics, free_port
 from schemas import DecodeError, decode_event
 from tests.chaos import (
@@ -46,6 +48,7 @@ from tests.chaos import (
     wait_up,
 )
 from tests.conftest import metric_sum
+from tests.redis_cluster import running_cluster
 
 pytestmark = pytest.mark.slow
 
@@ -158,7 +161,7 @@ class Run:
         topic, brokers = history.topic, history.brokers
         self.dead, self.segments = f"{topic}-dead-{name}", f"{topic}-segments-{name}"
         ensure_topics(brokers, [self.dead, self.segments], 1)
-        redis.Redis.from_url(url).flushdb()
+        connect(url).flushdb()
         self.addresses = ",".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
         self.processes = processes
         #: events behind the clock, over the processes, when every line was read
@@ -204,7 +207,7 @@ class Run:
     def finish(self, reads: int | None = None) -> list[dict[str, Any]]:
         """Wait until every sentinel is applied and the processes read ``reads`` lines (default:
         the history), stop every process (each exits 0); the processes' summaries."""
-        client = redis.Redis.from_url(self.url)
+        client = connect(self.url)
         lines = self.history.count if reads is None else reads
         try:
             wait_sentinels(client, PARTITIONS, self.logs[0], timeout=240)
@@ -253,11 +256,13 @@ class Run:
 
 
 def _both(
-    history: History, redis_url: str, tmp: Path, lateness: str, seconds: float
-) -> tuple[Run, Run, list[dict[str, Any]], list[dict[str, Any]]]:
-    """One process and two processes over the history, produced live while both consume."""
+    history: History, redis_url: str, tmp: Path, lateness: str, seconds: float,
+    two_url: str | None = None,
+) -> tuple[Run, Run, list[dict[str, Any]], list[dict[str, Any]]]:  # fmt: skip
+    """One process and two processes over the history, produced live while both consume (the
+    two into ``two_url`` if given, else into another database of the same server)."""
     one = Run(history, f"{redis_url}?db=2", "one", tmp, 1, lateness)
-    two = Run(history, f"{redis_url}?db=3", "two", tmp, 2, lateness)
+    two = Run(history, two_url or f"{redis_url}?db=3", "two", tmp, 2, lateness)
     try:
         one.wait_up()
         two.wait_up()
@@ -302,27 +307,33 @@ def test_two_processes_give_what_one_gives_every_key_transition_and_model(
     assert two.recovery_parts(tmp_path) == [["part-0.sqlite3"], ["part-1.sqlite3"]]
 
 
-def test_two_processes_give_what_one_gives_on_a_shop_with_identity_stitching(
+def test_two_processes_on_a_redis_cluster_give_what_one_gives_on_a_shop(
     kafka_brokers: str, redis_url: str, tmp_path: Path
 ) -> None:
-    """The shop (anonymous visitors, logins on several devices, baskets, product knowledge):
-    every Redis key but the segment memberships, and every dead letter. A customer's events reach
-    the profile by two paths here (directly, and through the identity step for a device's
-    anonymous events and its logins); segment transitions are decided on arrival, and the order
-    in which the two paths arrive is not defined, in one process as in two (README, "Scaling
-    out"): the memberships' times differ by seconds to minutes of event time (measured: e.g.
-    ``browsing_not_buying`` entered at the fifth product view *in arrival order*)."""
+    """The shop (anonymous visitors, logins on several devices, baskets, product knowledge), the
+    two processes writing to a Redis Cluster of three masters (``redis+cluster://``), the one
+    process to one server: every Redis key but the segment memberships, and every dead letter.
+    A customer's events reach the profile by two paths here (directly, and through the identity
+    step for a device's anonymous events and its logins); segment transitions are decided on
+    arrival, and the order in which the two paths arrive is not defined, in one process as in
+    two (README, "Scaling out"): the memberships' times differ by seconds to minutes of event
+    time (measured: e.g. ``browsing_not_buying`` entered at the fifth product view *in arrival
+    order*)."""
     history = History(kafka_brokers, "shop", 300, 60)
-    one, two, _, s2 = _both(history, redis_url, tmp_path, "60d", seconds=20)
-    assert sum(s["read"] for s in s2) == history.count
-    assert one.behind == two.behind == 0, "partitions read too far apart: machine overloaded?"
 
     def kept(d: dict[bytes, Any]) -> dict[bytes, Any]:
         return {k: v for k, v in d.items()
                 if not k.endswith(b":segments") and not k.startswith(b"nb:{seg:")}  # fmt: skip
 
+    with running_cluster(tmp_path / "redis-cluster") as cluster:
+        url = cluster_url(cluster.url)
+        one, two, _, s2 = _both(history, redis_url, tmp_path, "60d", seconds=20, two_url=url)
+        b = kept(dump(connect(url)))
+        # spread over every master
+        assert all(cluster.node(i).dbsize() > 100 for i in range(3))
+    assert sum(s["read"] for s in s2) == history.count
+    assert one.behind == two.behind == 0, "partitions read too far apart: machine overloaded?"
     a = kept(dump(redis.Redis.from_url(one.url)))
-    b = kept(dump(redis.Redis.from_url(two.url)))
     assert sum(k.endswith(b":product") for k in a) > 500
     assert sum(k.startswith(b"nb:{a:") for k in a) > 100  # devices, linked and anonymous
     assert a == b, differences(a, b)
