@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import time
 import uuid
@@ -24,7 +25,8 @@ import redis
 from dataflows.records import RawRecord
 from dataflows.sources import KafkaTopicsSource, topic_layout
 from nextbest.runtime import ensure_topics, free_port, stop_process
-from tests.chaos import produce, sentinel_lines, start_run, stop_run, wait_read, wait_sentinels
+from tests.chaos import produce, sentinel_lines, start_run, wait_sentinels
+from tests.conftest import metric_sum
 
 pytestmark = pytest.mark.slow
 
@@ -89,9 +91,13 @@ def _add_partitions(brokers: str, topic: str, total: int) -> None:
         fut.result()
 
 
+@pytest.mark.parametrize("processes", [1, 2])
 def test_partitions_added_while_running_are_read_and_no_event_is_lost(
-    real_kafka: str, redis_url: str, tmp_path: Path
+    real_kafka: str, redis_url: str, tmp_path: Path, processes: int
 ) -> None:
+    """One process, or a cluster of two: each process's topic watch sees the new partitions and
+    ends its share of the flow; the flow ends when every process's has, and every process starts
+    it again over every partition (the two joining again as a cluster)."""
     suffix = uuid.uuid4().hex[:8]
     topic, dead = f"grow-in-{suffix}", f"grow-dead-{suffix}"
     ensure_topics(real_kafka, [topic], 2)
@@ -99,41 +105,58 @@ def test_partitions_added_while_running_are_read_and_no_event_is_lost(
     first, second = _events(0, 2000), _events(2000, 2000)
     produce(real_kafka, topic, first, partitions=2)
 
-    url = f"{redis_url}?db=10"
+    url = f"{redis_url}?db={10 + processes}"
     client: redis.Redis = redis.Redis.from_url(url)
     client.flushdb()
-    port = free_port()
-    log = tmp_path / "run.log"
-    env = {"NEXTBEST_KAFKA_BROKERS": real_kafka, "NEXTBEST_TOPIC_CLICKSTREAM": topic,
-           "NEXTBEST_TOPIC_TRANSACTIONS": topic, "NEXTBEST_TOPIC_DEAD_LETTER": dead,
-           "NEXTBEST_REDIS_URL": url, "NEXTBEST_HOME": str(tmp_path / "home"),
-           "NEXTBEST_METRICS_PORT": str(port),
-           "NEXTBEST_RECOVERY_DIR": str(tmp_path / "recovery"),
-           "NEXTBEST_SNAPSHOT_INTERVAL": "1", "NEXTBEST_ALLOWED_LATENESS": "365d",
-           "NEXTBEST_TOPIC_CHECK_INTERVAL": "1s"}  # fmt: skip
-    proc = start_run(env, log)
+    ports = [free_port() for _ in range(processes)]
+    logs = [tmp_path / f"run-{i}.log" for i in range(processes)]
+    addresses = ",".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
+    procs = []
+    for i in range(processes):
+        env = {"NEXTBEST_KAFKA_BROKERS": real_kafka, "NEXTBEST_TOPIC_CLICKSTREAM": topic,
+               "NEXTBEST_TOPIC_TRANSACTIONS": topic, "NEXTBEST_TOPIC_DEAD_LETTER": dead,
+               "NEXTBEST_REDIS_URL": url, "NEXTBEST_HOME": str(tmp_path / f"home-{i}"),
+               "NEXTBEST_METRICS_PORT": str(ports[i]),
+               "NEXTBEST_RECOVERY_DIR": str(tmp_path / f"recovery-{i}"),
+               "NEXTBEST_SNAPSHOT_INTERVAL": "1", "NEXTBEST_ALLOWED_LATENESS": "365d",
+               "NEXTBEST_TOPIC_CHECK_INTERVAL": "1s",
+               "NEXTBEST_IDENTITY_SALT": "grow-partitions-salt"}  # fmt: skip
+        if processes > 1:
+            env |= {"NEXTBEST_PROCESS_ID": str(i), "NEXTBEST_ADDRESSES": addresses}
+        procs.append(start_run(env, logs[i]))
     try:
-        wait_read(port, len(first), log, timeout=120)
+        read = 0.0
+        deadline = time.monotonic() + 120
+        while read < len(first):
+            assert time.monotonic() < deadline, logs[0].read_text()[-5000:]
+            time.sleep(0.2)
+            read = sum(metric_sum(p, "nextbest_events_read_total") for p in ports)
         _add_partitions(real_kafka, topic, 4)
         last_ts = T0 + 3999 * 1000
         produce(real_kafka, topic, [*second, *sentinel_lines(last_ts, 4)], partitions=4)
-        wait_sentinels(client, 4, log, timeout=180)
-        summary = stop_run(proc, log)
+        wait_sentinels(client, 4, logs[0], timeout=180)
+        for p in procs:  # (what Kubernetes does: SIGTERM to every pod)
+            p.send_signal(signal.SIGTERM)
+        for p, log in zip(procs, logs, strict=True):
+            assert p.wait(90) == 0, log.read_text()[-5000:]
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
 
-    text = log.read_text()
+    texts = [log.read_text() for log in logs]
     counts = {c: int(client.hget(f"nb:{{c:k{c}}}:profile", "ne") or 0) for c in range(CUSTOMERS)}
     client.close()
     wrong = {c: n for c, n in counts.items() if n != 100}
-    assert not wrong, f"events per customer != 100: {wrong}\n{text[-5000:]}"
-    assert f"topic {topic} grew from 2 to 4 partitions" in text, text[-5000:]
-    consuming = re.findall(r"^nextbest run: consuming .*$", text, re.M)
-    assert len(consuming) >= 2 and f"{topic} (4 partitions)" in consuming[-1], consuming
-    assert f"{topic} (2 partitions)" in consuming[0], consuming
-    assert summary["read"] >= len(first) + len(second) + 4
+    assert not wrong, f"events per customer != 100: {wrong}\n{texts[0][-5000:]}"
+    for text in texts:
+        assert f"topic {topic} grew from 2 to 4 partitions" in text, text[-5000:]
+        consuming = re.findall(r"^nextbest run(?: as process \d of 2)?: consuming .*$", text, re.M)
+        assert len(consuming) >= 2 and f"{topic} (4 partitions)" in consuming[-1], consuming
+        assert f"{topic} (2 partitions)" in consuming[0], consuming
+    summaries = [orjson.loads(text.strip().splitlines()[-1]) for text in texts]
+    assert sum(s["read"] for s in summaries) >= len(first) + len(second) + 4
 
 
 def _read(part: object, want: int, timeout: float = 15) -> list[RawRecord]:
