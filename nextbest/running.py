@@ -5,6 +5,7 @@ Shared by the commands (``nextbest.commands``) and the demo (``nextbest.demo``).
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import sys
 import threading
@@ -249,6 +250,23 @@ def sink_options(settings: Settings, stop: threading.Event | None = None) -> Any
     )
 
 
+#: The cyclic collector's thresholds in a flow process: young objects collected every 20,000
+#: allocations instead of 700 (a flow allocates and frees many small containers per event).
+GC_THRESHOLDS: Final = (20_000, 20, 20)
+
+
+def _tune_gc() -> None:
+    """What exists before the flow starts (modules, the flow graph) lives as long as the process:
+    frozen out of the cyclic collector; young objects collected less often (README "Latency and
+    garbage": 6 % less wall time on a replay, peak memory +1 %). Once per process: a flow
+    started again (``run`` after its topics changed) finds it done."""
+    if gc.get_threshold() == GC_THRESHOLDS:
+        return
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def run_flow(flow: Any, settings: Settings | None = None, cluster: bool = False) -> None:
     """Run a flow in this process; with ``cluster`` (``run`` only) as this process of the
     cluster the settings describe (:mod:`nextbest.cluster`; by default the only process, one
@@ -262,6 +280,7 @@ def run_flow(flow: Any, settings: Settings | None = None, cluster: bool = False)
     from nextbest.cluster import Cluster, cluster_of, execute, init_recovery
 
     member = cluster_of(settings) if settings is not None and cluster else Cluster(0, (), 1, 1)
+    _tune_gc()
     if settings is None or settings.recovery_dir is None:
         execute(flow, member)
         return
