@@ -1,5 +1,5 @@
 """Smoke test of the benchmarks: ``python -m bench --quick --json`` runs and reports sane numbers
-(section (f), next best action with Locust, adds about 15 s).
+(section (f), next best action with Locust, one second per Locust run here, adds about 15 s).
 
 Nothing here asserts a wall-clock figure or an aim: only that every section was measured.
 """
@@ -27,7 +27,7 @@ def _positive(section: dict[str, Any], *keys: str) -> None:
 def test_bench_quick_json() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEXTBEST_")}
     proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--json"],
+        [sys.executable, "-m", "bench", "--quick", "--json", "--nba-duration", "1"],
         cwd=REPO,
         env=env,
         capture_output=True,
