@@ -131,12 +131,9 @@ def _published(redis_url: str | None) -> dict[str, bytes | None]:
     keys = [BOUNDARIES_KEY, *(k for t in NAMES for k in model_keys(t))]
     if redis_url is None:
         return {}
+    client = None
     try:
-        client = connect(redis_url)
-    except (redis.RedisError, RedisClusterException) as exc:
-        log.warning("segments: no models or RFM boundaries from Redis (%s): priors", exc)
-        return {}
-    try:
+        client = connect(redis_url)  # (a cluster client connects here, to read the slot map)
         pipe = client.pipeline(transaction=False)
         for k in keys:
             pipe.get(k)
@@ -147,7 +144,8 @@ def _published(redis_url: str | None) -> dict[str, bytes | None]:
         log.warning("segments: no models or RFM boundaries from Redis (%s): priors", exc)
         return {}
     finally:
-        client.close()
+        if client is not None:
+            client.close()
 
 
 def _pinned_published(settings: Settings, redis_url: str | None) -> dict[str, bytes | None]:
@@ -284,11 +282,11 @@ def run_flow(flow: Any, settings: Settings | None = None, cluster: bool = False)
     if settings is None or settings.recovery_dir is None:
         execute(flow, member)
         return
+    from dataflows.recovery_store import compact
+
     db_dir = Path(settings.recovery_dir)
     if not init_recovery(db_dir, member):
         # what erased (or expired) state left in free pages goes before Bytewax opens them
-        from dataflows.recovery_store import compact
-
         compact(db_dir, purge=member.processes == 1)
     execute(
         flow,
@@ -297,8 +295,6 @@ def run_flow(flow: Any, settings: Settings | None = None, cluster: bool = False)
         RecoveryConfig(db_dir),  # type: ignore[no-untyped-call]
     )
     mark_clean_stop(settings)
-    from dataflows.recovery_store import compact
-
     compact(db_dir)  # (what erasures and retention dropped leaves the files now)
 
 
