@@ -452,6 +452,7 @@ def test_metrics_count_decisions(nba: tuple[TestClient, Path], redis_client: red
     assert 'nextbest_decision_seconds_count{channel="web"} 3.0' in text
 
 
+@pytest.mark.production_budget
 def test_degrades_when_redis_is_paused_or_dead(catalog_file: Path, tmp_path: Path) -> None:
     """A real Redis, paused (SIGSTOP: slow) then killed: 200 with the fallback, degraded, within
     the time budget; /readyz says so."""
