@@ -56,9 +56,12 @@ def test_the_demo_shop_is_live_now(tmp_path: Path) -> None:
         assert sizes.status_code == 200 and sizes.json()["segments"]
         # the printed next-best-action curl answers an explained decision for a live customer
         (url,) = [w for w in log.read_text().split() if w.endswith("/next-best-action")]
-        nba = httpx.get(url, timeout=5)
-        assert nba.status_code == 200, nba.text
-        decision = nba.json()
+        for _ in range(3):  # the demo's flow shares the cores: 0.1 s of Redis can be missed
+            nba = httpx.get(url, timeout=5)
+            assert nba.status_code == 200, nba.text
+            decision = nba.json()
+            if decision.get("reason") != "redis_timeout":
+                break
         assert decision["degraded"] is False and decision["freshness"]["profile"] == "stored"
         served = decision["actions"][0]
         assert served["served"] and served["explanation"]["arbitration"].startswith("priority")
