@@ -471,7 +471,7 @@ def test_degrades_when_redis_is_paused_or_dead(catalog_file: Path, tmp_path: Pat
                 assert body["degraded"] is True and body["reason"] == "redis_timeout"
                 assert [a["id"] for a in body["actions"]] == ["fallback_slot"]
                 assert body["policy"]["selection"] == "fallback"
-                assert took < 1.0, took  # the 0.1 s budget plus the test client
+                assert took < 1.4, took  # the 0.1 s budget, not 3 socket timeouts of 0.5 s
                 email = _get(api, "/v1/customers/1/next-best-action", channel="email")
                 assert email["degraded"] and email["actions"] == []
             finally:
