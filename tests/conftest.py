@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+from hypothesis import HealthCheck, settings
 
 from dataflows.config import FlowConfig
 from nextbest.runtime import start_broker, start_redis, stop_process, stop_redis
@@ -22,6 +23,13 @@ from nextbest.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 
+
+# No wall-clock limit on an example (Hypothesis' default is 200 ms): the machines are shared and
+# noisy, and a collector pause must not fail a property. Tests' own settings inherit this.
+settings.register_profile(
+    "nextbest", deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
+)
+settings.load_profile("nextbest")
 
 #: The Redis budget of in-process apps' decisions and recommendations in tests (production:
 #: 0.1 s). A test process holds a large heap and shares two cores with another worker and the
