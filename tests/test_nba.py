@@ -462,6 +462,7 @@ def test_degrades_when_redis_is_paused_or_dead(catalog_file: Path, tmp_path: Pat
     try:
         app = create_app(settings_, url, decision_log=JsonlDecisionLog(log_path))
         with TestClient(app) as api:
+            assert api.get("/readyz").status_code == 200  # (a connection made: 0.1 s is tight)
             assert _get(api, "/v1/customers/1/next-best-action")["degraded"] is False
             os.kill(proc.pid, signal.SIGSTOP)
             try:
