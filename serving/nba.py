@@ -121,6 +121,8 @@ class Decider:
     recommender: Recommender | None = None
     #: consent defaults (``NEXTBEST_CONSENT``): without personalization, an empty profile
     consent: ConsentDefaults = ALL_GRANTED
+    #: The Redis budget of a decision, seconds (``None``: :data:`REDIS_BUDGET_S`)
+    budget_s: float | None = None
 
     def __post_init__(self) -> None:
         self.store = DecisionStore(self.client, self.catalog) if self.client is not None else None
@@ -168,7 +170,7 @@ class Decider:
         try:
             if self.store is None:
                 raise RedisError("no Redis client")
-            async with asyncio.timeout(REDIS_BUDGET_S):
+            async with asyncio.timeout(REDIS_BUDGET_S if self.budget_s is None else self.budget_s):
                 key, stored, contacts = await self._read(customer_id, anonymous_id)
         except TimeoutError:
             degraded = "redis_timeout"
@@ -247,7 +249,9 @@ class Decider:
         if self.record and d.served is not None and d.selection in ("greedy", "exploration"):
             assert self.store is not None
             try:
-                async with asyncio.timeout(REDIS_BUDGET_S):
+                async with asyncio.timeout(
+                    REDIS_BUDGET_S if self.budget_s is None else self.budget_s
+                ):
                     await self.store.count_serve(key, channel, d.served.action.id, as_of_ms)
             except (TimeoutError, RedisError, OSError) as exc:
                 log.warning("decision %s: contact counters not updated: %s", decision_id, exc)

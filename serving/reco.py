@@ -33,11 +33,9 @@ from redis.exceptions import RedisError
 
 from decisions.recommend import SOURCES, Inputs, Item, RecoConfig, rank, seeds
 from features import products as pr
-from features.catalog import CatalogItem, decode_item
 from features.consent import ALL_GRANTED, ConsentDefaults, allows
 from features.profile import ProfileView
 from features.store import (
-    CATALOG_KEY,
     CATALOG_VERSION_KEY,
     POPULAR_KEY,
     decode_profile,
@@ -47,6 +45,7 @@ from features.store import (
 )
 from schemas.events import format_ts
 from schemas.keys import customer_key, device_key
+from serving.catalog_cache import CatalogCache, Catalogue
 from serving.metrics import LATENCY_BUCKETS
 
 log = logging.getLogger(__name__)
@@ -88,61 +87,6 @@ class RecoMetrics:
                 self.answers.labels(e, o)
         for s in SOURCES:
             self.candidates.labels(s)
-
-
-@dataclass(frozen=True)
-class Catalogue:
-    """One version of the loaded catalogue."""
-
-    version: bytes | None
-    items: dict[str, CatalogItem]
-    unavailable: frozenset[str]
-
-
-@dataclass
-class CatalogCache:
-    """The loaded catalogue in memory, by version. Answers read the version; a new one is
-    loaded in the background (:meth:`notice`), outside any answer's Redis budget, and answers
-    use the one held meanwhile."""
-
-    #: the catalogue held, replaced whole: an answer that took it uses one version throughout
-    held: Catalogue = field(default_factory=lambda: Catalogue(None, {}, frozenset()))
-    _loading: asyncio.Task[None] | None = None
-
-    @property
-    def version(self) -> bytes | None:
-        """The version held."""
-        return self.held.version
-
-    def notice(self, client: aioredis.Redis, version: Any) -> None:
-        """Start loading the catalogue of ``version`` unless it is held or being loaded."""
-        if version == self.version or self._loading is not None:
-            return
-        self._loading = asyncio.get_running_loop().create_task(self._load(client, version))
-
-    async def _load(self, client: aioredis.Redis, version: Any) -> None:
-        try:
-            await self.refresh(client, version)
-        except (RedisError, OSError) as exc:
-            log.warning("catalogue version %r not loaded: %s", version, exc)
-        finally:
-            self._loading = None
-
-    async def refresh(self, client: aioredis.Redis, version: Any) -> None:
-        """Read the catalogue again if ``version`` (as just read) is not the one held."""
-        if version == self.version:
-            return
-        raw = await client.hgetall(CATALOG_KEY) if version is not None else {}
-        items: dict[str, CatalogItem] = {}
-        for v in raw.values():
-            try:
-                item = decode_item(v)
-            except Exception:  # a hand-written field must not break answers
-                continue
-            items[item.product_id] = item
-        self.held = Catalogue(
-            version, items, frozenset(p for p, i in items.items() if not i.in_stock)
-        )
 
 
 def _board(raw: Any, trend: bool = False) -> Lists:
@@ -193,6 +137,14 @@ class Recommender:
     metrics: RecoMetrics | None = None
     catalog: CatalogCache = field(default_factory=CatalogCache)
     consent: ConsentDefaults = ALL_GRANTED
+    #: The Redis budget of an answer, seconds (``None``: :data:`REDIS_BUDGET_S`; the CLI waits
+    #: longer: a person previewing an answer is not a page waiting for it).
+    budget_s: float | None = None
+
+    @property
+    def budget(self) -> float:
+        """The Redis budget of an answer in seconds."""
+        return REDIS_BUDGET_S if self.budget_s is None else self.budget_s
 
     async def recommend(
         self,
@@ -215,7 +167,7 @@ class Recommender:
         try:
             if self.client is None:
                 raise RedisError("no Redis client")
-            async with asyncio.timeout(REDIS_BUDGET_S):
+            async with asyncio.timeout(self.budget):
                 key, inp, v, products, catalogue = await self._read(
                     key, anonymous_id, as_of, context_product, category, recent
                 )
@@ -238,7 +190,7 @@ class Recommender:
         try:
             if self.client is None:
                 raise RedisError("no Redis client")
-            async with asyncio.timeout(REDIS_BUDGET_S):
+            async with asyncio.timeout(self.budget):
                 pipe = self.client.pipeline(transaction=False)
                 pipe.get(product_key(product_id))
                 pipe.hmget(POPULAR_KEY, ["all", "trend"])

@@ -17,6 +17,9 @@ T = TypeVar("T", int, float)
 EXIT_USAGE = 2
 EXIT_NOT_FOUND = 1
 REPLAY_WRITE_INTERVAL_MS = 2000
+#: The Redis budget of ``decide`` and ``recommend`` (seconds): ``serve`` answers within 0.1 s or
+#: degrades, a person previewing an answer can wait (a slow Redis still fails after this).
+CLI_REDIS_BUDGET_S = 2.0
 
 
 class UsageError(Exception):

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from nextbest.commands.common import UsageError, as_of_ms
+from nextbest.commands.common import CLI_REDIS_BUDGET_S, UsageError, as_of_ms
 from nextbest.settings import Settings
 
 
@@ -90,8 +90,9 @@ async def _decide(
         from nextbest.commands.recommend import reco_config
         from serving.reco import Recommender
 
-        recommender = Recommender(reco_config(settings), client)
-        decider = Decider(cat, models, client, log, record=args.record, recommender=recommender)
+        recommender = Recommender(reco_config(settings), client, budget_s=CLI_REDIS_BUDGET_S)
+        decider = Decider(cat, models, client, log, record=args.record, recommender=recommender,
+                          budget_s=CLI_REDIS_BUDGET_S)  # fmt: skip
         return await decider.decide(
             args.channel, as_of, args.n, customer_id=args.id, anonymous_id=args.anonymous_id
         )

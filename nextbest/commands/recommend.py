@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from nextbest.commands.common import UsageError, as_of_ms
+from nextbest.commands.common import CLI_REDIS_BUDGET_S, UsageError, as_of_ms
 from nextbest.settings import Settings
 
 
@@ -67,7 +67,7 @@ async def _recommend(url: str, cfg: Any, args: argparse.Namespace, as_of: int) -
     try:
         from features.store import CATALOG_VERSION_KEY
 
-        rec = Recommender(cfg, client)
+        rec = Recommender(cfg, client, budget_s=CLI_REDIS_BUDGET_S)
         await rec.catalog.refresh(client, await client.get(CATALOG_VERSION_KEY))
         if args.similar is not None:
             return await rec.similar(args.similar, args.n, as_of)
