@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from contextlib import suppress
 
 import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
@@ -34,7 +35,13 @@ from dataflows.records import (
     WriteProfile,
     WriteSegments,
 )
-from dataflows.reproject import ProjectionGuard, Reprojection
+from dataflows.reproject import (
+    SWAP_SCRIPT,
+    ProjectionGuard,
+    Reprojection,
+    WriteSequence,
+    marker_keys,
+)
 from dataflows.retry import Fallback, Retrier, SinkGaveUp, SinkOptions
 from decisions.store import ConversionWriter
 from features.profile import to_fields
@@ -184,13 +191,21 @@ class _Watch:
 
 
 class _RedisPartition(StatelessSinkPartition[SinkOp]):
-    def __init__(self, url: str, options: SinkOptions, watch: _Watch | None) -> None:
+    def __init__(
+        self,
+        url: str,
+        options: SinkOptions,
+        watch: _Watch | None,
+        sequence: tuple[WriteSequence, ProjectionGuard] | None = None,
+    ) -> None:
         self._client = redis_client(url)
         self._writer = ProfileWriter(self._client)
         self._conversions = ConversionWriter(self._writer)
         self._retrier = Retrier("redis", options)
         self._fallback = Fallback("redis", options.fallback_dir / "redis-failures.jsonl")
         self._watch = watch
+        self._sequence = sequence
+        self._swap_sha = self._writer.register(SWAP_SCRIPT)
 
     def write_batch(self, items: list[SinkOp]) -> None:
         # Keep only the last operation per target: values are absolute, so the last one wins.
@@ -233,12 +248,34 @@ class _RedisPartition(StatelessSinkPartition[SinkOp]):
         metrics.REDIS_WRITE_SECONDS.observe(time.perf_counter() - t0)
         metrics.REDIS_BATCH_SIZE.observe(len(last))
 
+    def _swaps(self) -> list[Command]:
+        """The batch's last commands: the write sequence's swap on every primary."""
+        if self._sequence is None:
+            return []
+        seq = self._sequence[0]
+        markers = marker_keys(self._client)
+        value = seq.attempt(markers)
+        return [("EVALSHA", self._swap_sha, 1, seq.key(m), value) for m in markers]
+
+    def _replied(self, cmd: Command, reply: object) -> None:
+        if self._sequence is None or cmd[0] != "EVALSHA" or cmd[1] != self._swap_sha:
+            return
+        seq, guard = self._sequence
+        generation = guard.reprojection.generation
+        why = seq.replied(str(cmd[3]), reply if isinstance(reply, bytes) else None, generation)
+        if why is None:
+            return
+        with suppress(redis.RedisError, RedisClusterException):
+            guard.check(self._client)  # emptied: the marker's own request (not a second one)
+        if guard.reprojection.generation == generation:
+            guard.reprojection.request(f"writes Redis had acknowledged are gone: {why}")
+
     def _send(self, batch: list[Command]) -> None:
         """Send until every command is applied or, for a non-retriable error, in the fallback."""
-        pending = batch
+        pending = batch + self._swaps()
         while pending:
             try:
-                failed = self._writer.send(pending)
+                failed = self._writer.send(pending, self._replied)
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 kind, _ = redis_error_kind(exc)
                 metrics.REDIS_WRITE_FAILURES.labels(kind).inc()
@@ -287,4 +324,8 @@ class RedisSink(DynamicSink[SinkOp]):
             watch = _Watch(self._url, self._guard, self._options.check_interval_s)
             watch.check()
             watch.start()
-        return _RedisPartition(self._url, self._options, watch)
+        sequence = None
+        if self._guard is not None:
+            sequence = (WriteSequence(f"{step_id}.{worker_index}"), self._guard)
+            self._guard.sequences.append(sequence[0])
+        return _RedisPartition(self._url, self._options, watch, sequence)

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from itertools import chain
 from typing import Any, Final, NamedTuple
 
@@ -185,11 +185,14 @@ class ProfileWriter:
         """Publish RFM boundaries."""
         batch.append(("SET", BOUNDARIES_KEY, data))
 
-    def send(self, batch: list[Command]) -> list[tuple[Command, redis.ResponseError]]:
+    def send(
+        self, batch: list[Command], on_reply: Callable[[Command, Any], None] | None = None
+    ) -> list[tuple[Command, redis.ResponseError]]:
         """Send the batch in one round trip (per node on a Redis Cluster; loading the scripts
         Redis does not know) and return the commands answered with an error reply, with the
-        error. Connection errors, timeouts and a loading server raise; every command is
-        absolute, so the caller may simply send the batch again."""
+        error; ``on_reply(command, reply)`` sees every other reply. Connection errors, timeouts
+        and a loading server raise; every command is absolute, so the caller may simply send
+        the batch again."""
         pending = batch
         failed: list[tuple[Command, redis.ResponseError]] = []
         while pending:
@@ -199,6 +202,8 @@ class ProfileWriter:
                     missing.append(cmd)
                 elif isinstance(reply, redis.ResponseError):
                     failed.append((cmd, reply))
+                elif on_reply is not None:
+                    on_reply(cmd, reply)
             for sha in {c[1] for c in missing}:
                 self.client.script_load(self._scripts[str(sha)])  # (every primary of a cluster)
             pending = missing

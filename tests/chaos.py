@@ -109,8 +109,8 @@ def dump(client: redis.Redis) -> dict[bytes, Any]:
     client's ``scan_iter`` walks every master."""
     out: dict[bytes, Any] = {}
     for key in client.scan_iter(count=1000):
-        if key in (b"nb:rfm:boundaries", b"nb:projection") or key.startswith(
-            (b"nb:{model:", b"nb:{projection:")
+        if key == b"nb:rfm:boundaries" or key.startswith(
+            (b"nb:{model:", b"nb:{projection:", b"nb:projection")
         ):
             continue
         kind = client.type(key)

@@ -70,7 +70,7 @@ def digests(
     client: redis.Redis, dead_letter: Path, segment_events: Path | None = None
 ) -> dict[str, Any]:
     """Digests of every key and value, of the dead letters and of each model checkpoint."""
-    keys = sorted(k for k in client.scan_iter(count=1000) if k != b"nb:projection")
+    keys = sorted(k for k in client.scan_iter(count=1000) if not k.startswith(b"nb:projection"))
     parts: list[bytes] = []
     checkpoints: dict[str, str] = {}
     for key in keys:

@@ -62,7 +62,7 @@ def conflicts() -> float:
 def dump(client: redis.Redis) -> dict[bytes, Any]:
     out: dict[bytes, Any] = {}
     for k in sorted(client.scan_iter(count=1000)):
-        if k == b"nb:projection":
+        if k.startswith(b"nb:projection"):
             continue
         kind = client.type(k)
         out[k] = client.hgetall(k) if kind == b"hash" else client.dump(k)

@@ -219,13 +219,14 @@ class ProfileLogic(Debounced, StatefulBatchLogic[Any, Out, Any]):
         if reproject:
             self.dirty = True
             out.extend(self.flush(force=True))
-            if self.seg is not None:  # the memberships and this customer's index entries
-                members = self.seg.members()
+            if self.seg is not None and self.cfg.segments is not None:
+                # the memberships and this customer's entries in every index, absolute (a server
+                # back from an older state may list it where it no longer is)
+                members, exits = self.seg.members(), self.seg.exits
                 cid = self.state.key[2:]
-                out.extend(
-                    ExitSegment(name, cid, at) for name, at in sorted(self.seg.exits.items())
-                )
-                out.extend(IndexSegment(name, cid, since) for name, since in members.items())
+                for name in sorted({*self.cfg.segments.segments.names, *members, *exits}):
+                    out.append(ExitSegment(name, cid, exits.get(name)))
+                    out.append(IndexSegment(name, cid, members.get(name)))
                 out.append(WriteSegments(self.state.key, members))
         if changed:
             self.dirty = True
