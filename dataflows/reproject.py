@@ -170,6 +170,7 @@ class WriteSequence:
     >>> _ = seq.attempt(m); seq.replied(k, None, 1)    # t:6: emptied, but a re-projection was
     >>> _ = seq.attempt(m); seq.replied(k, b"t:2", 1)  # asked since t:5; t:7: none since t:6
     "nb:projection:seq:w0 holds b't:2', not b't:6'"
+    >>> _ = seq.attempt(m); seq.replied(k, b"u:9", 1)  # another flow's: not a loss of this one
     """
 
     def __init__(self, writer: str, token: str | None = None) -> None:
@@ -235,6 +236,11 @@ class WriteSequence:
 def _lost(
     key: str, old: bytes | None, last: tuple[bytes, int] | None, sent: set[bytes], generation: int
 ) -> str | None:
+    """Why ``old`` on ``key`` means lost writes, or ``None``. A value of another writer's token
+    is not a loss: another flow with the same step names writes to this Redis (a ``replay``
+    beside ``run``); both then rely on their markers only."""
     if last is None or old == last[0] or old in sent or generation > last[1]:
+        return None
+    if old is not None and old.split(b":", 1)[0] != last[0].split(b":", 1)[0]:
         return None
     return f"{key} holds {old!r}, not {last[0]!r}"
