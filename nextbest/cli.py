@@ -16,9 +16,12 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+import redis
+from redis.exceptions import RedisClusterException
+
 from nextbest import __version__
 from nextbest.commands import COMMANDS
-from nextbest.commands.common import EXIT_USAGE, UsageError, die
+from nextbest.commands.common import EXIT_UNAVAILABLE, EXIT_USAGE, UsageError, die
 from nextbest.settings import ConfigError, Settings
 
 log = logging.getLogger("nextbest")
@@ -63,6 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         die(str(exc))
     except ConfigError as exc:  # (found when a command loads a config file: segments, webhooks)
         die(f"config error: {exc}")
+    except (redis.ConnectionError, redis.TimeoutError, RedisClusterException) as exc:
+        die(f"Redis unreachable (NEXTBEST_REDIS_URL): {exc}", EXIT_UNAVAILABLE)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

@@ -301,6 +301,16 @@ def test_bad_config_fails_at_start_naming_the_field(var: str, value: str, tmp_pa
     assert var in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.parametrize("args", [["profile", "c-1"], ["decide", "c-1"], ["recommend", "c-1"],
+                                  ["segments"], ["export"]])  # fmt: skip
+def test_an_unreachable_redis_is_one_line_exit_3(args: list[str], tmp_path: Path) -> None:
+    env = {"NEXTBEST_HOME": str(tmp_path), "NEXTBEST_REDIS_URL": f"redis://127.0.0.1:{free_port()}"}
+    proc = nextbest_cli(*args, env=env, check=False, timeout=60)
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stderr.startswith("nextbest: Redis unreachable (NEXTBEST_REDIS_URL)"), proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 @pytest.mark.parametrize("command", ["replay", "run", "serve", "profile", "simulate", "demo"])
 def test_every_command_has_help(command: str) -> None:
     out = nextbest_cli(command, "--help", env={})

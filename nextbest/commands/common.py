@@ -16,6 +16,8 @@ T = TypeVar("T", int, float)
 
 EXIT_USAGE = 2
 EXIT_NOT_FOUND = 1
+#: A service a command needs (Redis) did not answer.
+EXIT_UNAVAILABLE = 3
 REPLAY_WRITE_INTERVAL_MS = 2000
 #: The Redis budget of ``decide`` and ``recommend`` (seconds): ``serve`` answers within 0.1 s or
 #: degrades, a person previewing an answer can wait (a slow Redis still fails after this).
