@@ -25,6 +25,7 @@ from dataflows.sources import StopRequest
 from features.redis_conn import connect
 from nextbest.demo_feedback import VISITOR, BrokerFeed, DecisionTicker, VisitorTicker
 from nextbest.live import LiveShop
+from nextbest.runtime import release_held
 from nextbest.settings import Settings
 from nextbest.simulator import SimConfig
 
@@ -232,6 +233,7 @@ class _Watchdog:
                     self._stop.set(problem, failed=True)
                     if not self._done.wait(5.0):  # stalled: end here
                         self._api.terminate()
+                        release_held()  # (the embedded broker: not left running for nobody)
                         print("nextbest demo: stopped", file=sys.stderr, flush=True)
                         os._exit(1)
                     return

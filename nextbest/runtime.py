@@ -283,10 +283,13 @@ class SharedService:
                 self._state.write_text(json.dumps({"pid": st.pid, "address": st.address}))
             self._live_users()
             (self._users / str(os.getpid())).touch()
+            _HELD.append(self)
             return st.address
 
     def release(self) -> None:
         """Unregister this process; the last user out stops the service."""
+        if self in _HELD:
+            _HELD.remove(self)
         with self._locked():
             (self._users / str(os.getpid())).unlink(missing_ok=True)
             if self._live_users():
@@ -305,6 +308,20 @@ class SharedService:
             yield address
         finally:
             self.release()
+
+
+#: The shared services this process uses now (what :func:`release_held` releases).
+_HELD: list[SharedService] = []
+
+
+def release_held() -> None:
+    """Release every shared service this process still holds: for a process about to end
+    without unwinding (``os._exit``), so that it does not leave a service running for nobody."""
+    for service in reversed(list(_HELD)):
+        try:
+            service.release()
+        except Exception as exc:  # (ending anyway: say why a service may be left running)
+            log.warning("embedded %s not released: %s", service.name, exc)
 
 
 def embedded_redis(home: Path) -> SharedService:

@@ -246,17 +246,18 @@ def test_redis_back_from_an_older_snapshot_is_healed(
     url, workdir = own_redis
     client = redis.Redis.from_url(url)
     proc, port, log = _run_on(reference, url, tmp_path)
-    wait_read(port, len(reference.records) // 3, log)
-    wait_for(lambda: any(k.startswith(b"nb:projection:seq:") for k in client.scan_iter()),
-             "a write sequence key", log)  # fmt: skip
-    client.save()
-    snapshot = shutil.copy(workdir / "dump.rdb", tmp_path / "mid-stream.rdb")
-    wait_sentinels(client, 1, log)  # (the sentinel, last on the topic, is not in the snapshot)
-    os.kill(_pid_of(workdir), signal.SIGKILL)
-    shutil.copy(snapshot, workdir / "dump.rdb")
-    restarted, url2 = start_redis(workdir, persist=False)
-    assert url2 == url
+    restarted = None
     try:
+        wait_read(port, len(reference.records) // 3, log)
+        wait_for(lambda: any(k.startswith(b"nb:projection:seq:") for k in client.scan_iter()),
+                 "a write sequence key", log)  # fmt: skip
+        client.save()
+        snapshot = shutil.copy(workdir / "dump.rdb", tmp_path / "mid-stream.rdb")
+        wait_sentinels(client, 1, log)  # (the sentinel, last on the topic, is not in the snapshot)
+        os.kill(_pid_of(workdir), signal.SIGKILL)
+        shutil.copy(snapshot, workdir / "dump.rdb")
+        restarted, url2 = start_redis(workdir, persist=False)
+        assert url2 == url
         assert client.exists("nb:projection") and not client.exists("nb:{c:zz-sentinel-0}:profile")
         try:
             wait_for(lambda: dump(client) == reference.keys, "the healed keys", log, 60)
@@ -269,7 +270,8 @@ def test_redis_back_from_an_older_snapshot_is_healed(
     finally:
         if proc.poll() is None:
             proc.kill()
-        stop_redis(url, restarted.pid)
+        if restarted is not None:
+            stop_redis(url, restarted.pid)
 
 
 def test_redis_paused_for_30_s_is_survived(

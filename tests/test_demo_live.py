@@ -130,3 +130,4 @@ def test_the_demo_says_when_its_redis_dies(tmp_path: Path) -> None:
     assert rc == 1, out
     assert "stopped answering" in out and "stopping the demo" in out
     assert "Traceback" not in out
+    assert not (tmp_path / "broker" / "state.json").exists()  # its broker stopped too
