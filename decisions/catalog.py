@@ -477,7 +477,13 @@ def _action(
                     "eligibility",
                     aid,
                     "eligibility",
-                    f"unknown segment {ref!r}" + _near(ref, segments),
+                    f"unknown segment {ref!r}"
+                    + (
+                        _near(ref, segments)
+                        if segments
+                        else " (no segments are defined: "
+                        "NEXTBEST_SEGMENTS=off needs actions without segment rules)"
+                    ),
                 )
     prior = item.get("prior")
     if not _number(prior) or not 0.0 <= prior <= 1.0:

@@ -157,6 +157,12 @@ def test_action_errors_name_file_line_action_and_field(
     assert str(e).startswith(f"c.yaml:{line}: action {action!r}, field {field}: ")
 
 
+def test_a_segment_rule_without_segments_says_how() -> None:
+    with pytest.raises(ActionConfigError) as info:
+        parse_catalog(BASE + "    eligibility: {segment: at_risk}\n", "c.yaml", segments=())
+    assert "NEXTBEST_SEGMENTS=off needs actions without segment rules" in info.value.message
+
+
 def test_file_level_errors() -> None:
     e = _err(BASE.replace("prior: 0.1", "prior: 1.5"))
     assert (e.line, e.field) == (8, "prior") and "probability" in e.message
